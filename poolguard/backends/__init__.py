@@ -1,0 +1,1 @@
+"""Backend knowledge: error classification, pings, timeouts, idempotency tables."""

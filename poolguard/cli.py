@@ -1,0 +1,2 @@
+def main() -> int:  # replaced by the config/CLI work
+    return 0

@@ -1,0 +1,2 @@
+"""Configuration: Settings from keyword arguments over environment variables."""
+

@@ -1,0 +1,1 @@
+"""Policy core: pure, clock-injected decisions (no I/O)."""

@@ -1,0 +1,1 @@
+"""Integrations: wire the core and backend knowledge into the libraries users hold."""
