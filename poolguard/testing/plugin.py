@@ -1,0 +1,1 @@
+"""pytest plugin (fixtures for real servers and the fault proxy)."""
