@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from poolguard.core import Hooks, deadline, set_testing
 from poolguard.errors import (
     AmbiguousResultError,
     CircuitOpenError,
@@ -20,9 +21,12 @@ __all__ = [
     "CircuitOpenError",
     "ConfigError",
     "ConnectTimeout",
+    "Hooks",
     "PoolTimeout",
     "PoolguardError",
     "QueryTimeout",
     "TransactionTimeout",
     "__version__",
+    "deadline",
+    "set_testing",
 ]

@@ -114,7 +114,7 @@ def _variant_init(self: PoolguardError, *args: Any, **kwargs: Any) -> None:
 
 def dropin_class(base: type[E], *foreign: type[BaseException]) -> type[E]:
     """The class that is both ``base`` and every ``foreign`` type (made once, then cached)."""
-    key = (base, *foreign)
+    key: tuple[type[BaseException], ...] = (base, *foreign)
     with _variants_lock:
         cls = _variants.get(key)
         if cls is None:

@@ -1,0 +1,360 @@
+"""The one retry loop: attempt → classify → decide → breaker → budget → backoff within deadline.
+
+All decisions live in :class:`Attempts` (one per operation) and are shared by the sync front end
+:meth:`Guard.run_with` and the async one :meth:`Guard.arun_with`; the two front ends differ only
+in how they call and how they sleep. A :class:`Guard` is the per-pool bundle of policy and shared
+state (budget, breaker, stats) that every integration builds once from :class:`Settings`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, TypeVar
+
+from poolguard.core.backoff import Backoff, Uniform, default_rng
+from poolguard.core.breaker import BreakerState, CircuitBreaker
+from poolguard.core.budget import RetryBudget
+from poolguard.core.deadline import Clock, current_deadline
+from poolguard.core.disposition import (
+    Action,
+    Classification,
+    Disposition,
+    Operation,
+    decide,
+)
+from poolguard.core.stats import Hooks, PoolStats
+from poolguard.errors import (
+    AmbiguousResultError,
+    AttemptRecord,
+    CircuitOpenError,
+    PoolguardError,
+    QueryTimeout,
+)
+
+if TYPE_CHECKING:
+    from poolguard.config.settings import Settings
+
+T = TypeVar("T")
+
+Classifier = Callable[[BaseException], Classification]
+
+#: The context of a plain autocommit operation that is not known to be idempotent.
+AUTOCOMMIT = Operation()
+
+_testing = False
+
+
+def set_testing(enabled: bool = True) -> None:
+    """Turn backoff sleeps off (delays become 0) for fast test suites, like stamina's."""
+    global _testing
+    _testing = enabled
+
+
+def is_testing() -> bool:
+    return _testing
+
+
+@dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """How many attempts, how to back off, and how long one operation may spend retrying."""
+
+    attempts: int = 3
+    backoff: Backoff = field(default_factory=Backoff)
+    timeout: float | None = 10.0
+
+    def __post_init__(self) -> None:
+        if self.attempts < 1:
+            raise ValueError("retry attempts must be >= 1 (1 = no retries)")
+
+
+@dataclass(frozen=True, slots=True)
+class GiveUp:
+    """Why the loop stopped; handed to the integration's error factory."""
+
+    action: Action
+    error: BaseException
+    classification: Classification
+    attempts: int
+    history: tuple[AttemptRecord, ...]
+    why: str
+    hint: str | None
+    pool: str
+
+
+ErrorFactory = Callable[[GiveUp], BaseException]
+
+
+def _own_error(exc: BaseException) -> Classification | None:
+    # poolguard's own errors (timeouts, an open breaker, ambiguity) are final by construction:
+    # a timeout already spent the budget, and an ambiguous result must never be replayed.
+    if isinstance(exc, PoolguardError):
+        return Classification(Disposition.FAIL, type(exc).__name__.split("_")[0].lower())
+    return None
+
+
+def default_error(g: GiveUp) -> BaseException:
+    """Ambiguity becomes AmbiguousResultError; anything else is the original error, annotated."""
+    if g.action is Action.AMBIGUOUS:
+        return AmbiguousResultError(
+            f"{g.pool}: the outcome is unknown ({g.classification.reason}): the request may have"
+            f" been applied, so it was not retried",
+            attempts=g.attempts,
+            history=g.history,
+            hint=g.hint,
+        )
+    if g.attempts > 1 and hasattr(g.error, "add_note"):
+        g.error.add_note(f"poolguard: gave up after {g.attempts} attempts: {g.why}")
+    return g.error
+
+
+class Guard:
+    """Policy plus shared state (budget, breaker, stats) of one pool."""
+
+    def __init__(
+        self,
+        name: str,
+        backend: str,
+        classify: Classifier,
+        *,
+        policy: RetryPolicy | None = None,
+        budget: RetryBudget | None = None,
+        breaker: CircuitBreaker | None = None,
+        stats: PoolStats | None = None,
+        make_error: ErrorFactory = default_error,
+        clock: Clock = time.monotonic,
+        rng: Uniform = default_rng,
+    ) -> None:
+        self.name = name
+        self.backend = backend
+        self._classify = classify
+        self.policy = policy or RetryPolicy()
+        self.budget = budget or RetryBudget(0.2)
+        self.stats = stats or PoolStats(name, backend)
+        self.breaker = breaker or CircuitBreaker(5, 10.0, clock=clock, name=name)
+        if self.breaker._on_change is None:
+            self.breaker._on_change = self._breaker_changed
+        self.make_error = make_error
+        self.clock = clock
+        self.rng = rng
+
+    @classmethod
+    def from_settings(
+        cls,
+        settings: Settings,
+        *,
+        name: str,
+        backend: str,
+        classify: Classifier,
+        make_error: ErrorFactory = default_error,
+        hooks: Hooks | None = None,
+        gauges: Callable[[], dict[str, Any]] | None = None,
+        clock: Clock = time.monotonic,
+    ) -> Guard:
+        policy = RetryPolicy(
+            attempts=settings.retry_attempts,
+            backoff=Backoff(
+                initial=settings.retry_backoff_initial,
+                max=settings.retry_backoff_max,
+                multiplier=settings.retry_backoff_multiplier,
+                jitter=settings.retry_jitter,
+            ),
+            timeout=settings.retry_timeout,
+        )
+        return cls(
+            name,
+            backend,
+            classify,
+            policy=policy,
+            budget=RetryBudget(settings.retry_budget),
+            breaker=CircuitBreaker(
+                settings.breaker_failures, settings.breaker_reset, clock=clock, name=name
+            ),
+            stats=PoolStats(name, backend, hooks=hooks, gauges=gauges),
+            make_error=make_error,
+            clock=clock,
+        )
+
+    def _breaker_changed(self, old: BreakerState, new: BreakerState) -> None:
+        self.stats.breaker_changed(old.value, new.value)
+
+    def classify(self, exc: BaseException) -> Classification:
+        return _own_error(exc) or self._classify(exc)
+
+    def attempts(
+        self, op: Operation = AUTOCOMMIT, *, timeout_error: type[PoolguardError] = QueryTimeout
+    ) -> Attempts:
+        return Attempts(self, op, timeout_error)
+
+    # -- the loop, sync and async: the only two copies, each a handful of lines ---------------
+    def run_with(
+        self,
+        fn: Callable[[Attempts], T],
+        op: Operation = AUTOCOMMIT,
+        *,
+        timeout_error: type[PoolguardError] = QueryTimeout,
+    ) -> T:
+        """Call ``fn(attempts)`` until it succeeds or the rule says stop (then raise)."""
+        attempts = Attempts(self, op, timeout_error)
+        while True:
+            attempts.begin()
+            try:
+                result = fn(attempts)
+            except Exception as exc:
+                delay = attempts.failed(exc)
+                if delay > 0:
+                    time.sleep(delay)
+            else:
+                attempts.succeeded()
+                return result
+
+    async def arun_with(
+        self,
+        fn: Callable[[Attempts], Awaitable[T]],
+        op: Operation = AUTOCOMMIT,
+        *,
+        timeout_error: type[PoolguardError] = QueryTimeout,
+    ) -> T:
+        """Async twin of :meth:`run_with`; the decisions are the same object's."""
+        attempts = Attempts(self, op, timeout_error)
+        while True:
+            attempts.begin()
+            try:
+                result = await fn(attempts)
+            except Exception as exc:
+                delay = attempts.failed(exc)
+                if delay > 0:
+                    await asyncio.sleep(delay)
+            else:
+                attempts.succeeded()
+                return result
+
+    def run(self, fn: Callable[[], T], op: Operation = AUTOCOMMIT) -> T:
+        return self.run_with(lambda _attempts: fn(), op)
+
+    async def arun(self, fn: Callable[[], Awaitable[T]], op: Operation = AUTOCOMMIT) -> T:
+        return await self.arun_with(lambda _attempts: fn(), op)
+
+
+class Attempts:
+    """The decision state of one operation across its attempts (no I/O, no sleeping)."""
+
+    __slots__ = ("_started", "_timeout_error", "guard", "history", "number", "op", "previous")
+
+    def __init__(
+        self, guard: Guard, op: Operation, timeout_error: type[PoolguardError] = QueryTimeout
+    ) -> None:
+        self.guard = guard
+        self.op = op
+        """Adapters may replace this per attempt (e.g. once they know the statement's position)."""
+        self.number = 0
+        self.history: list[AttemptRecord] = []
+        self.previous: float | None = None
+        self._started = 0.0
+        self._timeout_error = timeout_error
+
+    def begin(self) -> None:
+        """Before each attempt: deadline and breaker checks; raises when the call must not run."""
+        g = self.guard
+        if self.number == 0:
+            self._started = g.clock()
+            g.budget.on_request()
+            g.stats.incr("requests")
+        at = current_deadline()
+        if at is not None and at - g.clock() <= 0:
+            raise self._timeout_error(
+                f"{g.name}: deadline exceeded after {self.number} attempt(s)",
+                attempts=self.number,
+                history=self.history,
+                hint="raise the poolguard.deadline() budget",
+            )
+        try:
+            g.breaker.before_call()
+        except CircuitOpenError:
+            g.stats.incr("circuit_open_rejections")
+            raise
+        self.number += 1
+
+    def succeeded(self) -> None:
+        self.guard.breaker.record_success()
+
+    def failed(self, exc: BaseException, op: Operation | None = None) -> float:
+        """Decide after a failure: return the delay before the next attempt, or raise."""
+        g = self.guard
+        op = op or self.op
+        c = g.classify(exc)
+        if c.connect_phase:
+            g.breaker.record_failure()
+        elif c.disposition is not Disposition.FAIL or not isinstance(exc, PoolguardError):
+            g.breaker.record_success()  # the server answered: it is up
+        action = decide(c, op)
+        if action is Action.RETRY or action is Action.RETRY_TRANSACTION:
+            why, hint = self._why_not_retry()
+            if why is None:
+                return self._schedule(c, exc)
+            g.stats.incr("give_ups")
+            self._give_up(action, c, exc, why, hint)
+        if action is Action.AMBIGUOUS:
+            g.stats.incr("ambiguous")
+            self._give_up(action, c, exc, "the request may have been applied", None)
+        self._give_up(action, c, exc, "not safe to retry", None)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _why_not_retry(self) -> tuple[str | None, str | None]:
+        g = self.guard
+        if self.number >= g.policy.attempts:
+            return (
+                f"all {g.policy.attempts} attempts failed",
+                "raise POOLGUARD_RETRY_ATTEMPTS if the outage is short",
+            )
+        return None, None
+
+    def _schedule(self, c: Classification, exc: BaseException) -> float:
+        g = self.guard
+        delay = 0.0 if _testing else g.policy.backoff.delay(self.number, g.rng, self.previous)
+        now = g.clock()
+        limit = current_deadline()
+        if g.policy.timeout is not None:
+            cap = self._started + g.policy.timeout
+            limit = cap if limit is None else min(limit, cap)
+        if limit is not None and now + delay >= limit:
+            g.stats.incr("give_ups")
+            self._give_up(
+                Action.FAIL,
+                c,
+                exc,
+                "the next attempt would not fit in the deadline / retry timeout",
+                "raise the deadline or POOLGUARD_RETRY_TIMEOUT",
+            )
+        if not g.budget.try_spend():
+            g.stats.incr("give_ups")
+            g.stats.incr("budget_exhausted")
+            self._give_up(
+                Action.FAIL,
+                c,
+                exc,
+                "the pool's retry budget is exhausted (too many recent retries)",
+                "raise POOLGUARD_RETRY_BUDGET, or fix the failing server",
+            )
+        self.history.append(AttemptRecord(self.number, c.reason, type(exc).__name__, delay))
+        self.previous = delay
+        g.stats.retry(self.number, c.reason, delay, exc)
+        return delay
+
+    def _give_up(
+        self,
+        action: Action,
+        c: Classification,
+        exc: BaseException,
+        why: str,
+        hint: str | None,
+    ) -> None:
+        record = AttemptRecord(self.number, c.reason, type(exc).__name__, 0.0)
+        history = (*self.history, record)
+        g = self.guard
+        err = g.make_error(GiveUp(action, exc, c, self.number, history, why, hint, g.name))
+        if err is exc:
+            raise exc
+        raise err from exc

@@ -1,0 +1,114 @@
+"""A throwaway PgBouncer in front of a :class:`PostgresServer` (transaction pooling by default)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from poolguard.testing.servers._base import binary_version, HOST, LocalServer, ServerStartError, find_binary, url
+from poolguard.testing.servers.postgres import PostgresServer
+
+__all__ = ["PgBouncerServer"]
+
+INSTALL = "apt-get install -y pgbouncer"
+ADMIN_USER = "pgbouncer_admin"
+
+
+class PgBouncerServer(LocalServer):
+    """PgBouncer on a free loopback port, forwarding database ``app`` to ``upstream``.
+
+    ``url`` logs in as the upstream's ``app`` user; ``admin_url`` reaches PgBouncer's admin
+    console (database ``pgbouncer``: ``SHOW POOLS``, ``KILL``, ``PAUSE`` ...). The upstream is
+    not owned: start and stop it yourself.
+    """
+
+    kind = "pgbouncer"
+    scheme = "postgresql"
+    system_user = "postgres"  # PgBouncer refuses to run as root
+    install_hint = INSTALL
+    binary: str
+
+    def __init__(self, upstream: PostgresServer, pool_mode: str = "transaction",
+                 **kwargs: Any) -> None:
+        kwargs.setdefault("password", upstream.password)
+        kwargs.setdefault("user", upstream.user)
+        kwargs.setdefault("database", upstream.database)
+        super().__init__(**kwargs)
+        self.upstream = upstream
+        self.pool_mode = pool_mode
+
+    def _locate_binaries(self) -> None:
+        self.binary = find_binary(["pgbouncer"], INSTALL)
+
+    @property
+    def url(self) -> str:
+        return url("postgresql", self.user, self.password, self.host, self.port, self.database)
+
+    @property
+    def admin_url(self) -> str:
+        return url("postgresql", ADMIN_USER, self.admin_password, self.host, self.port,
+                   "pgbouncer")
+
+    def _initialize(self) -> None:
+        assert self.base_dir is not None
+        if not self.upstream.running:
+            raise ServerStartError("PgBouncerServer: start the upstream PostgresServer first")
+        userlist = self.base_dir / "userlist.txt"
+        userlist.write_text(
+            f'"{self.user}" "{self.password}"\n"{ADMIN_USER}" "{self.admin_password}"\n'
+        )
+        settings = {
+            "listen_addr": HOST,
+            "listen_port": str(self.port),
+            "unix_socket_dir": str(self.base_dir),
+            "auth_type": "md5",
+            "auth_file": str(userlist),
+            "admin_users": ADMIN_USER,
+            "pool_mode": self.pool_mode,
+            "max_client_conn": "500",
+            "default_pool_size": "20",
+            # Tests restart the upstream: retry server logins quickly instead of every 15 s.
+            "server_login_retry": "1",
+            # Drivers send these startup parameters; PgBouncer refuses unknown ones.
+            "ignore_startup_parameters": "extra_float_digits,options",
+            **self.config,
+        }
+        pgbouncer = "\n".join(f"{key} = {value}" for key, value in settings.items())
+        up = self.upstream
+        (self.base_dir / "pgbouncer.ini").write_text(
+            "[databases]\n"
+            f"{self.database} = host={up.host} port={up.port} dbname={up.database}\n"
+            f"\n[pgbouncer]\n{pgbouncer}\n"
+        )
+        for path in (userlist, self.base_dir / "pgbouncer.ini"):
+            self._chown(path)
+            path.chmod(0o600)
+
+    def _command(self) -> list[str]:
+        assert self.base_dir is not None
+        return [self.binary, str(self.base_dir / "pgbouncer.ini")]
+
+    def admin(self, command: str) -> str:
+        """Run one admin-console command (``SHOW CLIENTS``, ``KILL app`` ...) through psql."""
+        env = self._child_env()
+        env["PGPASSWORD"] = self.admin_password
+        return self._run(
+            [str(self.upstream.bindir / "psql"), "-X", "-At", "-h", self.host, "-p",
+             str(self.port), "-U", ADMIN_USER, "-d", "pgbouncer", "-c", command],
+            as_server_user=False, env=env, timeout=30,
+        ).strip()
+
+    def _kill_sessions(self, application_name: str | None) -> int:
+        if application_name is not None:
+            raise ValueError("PgBouncer can only kill a whole database's clients")
+        clients = [
+            line for line in self.admin("SHOW CLIENTS").splitlines()
+            if line.split("|")[:2] == [self.user, self.database]
+        ]
+        # KILL drops the database's client and server connections; RESUME lets new ones in.
+        self.admin(f"KILL {self.database}")
+        self.admin(f"RESUME {self.database}")
+        return len(clients)
+
+    def _read_version(self) -> str:
+        return binary_version(self.binary)
+
