@@ -195,8 +195,13 @@ class Guard:
         op: Operation = AUTOCOMMIT,
         *,
         timeout_error: type[PoolguardError] = QueryTimeout,
+        sleep: Callable[[float], object] = time.sleep,
     ) -> T:
-        """Call ``fn(attempts)`` until it succeeds or the rule says stop (then raise)."""
+        """Call ``fn(attempts)`` until it succeeds or the rule says stop (then raise).
+
+        ``sleep`` is replaceable because SQLAlchemy's asyncio layer runs sync code inside a
+        greenlet, where the backoff must be ``await_only(asyncio.sleep(d))``, not ``time.sleep``.
+        """
         attempts = Attempts(self, op, timeout_error)
         while True:
             attempts.begin()
@@ -205,7 +210,7 @@ class Guard:
             except Exception as exc:
                 delay = attempts.failed(exc)
                 if delay > 0:
-                    time.sleep(delay)
+                    sleep(delay)
             else:
                 attempts.succeeded()
                 return result

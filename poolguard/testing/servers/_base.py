@@ -64,9 +64,7 @@ class ServerStartError(RuntimeError):
     """The server was found but did not start (or did not become ready) in time."""
 
 
-def find_binary(
-    names: Sequence[str], install: str, *, dirs: Sequence[str | Path] = ()
-) -> str:
+def find_binary(names: Sequence[str], install: str, *, dirs: Sequence[str | Path] = ()) -> str:
     """The first of ``names`` found in ``dirs`` then on PATH (plus the sbin dirs), else raise."""
     for directory in dirs:
         for name in names:
@@ -192,7 +190,7 @@ class LocalServer(ABC):
     def _is_ready(self) -> bool:
         return tcp_accepts(self.port)
 
-    def _bootstrap(self) -> None:
+    def _bootstrap(self) -> None:  # noqa: B027 - optional hook, most servers need it
         """First start only, once ready: create users and the database."""
 
     @abstractmethod
@@ -215,17 +213,21 @@ class LocalServer(ABC):
         with self._lock:
             if self.running:
                 return self
-            first = not self._initialized
-            if first:
+            if self._initialized:
+                self._launch()
+                return self
+            _live.add(self)
+            try:
                 self._make_base_dir()
                 if not self.port:
                     self.port = free_port()
                 self._initialize()
                 self._initialized = True
-            self._launch()
-            if first:
+                self._launch()
                 self._bootstrap()
-            _live.add(self)
+            except BaseException:
+                self.stop()
+                raise
             return self
 
     def stop(self) -> None:
@@ -329,22 +331,37 @@ class LocalServer(ABC):
             env.update(HOME=pwd.getpwnam(self.system_user).pw_dir, USER=self.system_user)
         return env
 
-    def _run(self, argv: Sequence[str], *, as_server_user: bool = True, timeout: float = 60.0,
-             env: Mapping[str, str] | None = None, input: bytes | None = None) -> str:
+    def _run(
+        self,
+        argv: Sequence[str],
+        *,
+        as_server_user: bool = True,
+        timeout: float = 60.0,
+        env: Mapping[str, str] | None = None,
+        input: bytes | None = None,
+    ) -> str:
         """Run a helper program (initdb, a client); raise with its output if it fails."""
         kwargs = self._run_as_kwargs() if as_server_user else {}
         try:
             done = subprocess.run(
-                list(argv), capture_output=True, timeout=timeout, check=False, input=input,
+                list(argv),
+                capture_output=True,
+                timeout=timeout,
+                check=False,
+                input=input,
                 env=dict(env) if env is not None else self._child_env(),
-                cwd=self.base_dir, **kwargs,
+                cwd=self.base_dir,
+                **kwargs,
             )
         except subprocess.TimeoutExpired as exc:
             raise ServerStartError(f"{argv[0]} did not finish within {timeout:.0f} s") from exc
         out = done.stdout.decode(errors="replace") + done.stderr.decode(errors="replace")
         if done.returncode != 0:
-            raise ServerStartError(f"{' '.join(argv[:2])} failed ({done.returncode}): {out[-2000:]}")
-        return done.stdout.decode(errors="replace")
+            raise ServerStartError(
+                f"{' '.join(argv[:2])} failed ({done.returncode}): {out[-2000:]}"
+            )
+        stdout: bytes = done.stdout
+        return stdout.decode(errors="replace")
 
     def _chown(self, path: Path) -> None:
         if self.as_root:
@@ -372,8 +389,13 @@ class LocalServer(ABC):
         log = open(self.base_dir / "server.log", "ab")  # noqa: SIM115 - kept open while running
         try:
             self._proc = subprocess.Popen(
-                self._command(), stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                cwd=self.base_dir, env=self._child_env(), start_new_session=True,
+                self._command(),
+                stdin=subprocess.DEVNULL,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                cwd=self.base_dir,
+                env=self._child_env(),
+                start_new_session=True,
                 **self._run_as_kwargs(),
             )
         except BaseException:
@@ -454,7 +476,7 @@ def _descendants(pid: int) -> list[int]:
         return []
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def binary_version(binary: str, pattern: str = r"(\d+(?:\.\d+)+)") -> str:
     """The version a server binary prints for ``--version``, picked out by ``pattern``."""
     out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10).stdout

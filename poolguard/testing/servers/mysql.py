@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from poolguard.testing.servers._base import binary_version, LocalServer, find_binary, url
+from poolguard.testing.servers._base import LocalServer, binary_version, find_binary, url
 
 __all__ = ["MySQLServer"]
 
@@ -47,8 +47,9 @@ class MySQLServer(LocalServer):
     def _locate_binaries(self) -> None:
         dirs = ["/usr/sbin", "/usr/libexec", "/usr/bin"]
         self.server_binary = find_binary(["mariadbd", "mysqld"], INSTALL, dirs=dirs)
-        self.install_db = find_binary(["mariadb-install-db", "mysql_install_db"], INSTALL,
-                                      dirs=dirs)
+        self.install_db = find_binary(
+            ["mariadb-install-db", "mysql_install_db"], INSTALL, dirs=dirs
+        )
         self.client = find_binary(["mariadb", "mysql"], INSTALL)
 
     @property
@@ -68,11 +69,19 @@ class MySQLServer(LocalServer):
         assert self.base_dir is not None
         # 'normal' leaves root@localhost without a password (set in _bootstrap); the default,
         # unix_socket auth, would tie root to the OS user that installed the data dir.
-        self._run([
-            self.install_db, "--no-defaults", f"--datadir={self.base_dir / 'data'}",
-            "--auth-root-authentication-method=normal", "--skip-test-db", "--skip-name-resolve",
-            "--innodb-flush-method=nosync", "--innodb-doublewrite=0",
-        ], timeout=120)
+        self._run(
+            [
+                self.install_db,
+                "--no-defaults",
+                f"--datadir={self.base_dir / 'data'}",
+                "--auth-root-authentication-method=normal",
+                "--skip-test-db",
+                "--skip-name-resolve",
+                "--innodb-flush-method=nosync",
+                "--innodb-doublewrite=0",
+            ],
+            timeout=120,
+        )
 
     def _command(self) -> list[str]:
         assert self.base_dir is not None
@@ -85,17 +94,30 @@ class MySQLServer(LocalServer):
             "tmpdir": str(self.base_dir),
             **self.config,
         }
-        return [self.server_binary, "--no-defaults",
-                *(f"--{k}={v}" if v else f"--{k}" for k, v in options.items())]
+        return [
+            self.server_binary,
+            "--no-defaults",
+            *(f"--{k}={v}" if v else f"--{k}" for k, v in options.items()),
+        ]
 
     def sql(self, sql: str, *, password: str | None = None) -> str:
         """Run SQL as root over the socket; return tab-separated rows without headers."""
         env = self._child_env()
         env["MYSQL_PWD"] = self.admin_password if password is None else password
         return self._run(
-            [self.client, "--no-defaults", "--protocol=socket", f"--socket={self.socket_path}",
-             f"--user={self.admin_user}", "--batch", "--skip-column-names"],
-            as_server_user=False, input=sql.encode(), env=env, timeout=30,
+            [
+                self.client,
+                "--no-defaults",
+                "--protocol=socket",
+                f"--socket={self.socket_path}",
+                f"--user={self.admin_user}",
+                "--batch",
+                "--skip-column-names",
+            ],
+            as_server_user=False,
+            input=sql.encode(),
+            env=env,
+            timeout=30,
         ).strip()
 
     def _bootstrap(self) -> None:
@@ -103,13 +125,13 @@ class MySQLServer(LocalServer):
         statements = [f"DROP USER ''@'{host}';" for host in anonymous.splitlines() if host]
         for host in APP_HOSTS:
             statements += [
-                f"CREATE USER '{self.user}'@'{host}' IDENTIFIED BY '{self.password}';",
+                f"CREATE OR REPLACE USER '{self.user}'@'{host}' IDENTIFIED BY '{self.password}';",
                 f"GRANT ALL ON `{self.database}`.* TO '{self.user}'@'{host}';",
             ]
         pw = self.admin_password
         statements += [
             f"CREATE DATABASE `{self.database}`;",
-            f"CREATE USER '{self.admin_user}'@'127.0.0.1' IDENTIFIED BY '{pw}';",
+            f"CREATE OR REPLACE USER '{self.admin_user}'@'127.0.0.1' IDENTIFIED BY '{pw}';",
             f"GRANT ALL ON *.* TO '{self.admin_user}'@'127.0.0.1' WITH GRANT OPTION;",
             f"ALTER USER '{self.admin_user}'@'localhost' IDENTIFIED BY '{pw}';",
             "FLUSH PRIVILEGES;",
@@ -138,4 +160,3 @@ class MySQLServer(LocalServer):
 
     def _read_version(self) -> str:
         return binary_version(self.server_binary, r"Ver\s+(\d+(?:\.\d+)+)")
-

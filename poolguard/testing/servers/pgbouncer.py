@@ -4,7 +4,14 @@ from __future__ import annotations
 
 from typing import Any
 
-from poolguard.testing.servers._base import binary_version, HOST, LocalServer, ServerStartError, find_binary, url
+from poolguard.testing.servers._base import (
+    HOST,
+    LocalServer,
+    ServerStartError,
+    binary_version,
+    find_binary,
+    url,
+)
 from poolguard.testing.servers.postgres import PostgresServer
 
 __all__ = ["PgBouncerServer"]
@@ -27,8 +34,9 @@ class PgBouncerServer(LocalServer):
     install_hint = INSTALL
     binary: str
 
-    def __init__(self, upstream: PostgresServer, pool_mode: str = "transaction",
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, upstream: PostgresServer, pool_mode: str = "transaction", **kwargs: Any
+    ) -> None:
         kwargs.setdefault("password", upstream.password)
         kwargs.setdefault("user", upstream.user)
         kwargs.setdefault("database", upstream.database)
@@ -45,8 +53,7 @@ class PgBouncerServer(LocalServer):
 
     @property
     def admin_url(self) -> str:
-        return url("postgresql", ADMIN_USER, self.admin_password, self.host, self.port,
-                   "pgbouncer")
+        return url("postgresql", ADMIN_USER, self.admin_password, self.host, self.port, "pgbouncer")
 
     def _initialize(self) -> None:
         assert self.base_dir is not None
@@ -92,16 +99,32 @@ class PgBouncerServer(LocalServer):
         env = self._child_env()
         env["PGPASSWORD"] = self.admin_password
         return self._run(
-            [str(self.upstream.bindir / "psql"), "-X", "-At", "-h", self.host, "-p",
-             str(self.port), "-U", ADMIN_USER, "-d", "pgbouncer", "-c", command],
-            as_server_user=False, env=env, timeout=30,
+            [
+                str(self.upstream.bindir / "psql"),
+                "-X",
+                "-At",
+                "-h",
+                self.host,
+                "-p",
+                str(self.port),
+                "-U",
+                ADMIN_USER,
+                "-d",
+                "pgbouncer",
+                "-c",
+                command,
+            ],
+            as_server_user=False,
+            env=env,
+            timeout=30,
         ).strip()
 
     def _kill_sessions(self, application_name: str | None) -> int:
         if application_name is not None:
             raise ValueError("PgBouncer can only kill a whole database's clients")
         clients = [
-            line for line in self.admin("SHOW CLIENTS").splitlines()
+            line
+            for line in self.admin("SHOW CLIENTS").splitlines()
             if line.split("|")[:2] == [self.user, self.database]
         ]
         # KILL drops the database's client and server connections; RESUME lets new ones in.
@@ -111,4 +134,3 @@ class PgBouncerServer(LocalServer):
 
     def _read_version(self) -> str:
         return binary_version(self.binary)
-

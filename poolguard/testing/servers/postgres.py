@@ -8,7 +8,13 @@ import signal
 import subprocess
 from pathlib import Path
 
-from poolguard.testing.servers._base import binary_version, LocalServer, ServerUnavailable, find_binary, url
+from poolguard.testing.servers._base import (
+    LocalServer,
+    ServerUnavailable,
+    binary_version,
+    find_binary,
+    url,
+)
 
 __all__ = ["PostgresServer", "postgres_bindir"]
 
@@ -89,24 +95,40 @@ class PostgresServer(LocalServer):
 
     @property
     def admin_url(self) -> str:
-        return url("postgresql", self.admin_user, self.admin_password, self.host, self.port,
-                   "postgres")
+        return url(
+            "postgresql", self.admin_user, self.admin_password, self.host, self.port, "postgres"
+        )
 
     def _initialize(self) -> None:
         assert self.base_dir is not None
         pwfile = self.base_dir / "pwfile"
         pwfile.write_text(self.admin_password + "\n")
         self._chown(pwfile)
-        self._run([
-            str(self.bindir / "initdb"), "-D", str(self.data_dir), "-U", self.admin_user,
-            f"--pwfile={pwfile}", "--auth-local=trust", "--auth-host=scram-sha-256",
-            "-E", "UTF8", "--locale=C", "--no-sync",
-        ])
+        self._run(
+            [
+                str(self.bindir / "initdb"),
+                "-D",
+                str(self.data_dir),
+                "-U",
+                self.admin_user,
+                f"--pwfile={pwfile}",
+                "--auth-local=trust",
+                "--auth-host=scram-sha-256",
+                "-E",
+                "UTF8",
+                "--locale=C",
+                "--no-sync",
+            ]
+        )
         pwfile.unlink()
 
     def _command(self) -> list[str]:
-        settings = {**BASE_SETTINGS, "port": str(self.port),
-                    "unix_socket_directories": str(self.socket_dir), **self.config}
+        settings = {
+            **BASE_SETTINGS,
+            "port": str(self.port),
+            "unix_socket_directories": str(self.socket_dir),
+            **self.config,
+        }
         argv = [str(self.bindir / "postgres"), "-D", str(self.data_dir)]
         for key, value in settings.items():
             argv += ["-c", f"{key}={value}"]
@@ -124,10 +146,25 @@ class PostgresServer(LocalServer):
     def psql(self, sql: str, *, database: str = "postgres") -> str:
         """Run SQL as the superuser over the Unix socket (trust auth); return unaligned rows."""
         return self._run(
-            [str(self.bindir / "psql"), "-X", "-q", "-At", "-v", "ON_ERROR_STOP=1",
-             "-h", str(self.socket_dir), "-p", str(self.port), "-U", self.admin_user,
-             "-d", database],
-            as_server_user=False, input=sql.encode(), timeout=30,
+            [
+                str(self.bindir / "psql"),
+                "-X",
+                "-q",
+                "-At",
+                "-v",
+                "ON_ERROR_STOP=1",
+                "-h",
+                str(self.socket_dir),
+                "-p",
+                str(self.port),
+                "-U",
+                self.admin_user,
+                "-d",
+                database,
+            ],
+            as_server_user=False,
+            input=sql.encode(),
+            timeout=30,
         ).strip()
 
     def _bootstrap(self) -> None:
@@ -150,8 +187,6 @@ class PostgresServer(LocalServer):
 
     def _read_version(self) -> str:
         return binary_version(str(self.bindir / "postgres"))
-
-
 
 
 def _literal(value: str) -> str:

@@ -6,7 +6,7 @@ import socket
 from collections.abc import Sequence
 from typing import Any, BinaryIO
 
-from poolguard.testing.servers._base import binary_version, HOST, LocalServer, find_binary
+from poolguard.testing.servers._base import HOST, LocalServer, binary_version, find_binary
 
 __all__ = ["RedisServer", "resp_command"]
 
@@ -28,8 +28,9 @@ class RedisServer(LocalServer):
     install_hint = INSTALL
     binary: str
 
-    def __init__(self, *, port: int | None = None, password: str | None = None,
-                 db: int = 0, **kwargs: Any) -> None:
+    def __init__(
+        self, *, port: int | None = None, password: str | None = None, db: int = 0, **kwargs: Any
+    ) -> None:
         # Unlike the SQL servers Redis defaults to no password: that is how most apps run it.
         super().__init__(port=port, password=password or "", database=str(db), **kwargs)
 
@@ -93,8 +94,10 @@ class RedisServer(LocalServer):
         text = listing.decode() if isinstance(listing, bytes) else str(listing)
         ids = [
             fields["id"]
-            for fields in (dict(kv.split("=", 1) for kv in line.split() if "=" in kv)
-                           for line in text.splitlines())
+            for fields in (
+                dict(kv.split("=", 1) for kv in line.split() if "=" in kv)
+                for line in text.splitlines()
+            )
             if fields.get("name") == application_name
         ]
         killed = 0
@@ -108,8 +111,6 @@ class RedisServer(LocalServer):
 
     def _read_version(self) -> str:
         return binary_version(self.binary, r"v=(\d+(?:\.\d+)+)")
-
-
 
 
 def resp_command(
