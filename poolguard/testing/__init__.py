@@ -1,1 +1,49 @@
-"""Real local servers, a fault-injecting proxy and a pytest plugin for testing with poolguard."""
+"""Real local servers, a fault-injecting proxy and a pytest plugin for testing with poolguard.
+
+Names are loaded on first use, so ``import poolguard.testing`` (and the pytest plugin, which
+pytest imports in every run) costs nothing and needs no database driver::
+
+    from poolguard.testing import PostgresServer, FaultProxy
+
+    with PostgresServer() as pg, FaultProxy(pg.host, pg.port) as proxy:
+        url = proxy.url(pg.url)
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from poolguard.testing.proxy import DeafListener, FaultProxy
+    from poolguard.testing.servers import (
+        LocalServer,
+        MySQLServer,
+        PgBouncerServer,
+        PostgresServer,
+        RedisServer,
+        ServerStartError,
+        ServerUnavailable,
+        free_port,
+    )
+
+_WHERE = {
+    "DeafListener": "poolguard.testing.proxy",
+    "FaultProxy": "poolguard.testing.proxy",
+    "LocalServer": "poolguard.testing.servers",
+    "MySQLServer": "poolguard.testing.servers",
+    "PgBouncerServer": "poolguard.testing.servers",
+    "PostgresServer": "poolguard.testing.servers",
+    "RedisServer": "poolguard.testing.servers",
+    "ServerStartError": "poolguard.testing.servers",
+    "ServerUnavailable": "poolguard.testing.servers",
+    "free_port": "poolguard.testing.servers",
+}
+
+__all__ = sorted(_WHERE)
+
+
+def __getattr__(name: str) -> Any:
+    if name not in _WHERE:
+        raise AttributeError(f"module 'poolguard.testing' has no attribute {name!r}")
+    return getattr(importlib.import_module(_WHERE[name]), name)

@@ -125,7 +125,7 @@ class PgBouncerServer(LocalServer):
         clients = [
             line
             for line in self.admin("SHOW CLIENTS").splitlines()
-            if line.split("|")[:2] == [self.user, self.database]
+            if line.split("|")[1:3] == [self.user, self.database]  # type|user|database|...
         ]
         # KILL drops the database's client and server connections; RESUME lets new ones in.
         self.admin(f"KILL {self.database}")

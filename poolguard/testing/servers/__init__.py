@@ -1,0 +1,28 @@
+"""Real PostgreSQL, MariaDB, Redis and PgBouncer servers, started on free loopback ports.
+
+Standard library only: importing this never needs a database driver.
+"""
+
+from __future__ import annotations
+
+from poolguard.testing.servers._base import (
+    LocalServer,
+    ServerStartError,
+    ServerUnavailable,
+    free_port,
+)
+from poolguard.testing.servers.mysql import MySQLServer
+from poolguard.testing.servers.pgbouncer import PgBouncerServer
+from poolguard.testing.servers.postgres import PostgresServer
+from poolguard.testing.servers.redis import RedisServer
+
+__all__ = [
+    "LocalServer",
+    "MySQLServer",
+    "PgBouncerServer",
+    "PostgresServer",
+    "RedisServer",
+    "ServerStartError",
+    "ServerUnavailable",
+    "free_port",
+]
