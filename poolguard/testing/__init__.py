@@ -40,7 +40,18 @@ _WHERE = {
     "free_port": "poolguard.testing.servers",
 }
 
-__all__ = sorted(_WHERE)
+__all__ = [
+    "DeafListener",
+    "FaultProxy",
+    "LocalServer",
+    "MySQLServer",
+    "PgBouncerServer",
+    "PostgresServer",
+    "RedisServer",
+    "ServerStartError",
+    "ServerUnavailable",
+    "free_port",
+]
 
 
 def __getattr__(name: str) -> Any:

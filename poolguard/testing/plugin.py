@@ -1,1 +1,248 @@
-"""pytest plugin (fixtures for real servers and the fault proxy)."""
+"""pytest plugin: real servers and the fault proxy as fixtures (registered as ``poolguard``).
+
+Fixtures
+    ``postgres_server``, ``mysql_server``, ``redis_server``, ``pgbouncer_server`` (session):
+    started servers, shared by the whole run; do not restart or freeze them.
+    ``dedicated_server(kind, **options)`` (function): a fresh local server of ``kind``
+    ("postgres", "mysql", "redis") for tests that restart, freeze or kill it; stopped at teardown.
+    ``fault_proxy(server_or_host, port=None)`` (function): a started :class:`FaultProxy`.
+
+Where servers come from (``POOLGUARD_TEST_SERVERS``)
+    ``local`` (default): processes started here by :mod:`poolguard.testing.servers`.
+    ``docker``: the services of ``docker/docker-compose.yml`` through pytest-docker.
+    ``POOLGUARD_TEST_POSTGRES_URL`` / ``_MYSQL_URL`` / ``_REDIS_URL`` / ``_PGBOUNCER_URL``: an
+    external server (and ``..._ADMIN_URL`` for its superuser), whatever the mode.
+    Docker and external servers are read-only: their chaos methods skip the test.
+
+A server whose software is missing skips the test with the install command, except under
+``CI=true``, where every test must run and a missing server fails instead.
+
+This module is imported by pytest in every run: it imports no driver and starts nothing until a
+fixture is used.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from typing import TYPE_CHECKING, Any, NoReturn
+from urllib.parse import unquote, urlsplit
+
+import pytest
+
+if TYPE_CHECKING:
+    from poolguard.testing.proxy import FaultProxy
+    from poolguard.testing.servers import LocalServer
+
+__all__ = ["RemoteServer"]
+
+MODE_ENV = "POOLGUARD_TEST_SERVERS"
+KINDS = ("postgres", "mysql", "redis", "pgbouncer")
+# Service name and container port of each kind in docker/docker-compose.yml.
+DOCKER_SERVICES = {"postgres": 5432, "mysql": 3306, "redis": 6379, "pgbouncer": 6432}
+DOCKER_ADMIN = {
+    "postgres": "postgresql://postgres:postgres@{host}:{port}/postgres",
+    "mysql": "mysql://root:root@{host}:{port}/mysql",
+    "redis": "redis://{host}:{port}/0",
+    "pgbouncer": "postgresql://pgbouncer_admin:admin@{host}:{port}/pgbouncer",
+}
+DOCKER_URL = {
+    "postgres": "postgresql://app:app@{host}:{port}/app",
+    "mysql": "mysql://app:app@{host}:{port}/app",
+    "redis": "redis://{host}:{port}/0",
+    "pgbouncer": "postgresql://app:app@{host}:{port}/app",
+}
+DOCKER_START_TIMEOUT = 120.0
+
+
+class RemoteServer:
+    """A server this run did not start (Docker or external URL): same read-only API.
+
+    Chaos operations (restart, freeze, kill_connections) skip the calling test: only a local
+    server can be disturbed without harming others.
+    """
+
+    def __init__(self, kind: str, url: str, admin_url: str | None = None) -> None:
+        parts = urlsplit(url)
+        self.kind = kind
+        self.url = url
+        self.admin_url = admin_url or url
+        self.host = parts.hostname or "127.0.0.1"
+        self.port = parts.port or DOCKER_SERVICES[kind]
+        self.user = unquote(parts.username or "")
+        self.password = unquote(parts.password or "")
+        self.database = parts.path.lstrip("/")
+        self.version = "unknown"
+
+    def _no_chaos(self, *args: Any, **kwargs: Any) -> NoReturn:
+        pytest.skip(f"chaos needs a local {self.kind} server (this one is {self.host}:{self.port})")
+
+    start = stop = restart = freeze = thaw = frozen = kill_connections = _no_chaos
+
+    def __repr__(self) -> str:
+        return f"<RemoteServer {self.kind} {self.host}:{self.port}>"
+
+
+def pytest_report_header(config: pytest.Config) -> str:
+    return f"poolguard test servers: {os.environ.get(MODE_ENV, 'local')}"
+
+
+def _ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
+
+
+def _unavailable(reason: str) -> NoReturn:
+    if _ci():
+        pytest.fail(f"{reason} (CI=true: every server must run)", pytrace=False)
+    pytest.skip(reason)
+
+
+def _start_local(factory: Callable[[], LocalServer]) -> LocalServer:
+    from poolguard.testing.servers import ServerUnavailable
+
+    try:
+        return factory().start()
+    except ServerUnavailable as exc:
+        _unavailable(str(exc))
+
+
+def _remote(kind: str, request: pytest.FixtureRequest) -> RemoteServer | None:
+    env = f"POOLGUARD_TEST_{kind.upper()}_URL"
+    if os.environ.get(env):
+        admin = os.environ.get(f"POOLGUARD_TEST_{kind.upper()}_ADMIN_URL")
+        return RemoteServer(kind, os.environ[env], admin)
+    if os.environ.get(MODE_ENV, "local").strip().lower() != "docker":
+        return None
+    return _docker(kind, request)
+
+
+def _docker(kind: str, request: pytest.FixtureRequest) -> RemoteServer:
+    from poolguard.testing.servers._base import tcp_accepts
+
+    try:
+        services = request.getfixturevalue("docker_services")
+    except pytest.FixtureLookupError:
+        _unavailable("POOLGUARD_TEST_SERVERS=docker needs pytest-docker: pip install pytest-docker")
+    port = int(services.port_for(kind, DOCKER_SERVICES[kind]))
+    host = str(getattr(services, "docker_ip", "127.0.0.1"))
+    services.wait_until_responsive(
+        check=lambda: tcp_accepts(port, host), timeout=DOCKER_START_TIMEOUT, pause=0.5
+    )
+    fmt = {"host": host, "port": port}
+    return RemoteServer(kind, DOCKER_URL[kind].format(**fmt), DOCKER_ADMIN[kind].format(**fmt))
+
+
+def _server(
+    kind: str, request: pytest.FixtureRequest, factory: Callable[[], LocalServer]
+) -> Iterator[LocalServer | RemoteServer]:
+    remote = _remote(kind, request)
+    if remote is not None:
+        yield remote
+        return
+    server = _start_local(factory)
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def postgres_server(request: pytest.FixtureRequest) -> Iterator[LocalServer | RemoteServer]:
+    """A running PostgreSQL shared by the session (role and database ``app``)."""
+    from poolguard.testing.servers import PostgresServer
+
+    yield from _server("postgres", request, PostgresServer)
+
+
+@pytest.fixture(scope="session")
+def mysql_server(request: pytest.FixtureRequest) -> Iterator[LocalServer | RemoteServer]:
+    """A running MariaDB shared by the session (user and database ``app``)."""
+    from poolguard.testing.servers import MySQLServer
+
+    yield from _server("mysql", request, MySQLServer)
+
+
+@pytest.fixture(scope="session")
+def redis_server(request: pytest.FixtureRequest) -> Iterator[LocalServer | RemoteServer]:
+    """A running Redis shared by the session (no password, DEBUG enabled)."""
+    from poolguard.testing.servers import RedisServer
+
+    yield from _server("redis", request, RedisServer)
+
+
+@pytest.fixture(scope="session")
+def pgbouncer_server(request: pytest.FixtureRequest) -> Iterator[LocalServer | RemoteServer]:
+    """A running PgBouncer (transaction pooling) in front of ``postgres_server``."""
+    remote = _remote("pgbouncer", request)
+    if remote is not None:
+        yield remote
+        return
+    from poolguard.testing.servers import PgBouncerServer, PostgresServer
+
+    upstream = request.getfixturevalue("postgres_server")
+    if not isinstance(upstream, PostgresServer):
+        _unavailable("a local PgBouncer needs a local PostgreSQL; set POOLGUARD_TEST_PGBOUNCER_URL")
+    yield from _server("pgbouncer", request, lambda: PgBouncerServer(upstream))
+
+
+DedicatedServer = Callable[..., "LocalServer"]
+
+
+@pytest.fixture
+def dedicated_server() -> Iterator[DedicatedServer]:
+    """Factory: ``dedicated_server("postgres" | "mysql" | "redis", **options)`` -> started server.
+
+    For tests that restart, freeze or kill a server; each is stopped at the end of the test.
+    """
+    from poolguard.testing.servers import MySQLServer, PostgresServer, RedisServer
+
+    classes: dict[str, Callable[..., LocalServer]] = {
+        "postgres": PostgresServer,
+        "mysql": MySQLServer,
+        "redis": RedisServer,
+    }
+    started: list[LocalServer] = []
+
+    def make(kind: str, **options: Any) -> LocalServer:
+        if kind not in classes:
+            raise ValueError(
+                f"dedicated_server kind must be one of {sorted(classes)}, not {kind!r}"
+            )
+        if os.environ.get(f"POOLGUARD_TEST_{kind.upper()}_URL") or (
+            os.environ.get(MODE_ENV, "local").strip().lower() == "docker"
+        ):
+            pytest.skip(f"a dedicated {kind} server needs local server mode")
+        server = _start_local(lambda: classes[kind](**options))
+        started.append(server)
+        return server
+
+    yield make
+    for server in reversed(started):
+        server.stop()
+
+
+ProxyFactory = Callable[..., "FaultProxy"]
+
+
+@pytest.fixture
+def fault_proxy() -> Iterator[ProxyFactory]:
+    """Factory: ``fault_proxy(server_or_host, port=None)`` -> started :class:`FaultProxy`."""
+    from poolguard.testing.proxy import FaultProxy
+
+    proxies: list[AbstractContextManager[Any]] = []
+
+    def make(target: Any, port: int | None = None) -> FaultProxy:
+        if isinstance(target, str):
+            if port is None:
+                raise TypeError("fault_proxy(host, port): the port is required with a host")
+            host, upstream_port = target, port
+        else:
+            host, upstream_port = target.host, port or target.port
+        proxy = FaultProxy(host, upstream_port).start()
+        proxies.append(proxy)
+        return proxy
+
+    yield make
+    for proxy in reversed(proxies):
+        proxy.__exit__(None, None, None)
