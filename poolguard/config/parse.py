@@ -92,7 +92,9 @@ def parse_duration(variable: str, text: str) -> float:
     return seconds
 
 
-def parse_optional_duration(variable: str, text: str, *, zero_disables: bool = True) -> float | None:
+def parse_optional_duration(
+    variable: str, text: str, *, zero_disables: bool = True
+) -> float | None:
     """Like :func:`parse_duration`, plus ``off``/``none``/``disabled`` (and ``0``) → ``None``."""
     if _is_disabled_word(text):
         return None
@@ -140,7 +142,7 @@ def parse_float(variable: str, text: str, *, minimum: float | None = None) -> fl
 
 
 def parse_optional_float(variable: str, text: str, *, minimum: float = 0.0) -> float | None:
-    """A number >= ``minimum``, or ``off``/``none``/``unlimited`` → ``None``. ``0`` stays ``0.0``."""
+    """A number >= ``minimum``, or ``off``/``none``/``unlimited`` → ``None`` (``0`` stays 0)."""
     if _is_disabled_word(text):
         return None
     try:

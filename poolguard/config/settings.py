@@ -8,8 +8,16 @@ is the public vocabulary shared by every integration; each field maps to ``POOLG
 from __future__ import annotations
 
 import dataclasses
+import os
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
+
+from poolguard.config import env as _env
+from poolguard.config.fields import ENV_FIELDS, check_relations, coerce
+from poolguard.config.parse import format_duration
+from poolguard.config.urls import normalize_redis_url, normalize_sql_url, redact
+from poolguard.errors import ConfigError
 
 JitterKind = Literal["full", "equal", "decorrelated", "none"]
 PgBouncerMode = Literal["auto", "on", "off"]
@@ -21,7 +29,12 @@ class Settings:
     """Everything poolguard needs to build one guarded pool. See README "Configuration"."""
 
     url: str | None = None
-    """DATABASE_URL (SQL) or REDIS_URL (Redis), normalized; secrets kept, never printed."""
+    """DATABASE_URL (SQL) or REDIS_URL (Redis), normalized; secrets kept, never printed.
+
+    A SQL URL is stored in its *sync* SQLAlchemy form (``postgres://`` becomes
+    ``postgresql+psycopg://``, ``mysql://`` becomes ``mysql+pymysql://``); use
+    :meth:`sql_url` for the async form.
+    """
 
     pool_size: int = 5
     max_overflow: int = 10
@@ -57,9 +70,82 @@ class Settings:
     """Name of a secondary database (``Settings.from_env(name="analytics")``), for logs/stats."""
     backend: Backend = "sql"
 
+    def __post_init__(self) -> None:
+        _validate(self)
+
+    def __repr__(self) -> str:
+        shown = [f"url={redact(self.url)!r}" if self.url else "url=None"]
+        shown += [f"{f.name}={getattr(self, f.name)!r}" for f in dataclasses.fields(self)[1:]]
+        return f"Settings({', '.join(shown)})"
+
     def replace(self, **changes: object) -> Settings:
         """A copy with ``changes`` applied (validated like construction)."""
         return dataclasses.replace(self, **changes)  # type: ignore[arg-type]
+
+    @classmethod
+    def from_env(
+        cls,
+        environ: Mapping[str, str] | None = None,
+        *,
+        backend: Backend = "sql",
+        name: str | None = None,
+        **overrides: object,
+    ) -> Settings:
+        """Settings from keyword ``overrides``, then the environment, then the defaults.
+
+        ``environ`` defaults to ``os.environ``. ``backend="redis"`` reads ``REDIS_URL``, starts
+        from :data:`REDIS_DEFAULTS` and lets ``POOLGUARD_REDIS_<X>`` win over ``POOLGUARD_<X>``.
+        ``name="analytics"`` reads ``ANALYTICS_DATABASE_URL`` (``ANALYTICS_REDIS_URL``) and lets
+        ``POOLGUARD_ANALYTICS_<X>`` win over both. See docs/configuration.md.
+        """
+        return load_settings(environ, backend=backend, name=name, **overrides)
+
+    def sql_url(self, *, async_: bool = False) -> str:
+        """The SQLAlchemy URL for a sync (psycopg/PyMySQL) or async (psycopg/aiomysql) engine."""
+        if self.url is None:
+            raise ConfigError(
+                f"no database URL configured: set {_url_var(self)}", variable=_url_var(self)
+            )
+        return normalize_sql_url(self.url, async_=async_, variable=_url_var(self))
+
+    def redis_url(self) -> str:
+        """The redis-py URL (``redis://``, ``rediss://`` or ``unix://``)."""
+        if self.url is None:
+            raise ConfigError(
+                f"no Redis URL configured: set {_url_var(self)}", variable=_url_var(self)
+            )
+        return normalize_redis_url(self.url, variable=_url_var(self))
+
+    def redacted_url(self) -> str | None:
+        """The URL with its password hidden, for logs, stats and messages."""
+        return None if self.url is None else redact(self.url)
+
+    def describe(self) -> dict[str, object]:
+        """Every field, durations as text (``250ms``, ``off``), URL redacted: for display."""
+        shown: dict[str, object] = {"url": self.redacted_url()}
+        for field in dataclasses.fields(self)[1:]:
+            value = getattr(self, field.name)
+            spec = ENV_FIELDS.get(field.name)
+            if spec is not None and "duration" in spec.kind:
+                value = format_duration(value)
+            shown[field.name] = value
+        return shown
+
+    def warnings(self) -> list[str]:
+        """Advice about settings that are valid but probably not what was meant."""
+        notes = []
+        if self.query_timeout is None:
+            notes.append(
+                "no query timeout configured: a slow or hung statement can hold a connection "
+                "forever (set POOLGUARD_QUERY_TIMEOUT)"
+            )
+        if self.lock_timeout and self.query_timeout and self.lock_timeout >= self.query_timeout:
+            notes.append("lock_timeout >= query_timeout: the lock timeout can never fire")
+        if self.max_idle and self.max_lifetime and self.max_idle >= self.max_lifetime:
+            notes.append("max_idle >= max_lifetime: idle eviction can never happen first")
+        if self.retry_attempts > 1 and self.retry_timeout is None:
+            notes.append("retries have no total time cap (POOLGUARD_RETRY_TIMEOUT is off)")
+        return notes
 
 
 #: Defaults that differ for the Redis client (Redis is expected to answer in milliseconds).
@@ -72,3 +158,89 @@ REDIS_DEFAULTS: dict[str, object] = {
     "validate_idle": 1.0,
     "backend": "redis",
 }
+
+
+def _url_var(settings: Settings) -> str:
+    return _env.url_variable(settings.backend, settings.name)
+
+
+def _validate(settings: Settings) -> None:
+    """Type-check, range-check and coerce every field in place (the dataclass is frozen)."""
+    if settings.backend not in ("sql", "redis"):
+        raise ConfigError(
+            f"backend={settings.backend!r} is not valid: expected sql or redis", variable="backend"
+        )
+    if settings.name is not None:
+        _env.check_name(settings.name)
+    values: dict[str, object] = {}
+    for field in ENV_FIELDS:
+        values[field] = coerce(field, getattr(settings, field))
+        object.__setattr__(settings, field, values[field])
+    check_relations(values, lambda field: field)
+    if settings.url is not None:
+        object.__setattr__(settings, "url", _normalized_url(settings))
+
+
+def _normalized_url(settings: Settings) -> str:
+    url = settings.url
+    if not isinstance(url, str) or not url.strip():
+        raise ConfigError(f"url={url!r} is not valid: expected a URL string", variable="url")
+    if settings.backend == "redis":
+        return normalize_redis_url(url, variable=_url_var(settings))
+    return normalize_sql_url(url.strip(), async_=False, variable=_url_var(settings))
+
+
+def load_settings(
+    environ: Mapping[str, str] | None = None,
+    *,
+    backend: Backend = "sql",
+    name: str | None = None,
+    **overrides: object,
+) -> Settings:
+    """Module-level spelling of :meth:`Settings.from_env`."""
+    env = os.environ if environ is None else environ
+    unknown_keys = sorted(set(overrides) - set(ENV_FIELDS) - {"url"})
+    if unknown_keys:
+        guess = _env.suggest(unknown_keys[0], [*ENV_FIELDS, "url"])
+        hint = f" (did you mean {guess}?)" if guess else ""
+        raise ConfigError(f"unknown setting {unknown_keys[0]!r}{hint}", variable=unknown_keys[0])
+    _env.check_unknown(env)
+    values: dict[str, object] = dict(REDIS_DEFAULTS) if backend == "redis" else {}
+    values.update(backend=backend, name=name)
+    labels: dict[str, str] = {}
+    for field in ENV_FIELDS:
+        if field in overrides:
+            labels[field] = field
+            values[field] = coerce(field, overrides[field])
+            continue
+        for variable in _env.lookup_order(field, backend, name):
+            if variable in env:
+                labels[field] = variable
+                values[field] = coerce(field, env[variable], variable)
+                break
+    check_relations(_with_defaults(values), lambda field: labels.get(field, field))
+    values["url"] = _load_url(env, backend, name, overrides)
+    return Settings(**values)  # type: ignore[arg-type]
+
+
+def _with_defaults(values: Mapping[str, object]) -> dict[str, object]:
+    merged = {f.name: f.default for f in dataclasses.fields(Settings)}
+    merged.update(values)
+    return merged
+
+
+def _load_url(
+    env: Mapping[str, str], backend: Backend, name: str | None, overrides: Mapping[str, object]
+) -> str | None:
+    if "url" in overrides:
+        url = overrides["url"]
+        if url is not None and not isinstance(url, str):
+            raise ConfigError(f"url={url!r} is not valid: expected a URL string", variable="url")
+        return url
+    variable = _env.url_variable(backend, name)
+    url = env.get(variable, "").strip()
+    if not url:
+        return None
+    if backend == "redis":
+        return normalize_redis_url(url, variable=variable)
+    return normalize_sql_url(url, async_=False, variable=variable)
