@@ -141,7 +141,8 @@ class PostgresServer(LocalServer):
             lines = (self.data_dir / "postmaster.pid").read_text().splitlines()
         except OSError:
             return False
-        return len(lines) >= 8 and lines[7].strip() == "ready"
+        # After a crash the old file still says "ready": only trust the one our process wrote.
+        return len(lines) >= 8 and lines[0].strip() == str(self.pid) and lines[7].strip() == "ready"
 
     def psql(self, sql: str, *, database: str = "postgres") -> str:
         """Run SQL as the superuser over the Unix socket (trust auth); return unaligned rows."""
