@@ -9,6 +9,7 @@ state (budget, breaker, stats) that every integration builds once from :class:`S
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from poolguard.core.backoff import Backoff, Uniform, default_rng
 from poolguard.core.breaker import BreakerState, CircuitBreaker
 from poolguard.core.budget import RetryBudget
-from poolguard.core.deadline import Clock, current_deadline
+from poolguard.core.deadline import Clock, current_deadline, remaining
 from poolguard.core.disposition import (
     Action,
     Classification,
@@ -30,6 +31,7 @@ from poolguard.errors import (
     AmbiguousResultError,
     AttemptRecord,
     CircuitOpenError,
+    ConnectTimeout,
     PoolguardError,
     QueryTimeout,
 )
@@ -87,12 +89,30 @@ class GiveUp:
 ErrorFactory = Callable[[GiveUp], BaseException]
 
 
-def _own_error(exc: BaseException) -> Classification | None:
-    # poolguard's own errors (timeouts, an open breaker, ambiguity) are final by construction:
-    # a timeout already spent the budget, and an ambiguous result must never be replayed.
-    if isinstance(exc, PoolguardError):
-        return Classification(Disposition.FAIL, type(exc).__name__.split("_")[0].lower())
-    return None
+def _own_error(exc: BaseException, clock: Clock) -> Classification | None:
+    if not isinstance(exc, PoolguardError):
+        return None
+    if isinstance(exc, ConnectTimeout):
+        left = remaining(clock)
+        if left is None or left > 0:
+            # A connect that timed out never sent a request (retry-safety rule 1), and it is
+            # evidence of a dead or unreachable server, so it counts towards the breaker.
+            # One cut short by the caller's deadline is neither: it falls through to FAIL.
+            return _CONNECT_TIMEOUT
+    # Other own errors (query/pool timeouts, an open breaker, ambiguity) are final by
+    # construction: a timeout already spent its budget, an ambiguous result must never be
+    # replayed. Dropin variants are named ``QueryTimeout_OperationalError``: label the base.
+    name = type(exc).__name__.split("_")[0]
+    return Classification(Disposition.FAIL, _snake(name))
+
+
+_CONNECT_TIMEOUT = Classification(
+    Disposition.RETRY, "connect_timeout", disconnect=True, connect_phase=True
+)
+
+
+def _snake(name: str) -> str:
+    return re.sub(r"(?<!^)(?=[A-Z])", "_", name).lower()
 
 
 def default_error(g: GiveUp) -> BaseException:
@@ -181,7 +201,7 @@ class Guard:
         self.stats.breaker_changed(old.value, new.value)
 
     def classify(self, exc: BaseException) -> Classification:
-        return _own_error(exc) or self._classify(exc)
+        return _own_error(exc, self.clock) or self._classify(exc)
 
     def attempts(
         self, op: Operation = AUTOCOMMIT, *, timeout_error: type[PoolguardError] = QueryTimeout
@@ -221,8 +241,13 @@ class Guard:
         op: Operation = AUTOCOMMIT,
         *,
         timeout_error: type[PoolguardError] = QueryTimeout,
+        sleep: Callable[[float], Awaitable[object]] = asyncio.sleep,
     ) -> T:
-        """Async twin of :meth:`run_with`; the decisions are the same object's."""
+        """Async twin of :meth:`run_with`; the decisions are the same object's.
+
+        ``sleep`` is replaceable for the same reasons as in :meth:`run_with` (other event
+        loops, a fake clock in tests).
+        """
         attempts = Attempts(self, op, timeout_error)
         while True:
             attempts.begin()
@@ -231,7 +256,7 @@ class Guard:
             except Exception as exc:
                 delay = attempts.failed(exc)
                 if delay > 0:
-                    await asyncio.sleep(delay)
+                    await sleep(delay)
             else:
                 attempts.succeeded()
                 return result
@@ -246,7 +271,16 @@ class Guard:
 class Attempts:
     """The decision state of one operation across its attempts (no I/O, no sleeping)."""
 
-    __slots__ = ("_started", "_timeout_error", "guard", "history", "number", "op", "previous")
+    __slots__ = (
+        "_last_error",
+        "_started",
+        "_timeout_error",
+        "guard",
+        "history",
+        "number",
+        "op",
+        "previous",
+    )
 
     def __init__(
         self, guard: Guard, op: Operation, timeout_error: type[PoolguardError] = QueryTimeout
@@ -259,6 +293,7 @@ class Attempts:
         self.previous: float | None = None
         self._started = 0.0
         self._timeout_error = timeout_error
+        self._last_error: BaseException | None = None
 
     def begin(self) -> None:
         """Before each attempt: deadline and breaker checks; raises when the call must not run."""
@@ -269,17 +304,25 @@ class Attempts:
             g.stats.incr("requests")
         at = current_deadline()
         if at is not None and at - g.clock() <= 0:
-            raise self._timeout_error(
+            timeout = self._timeout_error(
                 f"{g.name}: deadline exceeded after {self.number} attempt(s)",
                 attempts=self.number,
                 history=self.history,
                 hint="raise the poolguard.deadline() budget",
             )
+            if self._last_error is None:
+                raise timeout
+            raise timeout from self._last_error
         try:
             g.breaker.before_call()
-        except CircuitOpenError:
+        except CircuitOpenError as err:
             g.stats.incr("circuit_open_rejections")
-            raise
+            if self._last_error is None:
+                raise
+            # The breaker opened between our attempts: keep what led here in the error.
+            err.attempts = self.number
+            err.history = tuple(self.history)
+            raise err from self._last_error
         self.number += 1
 
     def succeeded(self) -> None:
@@ -289,6 +332,7 @@ class Attempts:
         """Decide after a failure: return the delay before the next attempt, or raise."""
         g = self.guard
         op = op or self.op
+        self._last_error = exc
         c = g.classify(exc)
         if c.connect_phase:
             g.breaker.record_failure()
