@@ -41,6 +41,9 @@ PREFIX = "POOLGUARD_"
 ALLOW_UNKNOWN = "POOLGUARD_ALLOW_UNKNOWN"
 #: ``POOLGUARD_*`` variables that are not ``Settings`` fields but are read by poolguard.
 EXTRA_VARIABLES: set[str] = {ALLOW_UNKNOWN}
+#: Namespaces of ``POOLGUARD_*`` variables owned by other parts of poolguard, never settings:
+#: ``POOLGUARD_TEST_*`` configures poolguard.testing's servers (POOLGUARD_TEST_SERVERS ...).
+FOREIGN_PREFIXES = ("POOLGUARD_TEST_",)
 REDIS_INFIX = "REDIS_"
 
 logger = logging.getLogger("poolguard.config")
@@ -52,7 +55,7 @@ _FIELD_VARS = {field.upper(): field for field in ENV_FIELDS}
 def _reserved_names() -> frozenset[str]:
     # A name N is reserved when POOLGUARD_N_ starts a global variable (POOLGUARD_RETRY_ATTEMPTS
     # makes "retry" ambiguous), so every variable maps to exactly one meaning.
-    reserved = {"REDIS", "ALLOW", "ALLOW_UNKNOWN"}
+    reserved = {"REDIS", "ALLOW", "ALLOW_UNKNOWN", "TEST"}
     for var in [*_FIELD_VARS, *(v.removeprefix(PREFIX) for v in EXTRA_VARIABLES)]:
         words = var.split("_")
         reserved.update("_".join(words[:i]) for i in range(1, len(words)))
@@ -98,7 +101,7 @@ def lookup_order(field: str, backend: str, name: str | None) -> list[str]:
 
 def _is_known(variable: str) -> bool:
     rest = variable.removeprefix(PREFIX)
-    if variable in EXTRA_VARIABLES or rest in _FIELD_VARS:
+    if variable in EXTRA_VARIABLES or rest in _FIELD_VARS or variable.startswith(FOREIGN_PREFIXES):
         return True
     if rest.startswith(REDIS_INFIX) and rest.removeprefix(REDIS_INFIX) in _FIELD_VARS:
         return True

@@ -139,7 +139,8 @@ class Settings:
                 "no query timeout configured: a slow or hung statement can hold a connection "
                 "forever (set POOLGUARD_QUERY_TIMEOUT)"
             )
-        if self.lock_timeout and self.query_timeout and self.lock_timeout >= self.query_timeout:
+        lock, query = self.lock_timeout, self.query_timeout
+        if self.backend == "sql" and lock and query and lock >= query:
             notes.append("lock_timeout >= query_timeout: the lock timeout can never fire")
         if self.max_idle and self.max_lifetime and self.max_idle >= self.max_lifetime:
             notes.append("max_idle >= max_lifetime: idle eviction can never happen first")

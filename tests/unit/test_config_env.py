@@ -168,7 +168,9 @@ def test_named_database_without_url() -> None:
     assert Settings.from_env({"DATABASE_URL": "postgres://h/d"}, name="reports").url is None
 
 
-@pytest.mark.parametrize("name", ["retry", "pool", "max", "redis", "idle_in", "retry_backoff"])
+@pytest.mark.parametrize(
+    "name", ["retry", "pool", "max", "redis", "idle_in", "retry_backoff", "test"]
+)
 def test_reserved_names(name: str) -> None:
     with pytest.raises(ConfigError, match="reserved"):
         Settings.from_env({}, name=name)
@@ -234,6 +236,8 @@ def test_known_shapes_are_not_unknown() -> None:
         "POOLGUARD_ANALYTICS_POOL_SIZE": "1",
         "POOLGUARD_READ_REPLICA_QUERY_TIMEOUT": "1",
         "POOLGUARD_ALLOW_UNKNOWN": "0",
+        "POOLGUARD_TEST_SERVERS": "local",  # poolguard.testing's own namespace
+        "POOLGUARD_TEST_POSTGRES_URL": "postgresql://h/db",
         "OTHER_VARIABLE": "x",
     }
     assert unknown_variables(env) == []
