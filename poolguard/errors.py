@@ -106,10 +106,29 @@ _variants_lock = threading.Lock()
 
 
 def _variant_init(self: PoolguardError, *args: Any, **kwargs: Any) -> None:
-    # Only PoolguardError's constructor runs: foreign constructors have signatures of their own
-    # (sqlalchemy's wants statement/params/orig). Attributes they would set are set by the
-    # integration that raises the error, through ``dropin(..., **attrs)``.
+    # Foreign constructors have signatures of their own (sqlalchemy's wants statement/params/
+    # orig): a foreign type whose constructor accepts just the message gets it run, so the
+    # attributes its properties read exist (psycopg's ``diag``/``pgconn`` read ``_info`` and
+    # ``_pgconn``). The rest are set by the integration through ``dropin(..., **attrs)``.
+    # PoolguardError's constructor runs last so poolguard's args and fields win.
+    message = args[0] if args else kwargs.get("message", "")
+    for foreign in type(self)._dropin_key[1:]:  # type: ignore[attr-defined]
+        try:
+            foreign.__init__(self, message)
+        except TypeError:
+            pass
     PoolguardError.__init__(self, *args, **kwargs)
+
+
+def _variant_reduce(self: PoolguardError) -> tuple[Any, ...]:
+    # The class is made at runtime, so pickle cannot find it by name: rebuild it from its
+    # bases (which pickle by reference) and restore the instance dict (fields, attrs, notes).
+    key = type(self)._dropin_key  # type: ignore[attr-defined]
+    return (_rebuild_variant, (key, self.message), dict(self.__dict__))
+
+
+def _rebuild_variant(key: tuple[type[PoolguardError], ...], message: str) -> PoolguardError:
+    return dropin_class(*key)(message)
 
 
 def dropin_class(base: type[E], *foreign: type[BaseException]) -> type[E]:
@@ -126,7 +145,8 @@ def dropin_class(base: type[E], *foreign: type[BaseException]) -> type[E]:
                     "__init__": _variant_init,
                     "__str__": PoolguardError.__str__,
                     "__repr__": PoolguardError.__repr__,
-                    "__reduce__": BaseException.__reduce__,
+                    "__reduce__": _variant_reduce,
+                    "_dropin_key": key,
                     "__module__": base.__module__,
                     "__doc__": base.__doc__,
                     "__qualname__": name,
