@@ -1,0 +1,452 @@
+"""PostgreSQL knowledge: tables and small functions, no pooling (psycopg 3, sync and async).
+
+- :func:`classify`: SQLSTATE / psycopg state → :class:`Classification` (the retry-safety input);
+- :func:`connect_params`: TCP keepalives, ``tcp_user_timeout``, libpq ``connect_timeout`` and the
+  startup ``options`` carrying server-side timeouts;
+- :func:`session_setup_sql` / :func:`local_timeouts_sql`: timeouts that cannot go in the startup
+  packet (version-gated GUCs; PgBouncer transaction pooling, where only ``SET LOCAL`` is safe);
+- :func:`connect` / :func:`connect_async`: psycopg connects bounded by a *client* deadline, since
+  libpq's ``connect_timeout`` is whole seconds with a 2 s minimum;
+- :func:`ping` / :func:`ping_async`, :func:`needs_reset`: cheap validation and reset decisions;
+- :func:`is_idempotent`: may this statement run twice? (a conservative parse, see ``sql.py``).
+
+Nothing here imports SQLAlchemy: the native psycopg_pool integration uses it too.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import math
+import time
+from collections.abc import Generator, Mapping
+from typing import TYPE_CHECKING, Any
+from urllib.parse import urlsplit
+
+import psycopg
+from psycopg import errors as pg_errors
+from psycopg.pq import TransactionStatus
+
+from poolguard.backends.sql import SqlRules, is_read_statement
+from poolguard.core.disposition import Classification, Disposition, Scope
+
+if TYPE_CHECKING:
+    from poolguard.config.settings import Settings
+
+__all__ = [
+    "CLIENT_CONNECTION_CHECK_INTERVAL",
+    "PG_RULES",
+    "RETRY_TRANSACTION_SQLSTATES",
+    "DeadlineAsyncConnection",
+    "DeadlineConnection",
+    "classify",
+    "connect",
+    "connect_async",
+    "connect_params",
+    "driver_error",
+    "is_idempotent",
+    "local_timeouts_sql",
+    "needs_reset",
+    "ping",
+    "ping_async",
+    "server_timeouts",
+    "session_setup_sql",
+    "sqlstate",
+    "startup_options",
+    "uses_pgbouncer",
+]
+
+# --- classification tables ------------------------------------------------------------------
+
+#: The server rolled the whole transaction back: re-run the unit of work (``run_transaction``).
+#: 55P03 (lock_not_available, from ``lock_timeout`` or NOWAIT) aborts the transaction too.
+RETRY_TRANSACTION_SQLSTATES: Mapping[str, str] = {
+    "40001": "serialization_failure",
+    "40P01": "deadlock_detected",
+    "55P03": "lock_not_available",
+}
+
+#: Refused before any statement ran: safe to retry anything (connect phase, breaker-counted).
+#: 57P03 is "the database system is starting up / shutting down / in recovery".
+BEFORE_SEND_SQLSTATES: Mapping[str, tuple[str, Scope]] = {
+    "57P03": ("cannot_connect_now", Scope.POOL),
+    "53300": ("too_many_connections", Scope.NONE),
+    "08001": ("connect_failed", Scope.NONE),
+    "08004": ("connection_rejected", Scope.NONE),
+}
+
+#: The session is gone; whatever was in flight may have run (unless it was before send).
+#: 57P01 is also what pg_terminate_backend() sends. 25006 (read-only transaction) means we
+#: reached a standby after a failover: the statement was rejected, so it is before-send, and
+#: every older connection may point at the demoted primary.
+DISCONNECT_SQLSTATES: Mapping[str, tuple[str, Disposition, Scope]] = {
+    "57P01": ("admin_shutdown", Disposition.RETRY_IF_IDEMPOTENT, Scope.POOL),
+    "57P02": ("crash_shutdown", Disposition.RETRY_IF_IDEMPOTENT, Scope.POOL),
+    "25P03": ("idle_in_transaction_timeout", Disposition.RETRY_IF_IDEMPOTENT, Scope.CONNECTION),
+    "25006": ("read_only_transaction", Disposition.RETRY, Scope.POOL),
+    "08003": ("connection_does_not_exist", Disposition.RETRY_IF_IDEMPOTENT, Scope.CONNECTION),
+    "08006": ("connection_failure", Disposition.RETRY_IF_IDEMPOTENT, Scope.CONNECTION),
+    "08007": ("transaction_resolution_unknown", Disposition.AMBIGUOUS, Scope.CONNECTION),
+    "08P01": ("protocol_violation", Disposition.RETRY_IF_IDEMPOTENT, Scope.CONNECTION),
+    "57P05": ("idle_session_timeout", Disposition.RETRY_IF_IDEMPOTENT, Scope.CONNECTION),
+}
+
+#: Timeouts fired by the server: final (retrying a statement that timed out doubles the load).
+TIMEOUT_SQLSTATES: Mapping[str, str] = {
+    "57014": "statement_timeout",  # query_canceled: statement_timeout or a cancel request
+}
+
+# psycopg messages without a SQLSTATE (libpq client-side errors). "sending query failed" means
+# libpq could not write the request, so the server never saw a complete message.
+_BEFORE_SEND_MESSAGES = (
+    ("sending query", "send_failed"),
+    ("connection failed", "connect_failed"),
+    ("connection timeout expired", "connect_timeout"),
+    ("could not connect", "connect_failed"),
+    ("connection refused", "connect_refused"),
+    ("could not translate host name", "dns_failed"),
+    ("the connection is closed", "connection_closed"),
+    ("the connection is lost", "connection_closed"),
+)
+_AFTER_SEND_MESSAGES = (
+    ("consuming input failed", "receive_failed"),
+    ("server closed the connection unexpectedly", "server_closed"),
+    ("ssl syscall error", "ssl_error"),
+    ("ssl connection has been closed", "ssl_error"),
+    ("terminating connection", "terminated"),
+    ("connection reset", "connection_reset"),
+    ("broken pipe", "broken_pipe"),
+    ("no connection to the server", "no_connection"),
+)
+#: Connect-phase reasons: they feed the circuit breaker.
+_CONNECT_REASONS = frozenset(
+    {"connect_failed", "connect_timeout", "connect_refused", "dns_failed", "cannot_connect_now",
+     "too_many_connections", "connection_rejected"}
+)  # fmt: skip
+
+FAIL_UNKNOWN = Classification(Disposition.FAIL, "error")
+
+
+def driver_error(exc: BaseException) -> BaseException:
+    """The psycopg error under wrappers (SQLAlchemy's ``.orig``, ``raise ... from``)."""
+    seen = 0
+    while not isinstance(exc, psycopg.Error) and seen < 5:
+        inner = getattr(exc, "orig", None) or exc.__cause__
+        if not isinstance(inner, BaseException):
+            break
+        exc, seen = inner, seen + 1
+    return exc
+
+
+def sqlstate(exc: BaseException) -> str | None:
+    """The SQLSTATE of ``exc`` (or of the driver error it wraps)."""
+    code = getattr(driver_error(exc), "sqlstate", None)
+    return code if isinstance(code, str) else None
+
+
+def classify(exc: BaseException) -> Classification:
+    """What a PostgreSQL/psycopg error means for retry safety (see DESIGN "Retry safety")."""
+    err = driver_error(exc)
+    if not isinstance(err, psycopg.Error):
+        return _classify_foreign(exc)
+    code = err.sqlstate
+    if code is not None:
+        found = _classify_sqlstate(code)
+        if found is not None:
+            return found
+        if not code.startswith("08"):
+            return Classification(Disposition.FAIL, f"sqlstate_{code}")
+    return _classify_message(err)
+
+
+def _classify_sqlstate(code: str) -> Classification | None:
+    if code in RETRY_TRANSACTION_SQLSTATES:
+        return Classification(Disposition.RETRY_TRANSACTION, RETRY_TRANSACTION_SQLSTATES[code])
+    if code in BEFORE_SEND_SQLSTATES:
+        reason, scope = BEFORE_SEND_SQLSTATES[code]
+        return Classification(
+            Disposition.RETRY, reason, disconnect=True, scope=scope, connect_phase=True
+        )
+    if code in DISCONNECT_SQLSTATES:
+        reason, disposition, scope = DISCONNECT_SQLSTATES[code]
+        return Classification(disposition, reason, disconnect=True, scope=scope)
+    if code in TIMEOUT_SQLSTATES:
+        return Classification(Disposition.FAIL, TIMEOUT_SQLSTATES[code])
+    return None
+
+
+def _classify_message(err: psycopg.Error) -> Classification:
+    text = str(err).lower()
+    is_connect = isinstance(err, pg_errors.ConnectionTimeout)
+    for needle, reason in _BEFORE_SEND_MESSAGES:
+        if needle in text or (is_connect and reason == "connect_timeout"):
+            return Classification(
+                Disposition.RETRY,
+                reason,
+                disconnect=True,
+                scope=Scope.NONE,
+                connect_phase=reason in _CONNECT_REASONS,
+            )
+    for needle, reason in _AFTER_SEND_MESSAGES:
+        if needle in text:
+            return Classification(
+                Disposition.RETRY_IF_IDEMPOTENT, reason, disconnect=True, scope=Scope.CONNECTION
+            )
+    if isinstance(err, psycopg.OperationalError):
+        # An OperationalError we cannot place: assume the connection is gone after send.
+        return Classification(
+            Disposition.RETRY_IF_IDEMPOTENT, "operational_error", disconnect=True,
+            scope=Scope.CONNECTION,
+        )  # fmt: skip
+    return Classification(Disposition.FAIL, type(err).__name__.lower())
+
+
+def _classify_foreign(exc: BaseException) -> Classification:
+    # OS-level errors raised while connecting (DNS, refused) before psycopg wrapped them.
+    if isinstance(exc, ConnectionRefusedError):
+        return Classification(
+            Disposition.RETRY, "connect_refused", disconnect=True, connect_phase=True
+        )
+    return FAIL_UNKNOWN
+
+
+# --- statements ------------------------------------------------------------------------------
+
+#: Side-effecting PostgreSQL functions, listed for readers and tests (``sql.py`` already rejects
+#: any function outside its allow-list, so these are never idempotent).
+PG_UNSAFE_FUNCTIONS = frozenset(
+    {
+        "nextval", "setval", "txid_current", "pg_current_xact_id", "pg_advisory_lock",
+        "pg_advisory_xact_lock", "pg_try_advisory_lock", "pg_advisory_lock_shared",
+        "pg_advisory_unlock", "pg_advisory_unlock_all", "dblink", "dblink_exec",
+        "pg_notify", "set_config", "pg_terminate_backend", "pg_cancel_backend",
+        "lo_import", "lo_create", "lo_unlink", "pg_stat_reset", "pg_switch_wal",
+    }
+)  # fmt: skip
+PG_RULES = SqlRules(unsafe_functions=PG_UNSAFE_FUNCTIONS)
+
+
+def is_idempotent(sql: str) -> bool:
+    """True when ``sql`` is a plain read that may safely run twice (conservative)."""
+    return is_read_statement(sql, PG_RULES)
+
+
+# --- server-side timeouts ----------------------------------------------------------------------
+
+#: ``client_connection_check_interval`` (PostgreSQL >= 14): the server polls the client socket
+#: during long statements, so a statement whose client was cut off by the backstop stops soon
+#: instead of running to completion.
+CLIENT_CONNECTION_CHECK_INTERVAL = 1.0
+_TRANSACTION_TIMEOUT_VERSION = 170000
+_CONNECTION_CHECK_VERSION = 140000
+
+
+def _ms(seconds: float) -> int:
+    return max(1, round(seconds * 1000))
+
+
+def server_timeouts(settings: Settings) -> dict[str, int]:
+    """The always-available server GUCs (milliseconds) for the configured timeouts."""
+    out: dict[str, int] = {}
+    if settings.query_timeout:
+        out["statement_timeout"] = _ms(settings.query_timeout)
+    if settings.lock_timeout:
+        out["lock_timeout"] = _ms(settings.lock_timeout)
+    if settings.idle_in_transaction_timeout:
+        out["idle_in_transaction_session_timeout"] = _ms(settings.idle_in_transaction_timeout)
+    return out
+
+
+def _versioned_timeouts(settings: Settings, server_version: int) -> dict[str, int]:
+    out: dict[str, int] = {}
+    if settings.transaction_timeout and server_version >= _TRANSACTION_TIMEOUT_VERSION:
+        out["transaction_timeout"] = _ms(settings.transaction_timeout)
+    if server_version >= _CONNECTION_CHECK_VERSION:
+        out["client_connection_check_interval"] = _ms(CLIENT_CONNECTION_CHECK_INTERVAL)
+    return out
+
+
+def startup_options(settings: Settings) -> str | None:
+    """libpq ``options`` (``-c statement_timeout=...``): zero round trips, not for PgBouncer."""
+    gucs = server_timeouts(settings)
+    return " ".join(f"-c {k}={v}" for k, v in gucs.items()) or None
+
+
+def _set_config_sql(gucs: Mapping[str, int], *, local: bool) -> str | None:
+    if not gucs:
+        return None
+    flag = "true" if local else "false"
+    calls = ", ".join(f"set_config('{k}', '{v}', {flag})" for k, v in gucs.items())
+    return f"SELECT {calls}"
+
+
+def session_setup_sql(settings: Settings, server_version: int) -> str | None:
+    """One statement run once per new connection (not under PgBouncer), or None.
+
+    Only the version-gated GUCs go here: an unknown GUC in the startup packet is fatal.
+    """
+    if uses_pgbouncer(settings):
+        return None
+    return _set_config_sql(_versioned_timeouts(settings, server_version), local=False)
+
+
+def local_timeouts_sql(settings: Settings, server_version: int) -> str | None:
+    """PgBouncer transaction pooling: ``set_config(..., is_local => true)`` at each transaction
+    start (session state would leak to other clients of the same server connection)."""
+    gucs = server_timeouts(settings)
+    if settings.transaction_timeout and server_version >= _TRANSACTION_TIMEOUT_VERSION:
+        gucs["transaction_timeout"] = _ms(settings.transaction_timeout)
+    return _set_config_sql(gucs, local=True)
+
+
+#: PgBouncer's conventional port, used by ``pgbouncer="auto"``.
+PGBOUNCER_PORT = 6432
+
+
+def uses_pgbouncer(settings: Settings, url: str | None = None) -> bool:
+    """``pgbouncer="on"``, or ``"auto"`` with the URL on port 6432 or ``?pgbouncer=true``."""
+    if settings.pgbouncer != "auto":
+        return settings.pgbouncer == "on"
+    target = url or settings.url or ""
+    try:
+        parts = urlsplit(target)
+        return parts.port == PGBOUNCER_PORT or "pgbouncer=true" in parts.query.lower()
+    except ValueError:
+        return False
+
+
+# --- connect parameters ------------------------------------------------------------------------
+
+#: libpq's connect_timeout is whole seconds and treats 1 as 2 (psycopg does too).
+LIBPQ_MIN_CONNECT_TIMEOUT = 2
+#: Keepalive probes after the idle time; interval = idle / KEEPALIVE_PROBES (>= 1 s).
+KEEPALIVE_PROBES = 3
+
+
+def connect_params(settings: Settings) -> dict[str, Any]:
+    """libpq keyword parameters: keepalives, ``tcp_user_timeout``, connect_timeout, options.
+
+    The libpq ``connect_timeout`` is a coarse fallback; :func:`connect` enforces the exact,
+    possibly sub-second, ``settings.connect_timeout`` on the client.
+    """
+    params: dict[str, Any] = {}
+    if settings.connect_timeout:
+        params["connect_timeout"] = max(
+            LIBPQ_MIN_CONNECT_TIMEOUT, math.ceil(settings.connect_timeout)
+        )
+    if settings.tcp_keepalive:
+        idle = max(1, round(settings.tcp_keepalive))
+        interval = max(1, idle // KEEPALIVE_PROBES)
+        params.update(
+            keepalives=1,
+            keepalives_idle=idle,
+            keepalives_interval=interval,
+            keepalives_count=KEEPALIVE_PROBES,
+            # Unacknowledged data (a request into a blackhole) fails after the same total time
+            # a silent peer needs to fail the keepalive probes.
+            tcp_user_timeout=(idle + interval * KEEPALIVE_PROBES) * 1000,
+        )
+    if not uses_pgbouncer(settings):
+        options = startup_options(settings)
+        if options:
+            params["options"] = options
+    return params
+
+
+# --- connecting under a client deadline --------------------------------------------------------
+
+_connect_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+    "poolguard_pg_connect_deadline", default=None
+)
+
+_ConnGen = Generator[Any, Any, Any]
+
+
+def _bounded(gen: _ConnGen, deadline: float | None) -> _ConnGen:
+    """Wrap psycopg's connection generator: give up once ``deadline`` passes.
+
+    psycopg's wait loop wakes the generator at least every 0.1 s, so the bound is tight to
+    ~0.1 s even when the server never answers (a deaf listener, a blackholed SYN).
+    """
+    if deadline is None:
+        return (yield from gen)
+    ready: Any = None
+    item = next(gen)
+    while True:
+        if time.monotonic() >= deadline:
+            gen.close()
+            raise pg_errors.ConnectionTimeout("connection timeout expired (client deadline)")
+        ready = yield item
+        try:
+            item = gen.send(ready)
+        except StopIteration as stop:
+            return stop.value
+
+
+class DeadlineConnection(psycopg.Connection[Any]):
+    """psycopg Connection whose connect honours the client deadline set by :func:`connect`."""
+
+    @classmethod
+    def _connect_gen(cls, *args: Any, **kwargs: Any) -> Any:
+        return _bounded(super()._connect_gen(*args, **kwargs), _connect_deadline.get())
+
+
+class DeadlineAsyncConnection(psycopg.AsyncConnection[Any]):
+    """Async twin of :class:`DeadlineConnection`."""
+
+    @classmethod
+    def _connect_gen(cls, *args: Any, **kwargs: Any) -> Any:
+        return _bounded(super()._connect_gen(*args, **kwargs), _connect_deadline.get())
+
+
+def connect(conninfo: str = "", *, timeout: float | None, **kwargs: Any) -> DeadlineConnection:
+    """``psycopg.connect`` bounded by ``timeout`` seconds on the client (sub-second works)."""
+    token = _connect_deadline.set(None if timeout is None else time.monotonic() + timeout)
+    try:
+        return DeadlineConnection.connect(conninfo, **kwargs)
+    finally:
+        _connect_deadline.reset(token)
+
+
+async def connect_async(
+    conninfo: str = "", *, timeout: float | None, **kwargs: Any
+) -> DeadlineAsyncConnection:
+    """Async twin of :func:`connect`."""
+    token = _connect_deadline.set(None if timeout is None else time.monotonic() + timeout)
+    try:
+        return await DeadlineAsyncConnection.connect(conninfo, **kwargs)
+    finally:
+        _connect_deadline.reset(token)
+
+
+# --- validation and reset ----------------------------------------------------------------------
+
+#: The cheapest round trip: an empty query (EmptyQueryResponse), no parse, no plan, no row.
+PING_SQL = ""
+
+
+def ping(conn: psycopg.Connection[Any]) -> None:
+    """One round trip; raises the driver error when the connection is dead.
+
+    Bound it with :mod:`poolguard.integrations.backstop`: psycopg sync has no read timeout.
+    """
+    conn.execute(PING_SQL)
+
+
+async def ping_async(conn: psycopg.AsyncConnection[Any]) -> None:
+    await conn.execute(PING_SQL)
+
+
+def needs_reset(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool | None:
+    """Does returning ``conn`` to a pool need a ROLLBACK? (no round trip: libpq's state)
+
+    False: idle, nothing to undo. True: inside a (possibly failed) transaction, roll back.
+    None: the connection is broken or busy mid-query: discard it.
+    """
+    if conn.closed or conn.broken:
+        return None
+    status = conn.info.transaction_status
+    if status == TransactionStatus.IDLE:
+        return False
+    if status in (TransactionStatus.INTRANS, TransactionStatus.INERROR):
+        return True
+    return None
