@@ -1,0 +1,415 @@
+"""Guarded redis-py (asyncio): the twin of ``sync.py``; same decisions, ``await`` at the I/O.
+
+The per-command socket timeout is applied through ``Connection.socket_timeout`` (redis-py's
+asyncio connection reads it for every send and read) and restored afterwards; a connection is
+owned by one task while checked out, so this is not shared state.
+"""
+
+# redis-py's internals (execute helpers, parse_url, pools) carry no annotations.
+# mypy: disable-error-code="no-untyped-call"
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import redis.asyncio
+import redis.asyncio.client
+import redis.asyncio.connection as aconn
+import redis.exceptions as rex
+
+from poolguard.backends import redis as backend
+from poolguard.core.disposition import Disposition
+from poolguard.core.retry import Attempts
+from poolguard.errors import CircuitOpenError, PoolguardError
+from poolguard.integrations.redis import _common as c
+
+__all__ = [
+    "AsyncGuardedBlockingConnectionPool",
+    "AsyncGuardedConnection",
+    "AsyncGuardedPipeline",
+    "AsyncGuardedPubSub",
+    "AsyncGuardedRedis",
+    "AsyncGuardedSSLConnection",
+    "AsyncGuardedUnixDomainSocketConnection",
+]
+
+
+class _AsyncGuardedConnectionMixin:
+    pg_policy: c.Policy
+    pg_born: float
+    pg_checked: float
+    pg_expires: float
+    pg_last_used: float
+    pg_sent: bool
+    socket_connect_timeout: float | None
+
+    def _pg_init(self, policy: c.Policy) -> None:
+        self.pg_policy = policy
+        self.pg_born = self.pg_checked = self.pg_last_used = 0.0
+        self.pg_expires = float("inf")
+        self.pg_sent = False
+
+    async def connect_check_health(
+        self, check_health: bool = True, retry_socket_connect: bool = True
+    ) -> None:
+        if self.is_connected:  # type: ignore[attr-defined]
+            return
+        policy = self.pg_policy
+        self.socket_connect_timeout = c.connect_timeout(policy.connect_timeout)
+        try:
+            await super().connect_check_health(check_health, retry_socket_connect)  # type: ignore[misc]
+        except Exception as exc:
+            backend.mark_connect_phase(exc)
+            policy.guard.stats.incr("connect_failures")
+            raise
+        finally:
+            self.socket_connect_timeout = policy.connect_timeout
+        now = time.monotonic()
+        self.pg_born = self.pg_checked = self.pg_last_used = now
+        self.pg_expires = policy.expiry(now)
+        policy.guard.stats.incr("connects")
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        await super().send_packed_command(command, check_health)  # type: ignore[misc]
+        self.pg_sent = True
+
+
+class AsyncGuardedConnection(_AsyncGuardedConnectionMixin, aconn.Connection):
+    def __init__(self, *, poolguard_policy: c.Policy, **kwargs: Any) -> None:
+        self._pg_init(poolguard_policy)
+        super().__init__(**kwargs)
+
+
+class AsyncGuardedSSLConnection(_AsyncGuardedConnectionMixin, aconn.SSLConnection):
+    def __init__(self, *, poolguard_policy: c.Policy, **kwargs: Any) -> None:
+        self._pg_init(poolguard_policy)
+        super().__init__(**kwargs)
+
+
+class AsyncGuardedUnixDomainSocketConnection(
+    _AsyncGuardedConnectionMixin, aconn.UnixDomainSocketConnection
+):
+    def __init__(self, *, poolguard_policy: c.Policy, **kwargs: Any) -> None:
+        self._pg_init(poolguard_policy)
+        super().__init__(**kwargs)
+
+
+CONNECTION_CLASSES: dict[type[Any], type[Any]] = {
+    aconn.Connection: AsyncGuardedConnection,
+    aconn.SSLConnection: AsyncGuardedSSLConnection,
+    aconn.UnixDomainSocketConnection: AsyncGuardedUnixDomainSocketConnection,
+}
+
+
+class AsyncGuardedBlockingConnectionPool(aconn.BlockingConnectionPool):
+    def __init__(self, *, poolguard_policy: c.Policy, **kwargs: Any) -> None:
+        self.pg_policy = poolguard_policy
+        self.pg_suspect_before = 0.0
+        self.pg_waiting = 0
+        super().__init__(poolguard_policy=poolguard_policy, **kwargs)
+
+    @property
+    def pg_guard(self) -> Any:
+        return self.pg_policy.guard
+
+    @property
+    def timeout(self) -> float | None:
+        return c.acquire_timeout(self._pg_acquire_timeout)
+
+    @timeout.setter
+    def timeout(self, value: float | None) -> None:
+        self._pg_acquire_timeout = value
+
+    async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        start = time.monotonic()
+        self.pg_waiting += 1
+        try:
+            conn = await super().get_connection()
+        except rex.ConnectionError as exc:
+            if str(exc) == backend.ACQUIRE_TIMEOUT_MESSAGE and not backend.is_connect_phase(exc):
+                raise c.PoolTimeoutError(
+                    f"{self.pg_policy.label}: no connection became free in "
+                    f"{time.monotonic() - start:.3f}s (all {self.max_connections} in use)",
+                    hint="raise POOLGUARD_REDIS_POOL_SIZE or POOLGUARD_REDIS_ACQUIRE_TIMEOUT",
+                ) from exc
+            raise
+        finally:
+            self.pg_waiting -= 1
+        self.pg_policy.guard.stats.record_wait(time.monotonic() - start)
+        try:
+            await self._pg_checkout(conn, start)
+        except BaseException:
+            await self.release(conn)
+            raise
+        return conn
+
+    async def _pg_checkout(self, conn: Any, start: float) -> None:
+        if conn.pg_born >= start:
+            return
+        now = time.monotonic()
+        policy = self.pg_policy
+        idle = now - conn.pg_last_used
+        if now >= conn.pg_expires:
+            reason = "lifetime"
+        elif policy.max_idle is not None and idle > policy.max_idle:
+            reason = "idle"
+        elif (
+            policy.validate_idle is not None and idle > policy.validate_idle
+        ) or conn.pg_checked < self.pg_suspect_before:
+            if await self._pg_ping(conn):
+                conn.pg_checked = now
+                return
+            reason = "validation"
+        else:
+            return
+        policy.guard.stats.evict(reason, now - conn.pg_born, idle)
+        await conn.disconnect()
+        await conn.connect()
+
+    async def _pg_ping(self, conn: Any) -> bool:
+        stats = self.pg_policy.guard.stats
+        stats.incr("validations")
+        timeout = self.pg_policy.ping_timeout()
+        configured = conn.socket_timeout
+        conn.socket_timeout = timeout
+        try:
+            await conn.send_command("PING", check_health=False)
+            ok = await conn.read_response(timeout=timeout) in (b"PONG", "PONG")
+        except c.TRANSPORT_ERRORS:
+            ok = False
+        finally:
+            conn.socket_timeout = configured
+        if not ok:
+            stats.incr("validation_failures")
+        return ok
+
+    async def release(self, connection: Any) -> None:
+        connection.pg_last_used = time.monotonic()
+        await super().release(connection)
+
+    def pg_mark_suspect(self, exc: BaseException) -> None:
+        """A transport failure: validate every connection older than now at its next checkout."""
+        self.pg_suspect_before = time.monotonic()
+        self.pg_policy.guard.stats.disconnect(backend.classify(exc).reason, exc)
+
+    def pg_gauges(self) -> dict[str, Any]:
+        idle = len(self._available_connections)
+        in_use = len(self._in_use_connections)
+        return {
+            "size": idle + in_use,
+            "checked_out": in_use,
+            "idle": idle,
+            "waiting": max(0, self.pg_waiting - in_use),
+            "max_size": self.max_connections,
+        }
+
+
+class AsyncGuardedRedis(redis.asyncio.Redis):
+    """A ``redis.asyncio.Redis`` whose commands are retried by poolguard, and only when safe."""
+
+    async def execute_command(self, *args: Any, **options: Any) -> Any:
+        if self.single_connection_client:
+            await self.initialize()
+        info = backend.command_info(args)
+        idem = c.command_idempotent(info, args)
+        try:
+            return await self.connection_pool.pg_guard.arun_with(  # type: ignore[attr-defined]
+                lambda attempts: self._pg_attempt(attempts, info, idem, args, options),
+                c.op(sent=False, idempotent=idem),
+                timeout_error=c.QueryTimeoutError,
+            )
+        except PoolguardError as exc:
+            wrapped = c.wrap_own(exc)
+            if wrapped is exc:
+                raise
+            raise wrapped from exc
+
+    async def _pg_attempt(
+        self,
+        attempts: Attempts,
+        info: backend.CommandInfo,
+        idem: bool,
+        args: Sequence[Any],
+        options: dict[str, Any],
+    ) -> Any:
+        pool: Any = self.connection_pool
+        conn: Any = None
+        configured: Any = None
+        try:
+            conn = self.connection or await pool.get_connection()
+            conn.pg_sent = False
+            configured = conn.socket_timeout
+            timeout = c.command_timeout(configured, info, args)
+            if timeout != configured:
+                conn.socket_timeout = timeout
+            else:
+                configured = None  # nothing to restore
+            if self.single_connection_client:
+                async with self._single_conn_lock:
+                    return await self._send_command_parse_response(conn, args[0], *args, **options)
+            return await self._send_command_parse_response(conn, args[0], *args, **options)
+        except BaseException as exc:
+            sent = conn is not None and conn.pg_sent
+            attempts.op = c.op(sent=sent, idempotent=idem)
+            if conn is not None and isinstance(exc, c.TRANSPORT_ERRORS):
+                await conn.disconnect(nowait=True)
+                pool.pg_mark_suspect(exc)
+            c.note_command(exc, args[0])
+            raise
+        finally:
+            if conn is not None:
+                if configured is not None:
+                    conn.socket_timeout = configured
+                if not self.connection:
+                    await pool.release(conn)
+
+    def pipeline(
+        self,
+        transaction: bool = True,
+        shard_hint: str | None = None,
+        *,
+        idempotent: bool | None = None,
+    ) -> AsyncGuardedPipeline:
+        return AsyncGuardedPipeline(
+            self.connection_pool, self.response_callbacks, transaction, shard_hint, idempotent
+        )
+
+    def pubsub(self, **kwargs: Any) -> AsyncGuardedPubSub:
+        return AsyncGuardedPubSub(
+            self.connection_pool, event_dispatcher=self._event_dispatcher, **kwargs
+        )
+
+
+class AsyncPipelinePartiallyApplied(rex.ResponseError):
+    """A non-transactional pipeline failed part-way; earlier commands ran, so no replay."""
+
+
+class AsyncGuardedPipeline(redis.asyncio.client.Pipeline):
+    def __init__(
+        self,
+        connection_pool: Any,
+        response_callbacks: Any,
+        transaction: bool,
+        shard_hint: Any,
+        idempotent: bool | None = None,
+    ) -> None:
+        super().__init__(connection_pool, response_callbacks, transaction, shard_hint)
+        self.pg_idempotent = idempotent
+
+    async def execute(self, raise_on_error: bool = True) -> list[Any]:
+        stack = self.command_stack
+        if not stack and not self.watching:
+            return []
+        if self.scripts:
+            await self.load_scripts()
+        transactional = bool(self.is_transaction or self.explicit_transaction)
+        watching = self.watching
+        idem = False if watching else c.pipeline_idempotent(self.pg_idempotent, stack)
+        try:
+            return await self.connection_pool.pg_guard.arun_with(  # type: ignore[attr-defined,no-any-return]
+                lambda attempts: self._pg_attempt(
+                    attempts, stack, raise_on_error, transactional, idem, watching
+                ),
+                c.op(sent=False, idempotent=idem),
+                timeout_error=c.QueryTimeoutError,
+            )
+        except PoolguardError as exc:
+            wrapped = c.wrap_own(exc)
+            if wrapped is exc:
+                raise
+            raise wrapped from exc
+        finally:
+            await self.reset()
+
+    async def _pg_attempt(
+        self,
+        attempts: Attempts,
+        stack: list[Any],
+        raise_on_error: bool,
+        transactional: bool,
+        idem: bool,
+        watching: bool,
+    ) -> list[Any]:
+        pool: Any = self.connection_pool
+        conn: Any = self.connection
+        configured: Any = None
+        try:
+            if conn is None:
+                conn = self.connection = await pool.get_connection()
+            conn.pg_sent = False
+            configured = conn.socket_timeout
+            timeout = c.pipeline_timeout(configured, stack)
+            if timeout != configured:
+                conn.socket_timeout = timeout
+            else:
+                configured = None
+            if transactional:
+                response = await self._execute_transaction(conn, stack, False)
+            else:
+                response = await self._execute_pipeline(conn, stack, False)
+        except BaseException as exc:
+            if configured is not None and conn is not None:
+                conn.socket_timeout, configured = configured, None
+            sent = conn is not None and (conn.pg_sent or not transactional)
+            attempts.op = c.op(sent=sent, idempotent=idem)
+            c.note_command(exc, "MULTI/EXEC" if transactional else "the pipeline")
+            if conn is not None and isinstance(exc, c.TRANSPORT_ERRORS):
+                await conn.disconnect(nowait=True)
+                pool.pg_mark_suspect(exc)
+                if watching and not conn.pg_sent:
+                    raise rex.WatchError(
+                        "the connection holding the WATCH was lost before EXEC was sent: "
+                        "nothing was applied; retry the optimistic transaction"
+                    ) from exc
+            if not watching and self.connection is not None:
+                self.connection = None
+                await pool.release(conn)
+            raise
+        finally:
+            if configured is not None and conn is not None:
+                conn.socket_timeout = configured
+        if raise_on_error:
+            self._pg_raise_first(stack, response, transactional, idem)
+        return response  # type: ignore[no-any-return]
+
+    def _pg_raise_first(
+        self, stack: list[Any], response: list[Any], transactional: bool, idem: bool
+    ) -> None:
+        for index, reply in enumerate(response):
+            if not isinstance(reply, rex.ResponseError):
+                continue
+            retryable = backend.classify(reply).disposition is Disposition.RETRY
+            applied = any(not isinstance(r, Exception) for r in response)
+            if retryable and not transactional and not idem and applied:
+                raise AsyncPipelinePartiallyApplied(
+                    f"poolguard: command #{index + 1} of a pipeline was rejected "
+                    f"({str(reply).split(' ', 1)[0]}) after earlier commands ran; not replayed "
+                    "because it is not idempotent"
+                ) from reply
+            self.raise_first_error(stack, response)
+
+
+class AsyncGuardedPubSub(redis.asyncio.client.PubSub):
+    """Reconnects and resubscribes through the Guard; messages published meanwhile are lost."""
+
+    async def _execute(self, conn: Any, command: Any, *args: Any, **kwargs: Any) -> Any:
+        pool: Any = self.connection_pool
+
+        async def attempt(attempts: Attempts) -> Any:
+            if not conn.is_connected:
+                await conn.connect()  # redis-py's on_connect callback resubscribes
+                pool.pg_guard.stats.incr("resubscribes")
+            try:
+                return await command(*args, **kwargs)
+            except c.TRANSPORT_ERRORS:
+                await conn.disconnect(nowait=True)
+                raise
+
+        try:
+            return await pool.pg_guard.arun_with(
+                attempt, c.op(sent=True, idempotent=True), timeout_error=c.QueryTimeoutError
+            )
+        except CircuitOpenError as exc:
+            raise c.wrap_circuit(exc) from exc

@@ -1,0 +1,456 @@
+"""Guarded redis-py (sync): a real ``redis.Redis`` whose commands go through poolguard's Guard.
+
+The hook points, chosen from redis-py 8.1's source:
+
+- ``GuardedRedis.execute_command`` replaces redis-py's retry wrapper with ``Guard.run_with``
+  (redis-py's own ``Retry`` is disabled: ``Retry(NoBackoff(), 0)``). One attempt = check out a
+  connection, send, read. Whether the command *may have reached the server* is known exactly:
+  the connection records when ``send_packed_command`` finished (``pg_sent``); a failure before
+  that (connect, checkout validation, a send that did not complete) cannot have executed
+  anything, because Redis only executes a command once it has received all of it.
+- ``GuardedConnection.connect_check_health`` bounds connecting by the deadline and tags connect
+  failures (``backends.redis.mark_connect_phase``) so they count towards the breaker.
+- ``GuardedBlockingConnectionPool`` bounds the acquire wait (deadline-aware ``timeout``), turns
+  "No connection available." into ``PoolTimeout`` and, at checkout, retires connections past
+  their jittered lifetime or max idle and PINGs (own short timeout) those idle past
+  ``validate_idle`` or older than the last transport failure.
+- ``GuardedPipeline.execute`` replays a pipeline only when every command is idempotent (or the
+  caller vouches), never after a WATCH, never a partially applied non-transactional pipeline.
+- ``GuardedPubSub._execute`` reconnects and resubscribes through the same loop.
+"""
+
+# redis-py's internals (execute helpers, parse_url, pools) carry no annotations.
+# mypy: disable-error-code="no-untyped-call"
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from typing import Any
+
+import redis
+import redis.client
+import redis.connection
+import redis.exceptions as rex
+
+from poolguard.backends import redis as backend
+from poolguard.core.disposition import Disposition
+from poolguard.core.retry import Attempts
+from poolguard.errors import CircuitOpenError, PoolguardError
+from poolguard.integrations.redis import _common as c
+
+__all__ = [
+    "GuardedBlockingConnectionPool",
+    "GuardedConnection",
+    "GuardedPipeline",
+    "GuardedPubSub",
+    "GuardedRedis",
+    "GuardedSSLConnection",
+    "GuardedUnixDomainSocketConnection",
+]
+
+_MISSING = object()
+
+
+class _GuardedConnectionMixin:
+    """Connect bounded by the deadline, connect failures tagged, send completion recorded."""
+
+    pg_policy: c.Policy
+    pg_born: float
+    pg_checked: float
+    pg_expires: float
+    pg_last_used: float
+    pg_sent: bool
+    _sock: Any
+    socket_connect_timeout: float | None
+
+    def _pg_init(self, policy: c.Policy) -> None:
+        self.pg_policy = policy
+        self.pg_born = self.pg_checked = self.pg_last_used = 0.0
+        self.pg_expires = float("inf")
+        self.pg_sent = False
+
+    def connect_check_health(
+        self, check_health: bool = True, retry_socket_connect: bool = True
+    ) -> None:
+        if self._sock:
+            return
+        policy = self.pg_policy
+        self.socket_connect_timeout = c.connect_timeout(policy.connect_timeout)
+        try:
+            super().connect_check_health(check_health, retry_socket_connect)  # type: ignore[misc]
+        except Exception as exc:
+            backend.mark_connect_phase(exc)
+            policy.guard.stats.incr("connect_failures")
+            raise
+        finally:
+            self.socket_connect_timeout = policy.connect_timeout
+        now = time.monotonic()
+        self.pg_born = self.pg_checked = self.pg_last_used = now
+        self.pg_expires = policy.expiry(now)
+        policy.guard.stats.incr("connects")
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        super().send_packed_command(command, check_health)  # type: ignore[misc]
+        self.pg_sent = True
+
+
+class GuardedConnection(_GuardedConnectionMixin, redis.connection.Connection):
+    def __init__(self, *, poolguard_policy: c.Policy, **kwargs: Any) -> None:
+        self._pg_init(poolguard_policy)
+        super().__init__(**kwargs)
+
+
+class GuardedSSLConnection(_GuardedConnectionMixin, redis.connection.SSLConnection):
+    def __init__(self, *, poolguard_policy: c.Policy, **kwargs: Any) -> None:
+        self._pg_init(poolguard_policy)
+        super().__init__(**kwargs)
+
+
+class GuardedUnixDomainSocketConnection(
+    _GuardedConnectionMixin, redis.connection.UnixDomainSocketConnection
+):
+    def __init__(self, *, poolguard_policy: c.Policy, **kwargs: Any) -> None:
+        self._pg_init(poolguard_policy)
+        super().__init__(**kwargs)
+
+
+CONNECTION_CLASSES: dict[type[Any], type[Any]] = {
+    redis.connection.Connection: GuardedConnection,
+    redis.connection.SSLConnection: GuardedSSLConnection,
+    redis.connection.UnixDomainSocketConnection: GuardedUnixDomainSocketConnection,
+}
+
+AnyConnection = GuardedConnection | GuardedSSLConnection | GuardedUnixDomainSocketConnection
+
+
+class GuardedBlockingConnectionPool(redis.connection.BlockingConnectionPool):
+    """Bounded pool: deadline-aware acquire timeout, lifetime/idle eviction, idle validation."""
+
+    def __init__(self, *, poolguard_policy: c.Policy, **kwargs: Any) -> None:
+        self.pg_policy = poolguard_policy
+        self.pg_suspect_before = 0.0
+        self.pg_waiting = 0
+        super().__init__(poolguard_policy=poolguard_policy, **kwargs)
+
+    @property
+    def pg_guard(self) -> Any:
+        return self.pg_policy.guard
+
+    # redis-py reads ``self.timeout`` once per get_connection: make it deadline-aware.
+    @property
+    def timeout(self) -> float | None:
+        return c.acquire_timeout(self._pg_acquire_timeout)
+
+    @timeout.setter
+    def timeout(self, value: float | None) -> None:
+        self._pg_acquire_timeout = value
+
+    def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        start = time.monotonic()
+        self.pg_waiting += 1
+        try:
+            conn = super().get_connection()
+        except rex.ConnectionError as exc:
+            if str(exc) == backend.ACQUIRE_TIMEOUT_MESSAGE and not backend.is_connect_phase(exc):
+                raise self._pool_timeout(start) from exc
+            raise
+        finally:
+            self.pg_waiting -= 1
+        self.pg_policy.guard.stats.record_wait(time.monotonic() - start)
+        try:
+            self._pg_checkout(conn, start)
+        except BaseException:
+            self.release(conn)
+            raise
+        return conn
+
+    def _pool_timeout(self, start: float) -> BaseException:
+        size = self.max_connections
+        return c.PoolTimeoutError(
+            f"{self.pg_policy.label}: no connection became free in "
+            f"{time.monotonic() - start:.3f}s (all {size} in use)",
+            hint="raise POOLGUARD_REDIS_POOL_SIZE or POOLGUARD_REDIS_ACQUIRE_TIMEOUT, "
+            "or find what holds connections",
+        )
+
+    def _pg_checkout(self, conn: AnyConnection, start: float) -> None:
+        if conn.pg_born >= start:
+            return  # connected during this checkout: fresh connections are not pinged
+        now = time.monotonic()
+        policy = self.pg_policy
+        idle = now - conn.pg_last_used
+        reason = None
+        if now >= conn.pg_expires:
+            reason = "lifetime"
+        elif policy.max_idle is not None and idle > policy.max_idle:
+            reason = "idle"
+        elif (
+            policy.validate_idle is not None and idle > policy.validate_idle
+        ) or conn.pg_checked < self.pg_suspect_before:
+            if self._pg_ping(conn):
+                conn.pg_checked = now
+                return
+            reason = "validation"
+        else:
+            return
+        policy.guard.stats.evict(reason, now - conn.pg_born, idle)
+        conn.disconnect()
+        conn.connect()
+
+    def _pg_ping(self, conn: AnyConnection) -> bool:
+        stats = self.pg_policy.guard.stats
+        stats.incr("validations")
+        sock = conn._sock
+        try:
+            sock.settimeout(self.pg_policy.ping_timeout())
+            conn.send_command("PING", check_health=False)
+            ok = conn.read_response() in (b"PONG", "PONG")
+        except c.TRANSPORT_ERRORS:
+            ok = False
+        finally:
+            if conn._sock is not None:
+                conn._sock.settimeout(conn.socket_timeout)
+        if not ok:
+            stats.incr("validation_failures")
+        return ok
+
+    def release(self, connection: Any) -> None:
+        connection.pg_last_used = time.monotonic()
+        super().release(connection)
+
+    def pg_mark_suspect(self, exc: BaseException) -> None:
+        """A transport failure: validate every connection older than now at its next checkout."""
+        self.pg_suspect_before = time.monotonic()
+        self.pg_policy.guard.stats.disconnect(backend.classify(exc).reason, exc)
+
+    def pg_gauges(self) -> dict[str, Any]:
+        created = [conn for conn in getattr(self, "_connections", ()) if conn is not None]
+        idle = sum(1 for conn in list(self.pool.queue) if conn is not None)
+        connected = sum(1 for conn in created if conn._sock is not None)
+        return {
+            "size": connected,
+            "checked_out": len(created) - idle,
+            "idle": idle,
+            "waiting": max(0, self.pg_waiting - (len(created) - idle)),
+            "max_size": self.max_connections,
+        }
+
+
+def _checkout(client: Any) -> Any:
+    return client.connection or client.connection_pool.get_connection()
+
+
+class GuardedRedis(redis.Redis):
+    """A ``redis.Redis`` whose commands are retried by poolguard, and only when safe."""
+
+    def execute_command(self, *args: Any, **options: Any) -> Any:
+        info = backend.command_info(args)
+        idem = c.command_idempotent(info, args)
+        try:
+            pool: Any = self.connection_pool
+            return pool.pg_guard.run_with(
+                lambda attempts: self._pg_attempt(attempts, info, idem, args, options),
+                c.op(sent=False, idempotent=idem),
+                timeout_error=c.QueryTimeoutError,
+            )
+        except PoolguardError as exc:
+            wrapped = c.wrap_own(exc)
+            if wrapped is exc:
+                raise
+            raise wrapped from exc
+
+    def _pg_attempt(
+        self,
+        attempts: Attempts,
+        info: backend.CommandInfo,
+        idem: bool,
+        args: Sequence[Any],
+        options: dict[str, Any],
+    ) -> Any:
+        pool: Any = self.connection_pool
+        conn: Any = None
+        sock = None
+        try:
+            conn = self.connection or pool.get_connection()
+            conn.pg_sent = False
+            configured = conn.socket_timeout
+            timeout = c.command_timeout(configured, info, args)
+            if timeout != configured and conn._sock is not None:
+                sock = conn._sock
+                sock.settimeout(timeout)
+            if self._single_connection_client:
+                with self.single_connection_lock:
+                    return self._send_command_parse_response(conn, args[0], *args, **options)
+            return self._send_command_parse_response(conn, args[0], *args, **options)
+        except BaseException as exc:
+            sent = conn is not None and conn.pg_sent
+            attempts.op = c.op(sent=sent, idempotent=idem)
+            if conn is not None and isinstance(exc, c.TRANSPORT_ERRORS):
+                conn.disconnect()
+                pool.pg_mark_suspect(exc)
+            c.note_command(exc, args[0])
+            raise
+        finally:
+            if conn is not None:
+                if sock is not None and conn._sock is sock:
+                    sock.settimeout(conn.socket_timeout)
+                if not self.connection:
+                    pool.release(conn)
+
+    def pipeline(
+        self,
+        transaction: bool = True,
+        shard_hint: Any = None,
+        *,
+        idempotent: bool | None = None,
+    ) -> GuardedPipeline:
+        """A pipeline; ``idempotent=True`` vouches that the whole batch may be replayed."""
+        return GuardedPipeline(
+            self.connection_pool, self.response_callbacks, transaction, shard_hint, idempotent
+        )
+
+    def pubsub(self, **kwargs: Any) -> GuardedPubSub:
+        return GuardedPubSub(
+            self.connection_pool, event_dispatcher=self._event_dispatcher, **kwargs
+        )
+
+
+class PipelinePartiallyApplied(rex.ResponseError):
+    """A non-transactional pipeline failed part-way; earlier commands ran, so no replay."""
+
+
+class GuardedPipeline(redis.client.Pipeline):
+    """Replayed as a whole only when safe; WATCH and partial application are never replayed."""
+
+    def __init__(
+        self,
+        connection_pool: Any,
+        response_callbacks: Any,
+        transaction: bool,
+        shard_hint: Any,
+        idempotent: bool | None = None,
+    ) -> None:
+        super().__init__(connection_pool, response_callbacks, transaction, shard_hint)
+        self.pg_idempotent = idempotent
+
+    def execute(self, raise_on_error: bool = True) -> list[Any]:
+        stack = self.command_stack
+        if not stack and not self.watching:
+            return []
+        if self.scripts:
+            self.load_scripts()
+        transactional = bool(self.transaction or self.explicit_transaction)  # type: ignore[truthy-function]
+        watching = self.watching
+        # A WATCH lives on one connection: replaying elsewhere would drop the optimistic lock.
+        idem = False if watching else c.pipeline_idempotent(self.pg_idempotent, stack)
+        try:
+            pool: Any = self.connection_pool
+            return pool.pg_guard.run_with(  # type: ignore[no-any-return]
+                lambda attempts: self._pg_attempt(
+                    attempts, stack, raise_on_error, transactional, idem, watching
+                ),
+                c.op(sent=False, idempotent=idem),
+                timeout_error=c.QueryTimeoutError,
+            )
+        except PoolguardError as exc:
+            wrapped = c.wrap_own(exc)
+            if wrapped is exc:
+                raise
+            raise wrapped from exc
+        finally:
+            self.reset()
+
+    def _pg_attempt(
+        self,
+        attempts: Attempts,
+        stack: list[Any],
+        raise_on_error: bool,
+        transactional: bool,
+        idem: bool,
+        watching: bool,
+    ) -> list[Any]:
+        pool: Any = self.connection_pool
+        conn: Any = self.connection
+        sock = None
+        try:
+            if conn is None:
+                conn = self.connection = pool.get_connection()
+            conn.pg_sent = False
+            configured = conn.socket_timeout
+            timeout = c.pipeline_timeout(configured, stack)
+            if timeout != configured and conn._sock is not None:
+                sock = conn._sock
+                sock.settimeout(timeout)
+            if transactional:
+                response = self._execute_transaction(conn, stack, False)
+            else:
+                response = self._execute_pipeline(conn, stack, False)
+        except BaseException as exc:
+            if sock is not None and conn is not None and conn._sock is sock:
+                sock.settimeout(conn.socket_timeout)
+            sock = None
+            # MULTI..EXEC that was not fully sent never ran (no EXEC arrived). A plain pipeline
+            # executes command by command as bytes arrive: any failure may follow a prefix.
+            sent = conn is not None and (conn.pg_sent or not transactional)
+            attempts.op = c.op(sent=sent, idempotent=idem)
+            c.note_command(exc, "MULTI/EXEC" if transactional else "the pipeline")
+            if conn is not None and isinstance(exc, c.TRANSPORT_ERRORS):
+                conn.disconnect()
+                pool.pg_mark_suspect(exc)
+                if watching and not conn.pg_sent:
+                    raise rex.WatchError(
+                        "the connection holding the WATCH was lost before EXEC was sent: "
+                        "nothing was applied; retry the optimistic transaction"
+                    ) from exc
+            if not watching and self.connection is not None:
+                self.connection = None  # the next attempt checks out (and validates) afresh
+                pool.release(conn)
+            raise
+        finally:
+            if sock is not None and conn is not None and conn._sock is sock:
+                sock.settimeout(conn.socket_timeout)
+        if raise_on_error:
+            self._pg_raise_first(stack, response, transactional, idem)
+        return response
+
+    def _pg_raise_first(
+        self, stack: list[Any], response: list[Any], transactional: bool, idem: bool
+    ) -> None:
+        for index, reply in enumerate(response):
+            if not isinstance(reply, rex.ResponseError):
+                continue
+            retryable = backend.classify(reply).disposition is Disposition.RETRY
+            applied = any(not isinstance(r, Exception) for r in response)
+            if retryable and not transactional and not idem and applied:
+                raise PipelinePartiallyApplied(
+                    f"poolguard: command #{index + 1} of a pipeline was rejected "
+                    f"({str(reply).split(' ', 1)[0]}) after earlier commands ran; not replayed "
+                    "because it is not idempotent"
+                ) from reply
+            self.raise_first_error(stack, response)
+
+
+class GuardedPubSub(redis.client.PubSub):
+    """Reconnects and resubscribes through the Guard; messages published meanwhile are lost."""
+
+    def _execute(self, conn: Any, command: Any, *args: Any, **kwargs: Any) -> Any:
+        pool: Any = self.connection_pool
+
+        def attempt(attempts: Attempts) -> Any:
+            if conn._sock is None or conn.should_reconnect():
+                conn.disconnect()
+                conn.connect()  # redis-py's on_connect callback resubscribes every channel
+                pool.pg_guard.stats.incr("resubscribes")
+            try:
+                return command(*args, **kwargs)
+            except c.TRANSPORT_ERRORS:
+                conn.disconnect()  # pub/sub reads use disconnect_on_error=False
+                raise
+
+        try:
+            return pool.pg_guard.run_with(
+                attempt, c.op(sent=True, idempotent=True), timeout_error=c.QueryTimeoutError
+            )
+        except CircuitOpenError as exc:
+            raise c.wrap_circuit(exc) from exc
