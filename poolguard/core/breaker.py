@@ -69,7 +69,9 @@ class CircuitBreaker:
 
     def before_call(self) -> None:
         """Raise CircuitOpenError when calls must fail fast; else let the call proceed."""
-        if self.failures is None:
+        # Lock-free fast path: CLOSED has no time-driven transition, so an unlocked read is
+        # enough. Racing a concurrent opening only admits a call that arrived "just before" it.
+        if self.failures is None or self._state is BreakerState.CLOSED:
             return
         changed: tuple[BreakerState, BreakerState] | None = None
         with self._lock:
@@ -101,7 +103,9 @@ class CircuitBreaker:
 
     def record_success(self) -> None:
         """The server answered (even with an error that is not about connecting)."""
-        if self.failures is None:
+        # Lock-free fast path for the common case: nothing to reset. CLOSED implies no probe
+        # is pending; a failure racing this read is simply ordered after this success.
+        if self.failures is None or (self._consecutive == 0 and self._state is BreakerState.CLOSED):
             return
         with self._lock:
             self._consecutive = 0

@@ -39,7 +39,9 @@ class RetryBudget:
 
     def on_request(self) -> None:
         """Credit one operation (first attempts only, not retries)."""
-        if self.ratio is None:
+        # A full bucket stays full: skip the lock (the common case when nothing is failing).
+        # If a retry spends a token right after this read, the deposit is ordered before it.
+        if self.ratio is None or self._tokens >= self.capacity:
             return
         with self._lock:
             self._tokens = min(self.capacity, self._tokens + self.ratio)

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from poolguard.core.backoff import Backoff, Uniform, default_rng
 from poolguard.core.breaker import BreakerState, CircuitBreaker
 from poolguard.core.budget import RetryBudget
-from poolguard.core.deadline import Clock, current_deadline, remaining
+from poolguard.core.deadline import Clock, _deadline, current_deadline, remaining
 from poolguard.core.disposition import (
     Action,
     Classification,
@@ -302,17 +302,9 @@ class Attempts:
             self._started = g.clock()
             g.budget.on_request()
             g.stats.incr("requests")
-        at = current_deadline()
+        at = _deadline.get()  # current_deadline(), minus a call: this is the hot path
         if at is not None and at - g.clock() <= 0:
-            timeout = self._timeout_error(
-                f"{g.name}: deadline exceeded after {self.number} attempt(s)",
-                attempts=self.number,
-                history=self.history,
-                hint="raise the poolguard.deadline() budget",
-            )
-            if self._last_error is None:
-                raise timeout
-            raise timeout from self._last_error
+            self._deadline_exceeded()
         try:
             g.breaker.before_call()
         except CircuitOpenError as err:
@@ -324,6 +316,18 @@ class Attempts:
             err.history = tuple(self.history)
             raise err from self._last_error
         self.number += 1
+
+    def _deadline_exceeded(self) -> None:
+        g = self.guard
+        timeout = self._timeout_error(
+            f"{g.name}: deadline exceeded after {self.number} attempt(s)",
+            attempts=self.number,
+            history=self.history,
+            hint="raise the poolguard.deadline() budget",
+        )
+        if self._last_error is None:
+            raise timeout
+        raise timeout from self._last_error
 
     def succeeded(self) -> None:
         self.guard.breaker.record_success()
