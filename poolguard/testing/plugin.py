@@ -125,7 +125,7 @@ def _docker(kind: str, request: pytest.FixtureRequest) -> RemoteServer:
     except pytest.FixtureLookupError:
         _unavailable("POOLGUARD_TEST_SERVERS=docker needs pytest-docker: pip install pytest-docker")
     port = int(services.port_for(kind, DOCKER_SERVICES[kind]))
-    host = str(getattr(services, "docker_ip", "127.0.0.1"))
+    host = str(request.getfixturevalue("docker_ip"))
     services.wait_until_responsive(
         check=lambda: tcp_accepts(port, host), timeout=DOCKER_START_TIMEOUT, pause=0.5
     )
