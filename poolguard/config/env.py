@@ -39,8 +39,9 @@ __all__ = [
 
 PREFIX = "POOLGUARD_"
 ALLOW_UNKNOWN = "POOLGUARD_ALLOW_UNKNOWN"
-#: ``POOLGUARD_*`` variables that are not ``Settings`` fields but are read by poolguard.
-EXTRA_VARIABLES: set[str] = {ALLOW_UNKNOWN}
+#: ``POOLGUARD_*`` variables that are not ``Settings`` fields but are read by poolguard. A new
+#: one must be listed here, or ``from_env`` reports it as unknown.
+EXTRA_VARIABLES: frozenset[str] = frozenset({ALLOW_UNKNOWN})
 #: Namespaces of ``POOLGUARD_*`` variables owned by other parts of poolguard, never settings:
 #: ``POOLGUARD_TEST_*`` configures poolguard.testing's servers (POOLGUARD_TEST_SERVERS ...).
 FOREIGN_PREFIXES = ("POOLGUARD_TEST_",)
