@@ -274,3 +274,14 @@ def test_from_env_raises_only_config_error(env: dict[str, str]) -> None:
     except ConfigError as exc:
         error = exc
     assert error is None or error.variable is not None
+
+
+def test_docs_list_every_variable() -> None:
+    from pathlib import Path
+
+    from poolguard.config.env import EXTRA_VARIABLES
+
+    docs = Path(__file__).resolve().parents[2] / "docs" / "configuration.md"
+    text = docs.read_text()
+    for variable in [f"POOLGUARD_{f.upper()}" for f in ENV_FIELDS] + sorted(EXTRA_VARIABLES):
+        assert f"`{variable}`" in text, f"{variable} is missing from docs/configuration.md"
