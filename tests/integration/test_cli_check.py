@@ -139,6 +139,25 @@ def test_wrong_password_fails_without_leaking(postgres_server: Any) -> None:
     assert "password authentication failed" in backend["error"]
 
 
+@pytest.mark.mysql
+def test_mysql_wrong_password(mysql_server: Any) -> None:
+    url = with_password(mysql_server.url, DISTINCT)
+    proc = run_check(env=_clean_env(DATABASE_URL=url), secrets=(DISTINCT,))
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "Access denied" in proc.stdout
+
+
+@pytest.mark.redis
+def test_redis_password_never_shown(redis_server: Any) -> None:
+    parts = urlsplit(redis_server.url)
+    url = f"redis://:{DISTINCT}@{parts.hostname}:{parts.port}/0"
+    proc = run_check("--json", env=_clean_env(REDIS_URL=url), secrets=(DISTINCT,))
+    backend = json.loads(proc.stdout)["backends"][0]
+    assert backend["url"] == f"redis://:***@{parts.hostname}:{parts.port}/0"
+    # redis-py tolerates AUTH against a password-less server; one with a password rejects it.
+    assert proc.returncode in (0, 1), proc.stdout + proc.stderr
+
+
 def test_refused_port_fails() -> None:
     from poolguard.testing import free_port
 
