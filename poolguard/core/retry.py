@@ -330,6 +330,9 @@ class Attempts:
         raise timeout from self._last_error
 
     def succeeded(self) -> None:
+        # Drop the last failure: its traceback holds the loop's frame, which holds us (a cycle
+        # that would otherwise keep both alive until the garbage collector runs).
+        self._last_error = None
         self.guard.breaker.record_success()
 
     def failed(self, exc: BaseException, op: Operation | None = None) -> float:
