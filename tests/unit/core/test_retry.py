@@ -716,3 +716,29 @@ async def test_run_and_arun_shortcuts(clock: FakeClock) -> None:
 
     assert await guard.arun(answer) == 42
     assert guard.stats.snapshot()["requests"] == 2
+
+
+async def test_a_retried_success_leaves_no_reference_cycle(front: Front, clock: FakeClock) -> None:
+    import gc
+    import weakref
+
+    guard = make_guard(clock)
+    refs: list[weakref.ref[FakeDBError]] = []
+
+    def tracked() -> FakeDBError:
+        err = FakeDBError(LOADING)
+        refs.append(weakref.ref(err))
+        return err
+
+    def fn(attempts: Attempts) -> str:
+        if not refs:
+            raise tracked()  # no local in fn's frame: the traceback must not pin the error
+        return "ok"
+
+    gc.disable()
+    try:
+        assert await front.call(guard, fn) == "ok"
+        await asyncio.sleep(0)
+        assert refs[0]() is None  # the failure was freed by refcounting, not left to the GC
+    finally:
+        gc.enable()
