@@ -200,28 +200,44 @@ def load_settings(
 ) -> Settings:
     """Module-level spelling of :meth:`Settings.from_env`."""
     env = os.environ if environ is None else environ
-    unknown_keys = sorted(set(overrides) - set(ENV_FIELDS) - {"url"})
-    if unknown_keys:
-        guess = _env.suggest(unknown_keys[0], [*ENV_FIELDS, "url"])
-        hint = f" (did you mean {guess}?)" if guess else ""
-        raise ConfigError(f"unknown setting {unknown_keys[0]!r}{hint}", variable=unknown_keys[0])
+    _check_keywords(overrides)
     _env.check_unknown(env)
     values: dict[str, object] = dict(REDIS_DEFAULTS) if backend == "redis" else {}
     values.update(backend=backend, name=name)
     labels: dict[str, str] = {}
     for field in ENV_FIELDS:
-        if field in overrides:
-            labels[field] = field
-            values[field] = coerce(field, overrides[field])
-            continue
-        for variable in _env.lookup_order(field, backend, name):
-            if variable in env:
-                labels[field] = variable
-                values[field] = coerce(field, env[variable], variable)
-                break
+        label, text = _source(field, env, backend, name, overrides)
+        if label is not None:
+            labels[field] = label
+            values[field] = coerce(field, text, label)
+    # Checked here, not only in __post_init__, so the message names the variables involved.
     check_relations(_with_defaults(values), lambda field: labels.get(field, field))
     values["url"] = _load_url(env, backend, name, overrides)
     return Settings(**values)  # type: ignore[arg-type]
+
+
+def _check_keywords(overrides: Mapping[str, object]) -> None:
+    unknown = sorted(set(overrides) - set(ENV_FIELDS) - {"url"})
+    if unknown:
+        guess = _env.suggest(unknown[0], [*ENV_FIELDS, "url"])
+        hint = f" (did you mean {guess}?)" if guess else ""
+        raise ConfigError(f"unknown setting {unknown[0]!r}{hint}", variable=unknown[0])
+
+
+def _source(
+    field: str,
+    env: Mapping[str, str],
+    backend: Backend,
+    name: str | None,
+    overrides: Mapping[str, object],
+) -> tuple[str | None, object]:
+    """(label, raw value) of the most specific source that sets ``field``; (None, None) if none."""
+    if field in overrides:
+        return field, overrides[field]
+    for variable in _env.lookup_order(field, backend, name):
+        if variable in env:
+            return variable, env[variable]
+    return None, None
 
 
 def _with_defaults(values: Mapping[str, object]) -> dict[str, object]:
