@@ -4,7 +4,8 @@ Fixtures
     ``postgres_server``, ``mysql_server``, ``redis_server``, ``pgbouncer_server`` (session):
     started servers, shared by the whole run; do not restart or freeze them.
     ``dedicated_server(kind, **options)`` (function): a fresh local server of ``kind``
-    ("postgres", "mysql", "redis") for tests that restart, freeze or kill it; stopped at teardown.
+    ("postgres", "mysql", "redis", "pgbouncer") for tests that restart, freeze or kill it;
+    stopped at teardown.
     ``fault_proxy(server_or_host, port=None)`` (function): a started :class:`FaultProxy`.
 
 Where servers come from (``POOLGUARD_TEST_SERVERS``)
@@ -191,11 +192,12 @@ DedicatedServer = Callable[..., "LocalServer"]
 
 @pytest.fixture
 def dedicated_server() -> Iterator[DedicatedServer]:
-    """Factory: ``dedicated_server("postgres" | "mysql" | "redis", **options)`` -> started server.
+    """Factory: ``dedicated_server("postgres" | "mysql" | "redis" | "pgbouncer", **options)``.
 
-    For tests that restart, freeze or kill a server; each is stopped at the end of the test.
+    Returns a started server for tests that restart, freeze or kill it; each is stopped at the
+    end of the test. ``"pgbouncer"`` comes with its own PostgreSQL (``server.upstream``).
     """
-    from poolguard.testing.servers import MySQLServer, PostgresServer, RedisServer
+    from poolguard.testing.servers import MySQLServer, PgBouncerServer, PostgresServer, RedisServer
 
     classes: dict[str, Callable[..., LocalServer]] = {
         "postgres": PostgresServer,
@@ -205,15 +207,18 @@ def dedicated_server() -> Iterator[DedicatedServer]:
     started: list[LocalServer] = []
 
     def make(kind: str, **options: Any) -> LocalServer:
-        if kind not in classes:
-            raise ValueError(
-                f"dedicated_server kind must be one of {sorted(classes)}, not {kind!r}"
-            )
+        if kind not in KINDS:
+            raise ValueError(f"dedicated_server kind must be one of {KINDS}, not {kind!r}")
         if os.environ.get(f"POOLGUARD_TEST_{kind.upper()}_URL") or (
             os.environ.get(MODE_ENV, "local").strip().lower() == "docker"
         ):
             pytest.skip(f"a dedicated {kind} server needs local server mode")
-        server = _start_local(lambda: classes[kind](**options))
+        if kind == "pgbouncer":  # with its own PostgreSQL, reachable as .upstream
+            upstream = make("postgres")
+            assert isinstance(upstream, PostgresServer)
+            server = _start_local(lambda: PgBouncerServer(upstream, **options))
+        else:
+            server = _start_local(lambda: classes[kind](**options))
         started.append(server)
         return server
 

@@ -221,18 +221,25 @@ def test_restart_with_downtime_keeps_port_and_data(
 
 
 @pytest.mark.redis
-def test_redis_restart_refuses_then_serves(dedicated_server: Callable[..., LocalServer]) -> None:
+def test_redis_restart_keeps_data_crash_loses_it(
+    dedicated_server: Callable[..., LocalServer],
+) -> None:
     import redis
 
     server = dedicated_server("redis")
     client = redis_connect(server.url)
     client.set("k", "v")
     server.restart(downtime=0.2)
-    assert client.ping()  # redis-py reconnects; the data is gone (no persistence configured)
-    assert client.get("k") is None
+    assert client.ping()  # redis-py reconnects
+    assert client.get("k") == b"v"  # a clean restart keeps the data
+    client.set("k2", "v2")
+    server.restart(crash=True)
+    assert client.get("k") == b"v"  # in the snapshot the clean restart saved
+    assert client.get("k2") is None  # a crash loses what was not saved
+    port = server.port
     server.stop()
     with pytest.raises(redis.ConnectionError):
-        redis_connect(f"redis://127.0.0.1:{server.port or 1}/0").ping()
+        redis_connect(f"redis://127.0.0.1:{port}/0").ping()
 
 
 @pytest.mark.postgres
@@ -420,3 +427,25 @@ def test_pgbouncer_needs_a_running_upstream() -> None:
 
     with pytest.raises(ServerStartError, match="upstream"):
         PgBouncerServer(PostgresServer()).start()
+
+
+@pytest.mark.postgres
+@pytest.mark.pgbouncer
+def test_dedicated_pgbouncer_survives_an_upstream_restart(
+    dedicated_server: Callable[..., Any],
+) -> None:
+    bouncer = dedicated_server("pgbouncer")
+    assert isinstance(bouncer.upstream, PostgresServer)
+    with pg_connect(bouncer.url, prepare_threshold=None) as conn:
+        assert pg_query(conn, "SELECT 1") == (1,)
+    bouncer.upstream.restart(downtime=0.3)
+    deadline = time.monotonic() + 10
+    while True:  # PgBouncer retries the server login every second (server_login_retry)
+        try:
+            with pg_connect(bouncer.url, prepare_threshold=None) as conn:
+                assert pg_query(conn, "SELECT 2") == (2,)
+                break
+        except Exception:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.1)

@@ -193,6 +193,9 @@ class LocalServer(ABC):
     def _bootstrap(self) -> None:  # noqa: B027 - optional hook, most servers need it
         """First start only, once ready: create users and the database."""
 
+    def _before_restart(self) -> None:  # noqa: B027 - optional hook
+        """A clean restart is about to stop the server: make its data survive."""
+
     @abstractmethod
     def _kill_sessions(self, application_name: str | None) -> int: ...
 
@@ -246,10 +249,13 @@ class LocalServer(ABC):
         """Stop, stay down ``downtime`` seconds, start again on the same port with the same data.
 
         ``crash=True`` SIGKILLs the whole process group instead of a clean shutdown (PostgreSQL
-        then runs crash recovery on start).
+        then runs crash recovery on start; Redis comes back empty).
         """
         with self._lock:
             self._require_started()
+            if not crash:
+                self.thaw()
+                self._before_restart()
             self._shutdown(graceful=not crash)
             if downtime > 0:
                 time.sleep(downtime)
