@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING, Any
+
 from poolguard.core import Hooks, deadline, set_testing
 from poolguard.errors import (
     AmbiguousResultError,
@@ -14,7 +16,36 @@ from poolguard.errors import (
     TransactionTimeout,
 )
 
+if TYPE_CHECKING:
+    from poolguard.integrations.sqlalchemy import (
+        create_async_engine,
+        create_engine,
+        run_transaction,
+        run_transaction_async,
+        stats,
+    )
+
 __version__ = "0.1.0"
+
+# SQLAlchemy-backed names load on first use, so ``import poolguard`` stays cheap.
+_LAZY = {
+    "create_async_engine": "poolguard.integrations.sqlalchemy",
+    "create_engine": "poolguard.integrations.sqlalchemy",
+    "run_transaction": "poolguard.integrations.sqlalchemy",
+    "run_transaction_async": "poolguard.integrations.sqlalchemy",
+    "stats": "poolguard.integrations.sqlalchemy",
+}
+
+
+def __getattr__(name: str) -> Any:
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'poolguard' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value
+    return value
 
 __all__ = [
     "AmbiguousResultError",
@@ -27,6 +58,11 @@ __all__ = [
     "QueryTimeout",
     "TransactionTimeout",
     "__version__",
+    "create_async_engine",
+    "create_engine",
     "deadline",
+    "run_transaction",
+    "run_transaction_async",
     "set_testing",
+    "stats",
 ]

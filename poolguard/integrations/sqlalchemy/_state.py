@@ -1,0 +1,67 @@
+"""Per-engine state shared by the pool, the Connection subclass and run_transaction."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from poolguard.backends import postgres as pg
+from poolguard.config.settings import Settings
+from poolguard.core.retry import Guard
+
+#: Slack added to ``query_timeout`` before the client backstop cuts the socket, so that the
+#: server's ``statement_timeout`` (which keeps the connection usable) normally fires first.
+BACKSTOP_GRACE = 0.5
+#: Upper bound of the checkout validation ping (also bounded by the caller's deadline).
+VALIDATE_TIMEOUT = 1.0
+#: Max-lifetime jitter: each connection lives ``max_lifetime * uniform(1 - JITTER, 1)``.
+LIFETIME_JITTER = 0.10
+
+
+def _greenlet_sleep(seconds: float) -> None:
+    # SQLAlchemy's asyncio layer runs our sync code inside a greenlet on the event loop:
+    # time.sleep would block the loop, so the backoff awaits through the greenlet bridge.
+    from sqlalchemy.util import await_only
+
+    await_only(asyncio.sleep(seconds))
+
+
+@dataclass
+class PgState:
+    """Everything one guarded engine knows: settings, the core Guard, pool-wide marks."""
+
+    settings: Settings
+    guard: Guard
+    pgbouncer: bool
+    is_async: bool
+    redacted_url: str
+    sleep: Callable[[float], object] = time.sleep
+    suspect_before: float = 0.0
+    """Wall-clock (``time.time``, like SQLAlchemy's record.starttime): connections opened
+    before this are validated at their next checkout (a POOL-scope disconnect was seen)."""
+    waiting: int = 0
+    server_version: int = 0
+    pool_ref: list[Any] = field(default_factory=list)
+    """The current pool (engine.dispose() recreates it); a list so gauges follow it."""
+    _uow_guards: dict[Any, Guard] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.is_async:
+            self.sleep = _greenlet_sleep
+
+    @property
+    def name(self) -> str:
+        return self.guard.name
+
+    def lifetime(self) -> float | None:
+        """A jittered max lifetime for one new connection (so they do not expire together)."""
+        if not self.settings.max_lifetime:
+            return None
+        return self.settings.max_lifetime * random.uniform(1.0 - LIFETIME_JITTER, 1.0)
+
+    def local_timeouts_sql(self) -> str | None:
+        return pg.local_timeouts_sql(self.settings, self.server_version) if self.pgbouncer else None

@@ -1,0 +1,272 @@
+"""Statement-level guard: a ``sqlalchemy.engine.Connection`` subclass.
+
+Why a Connection subclass (installed as ``engine._connection_cls``) rather than events or the
+dialect's ``do_execute``: a transparent retry must (1) know where the statement stands in its
+transaction *before* it runs, (2) get a *new* DBAPI connection after a disconnect while keeping
+the caller's ``Connection``/``RootTransaction``/``Session`` objects valid, and (3) re-run the
+whole execution (context construction, cursor, result), not just ``cursor.execute``.
+``_execute_context`` is the one method every Core, ORM and ``exec_driver_sql`` execution goes
+through, with the compiled statement and the merged execution options in hand. ``handle_error``
+can only rewrite the exception, ``do_execute`` runs on a cursor bound to the dead connection,
+and SQLAlchemy's FAQ recipe ("How do I retry a statement execution automatically?") is the same
+``_execute_context`` override, which we follow and make safe:
+
+- only the *first* statement of a transaction (libpq reports the transaction IDLE) or an
+  autocommit statement is retried, and only if it is a read, ``idempotent=True`` was set, or the
+  failure happened before anything was sent (connect phase, "sending query failed");
+- the retry swaps a fresh DBAPI connection under the same ``RootTransaction``: nothing was
+  done in the lost DBAPI transaction (psycopg's BEGIN is implicit, sent with the first
+  statement), so the caller's transaction object keeps its meaning;
+- not with connection characteristics set on this Connection (isolation level, read-only...),
+  which a fresh DBAPI connection would not carry;
+- a mid-transaction failure is never retried here: it propagates, and ``run_transaction``
+  re-runs the whole unit.
+
+Every statement, commit and rollback also runs under the client backstop
+(``min(query_timeout + grace, deadline, transaction deadline)``), and a lost COMMIT reply of a
+transaction that wrote raises :class:`~poolguard.AmbiguousResultError`.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+from psycopg.pq import TransactionStatus
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.engine import Connection
+from sqlalchemy.engine.base import OptionEngine
+
+from poolguard.backends import postgres as pg
+from poolguard.core.deadline import remaining
+from poolguard.core.disposition import Action, Operation, Position, decide
+from poolguard.core.retry import Attempts
+from poolguard.errors import AmbiguousResultError, PoolguardError, QueryTimeout, TransactionTimeout
+from poolguard.integrations.backstop import Ticket, backstop
+from poolguard.integrations.sqlalchemy._errors import as_dropin, sa_dropin
+from poolguard.integrations.sqlalchemy._state import BACKSTOP_GRACE, VALIDATE_TIMEOUT, PgState
+from poolguard.integrations.sqlalchemy.pool import driver_of
+
+__all__ = ["GuardedConnection", "GuardedOptionEngine"]
+
+#: Connection-level options a fresh DBAPI connection would not have: no swap under them.
+_CHARACTERISTICS = ("isolation_level", "postgresql_readonly", "postgresql_deferrable")
+
+Limit = tuple[float, type[PoolguardError], str]
+
+
+class GuardedConnection(Connection):
+    """A SQLAlchemy Connection whose statements run under poolguard's retry rule and backstop."""
+
+    _pg_wrote = False
+    _pg_txn_started: float | None = None
+
+    # -- statements -----------------------------------------------------------------------------
+    def _execute_context(
+        self,
+        dialect: Any,
+        constructor: Any,
+        statement: Any,
+        parameters: Any,
+        execution_options: Any,
+        *args: Any,
+        **kw: Any,
+    ) -> Any:
+        state: PgState | None = getattr(self.engine.pool, "_pg", None)
+        base = super()._execute_context
+        if state is None:
+            return base(dialect, constructor, statement, parameters, execution_options, *args, **kw)
+        op, swappable = self._pg_operation(statement, parameters, execution_options)
+        if not op.idempotent:
+            self._pg_wrote = True
+        if op.position is not Position.LATER:
+            self._pg_txn_started = time.monotonic()
+
+        def attempt(attempts: Attempts) -> Any:
+            if attempts.number > 1:
+                self._pg_reattach(swappable)
+            conn = self._dbapi_connection or self._revalidate_connection()
+            local_sql = state.local_timeouts_sql() if op.position is Position.FIRST else None
+            return self._pg_guarded(
+                state,
+                conn,
+                lambda: base(
+                    dialect, constructor, statement, parameters, execution_options, *args, **kw
+                ),
+                local_sql,
+            )
+
+        try:
+            return state.guard.run_with(attempt, op, sleep=state.sleep)
+        except PoolguardError as exc:
+            if isinstance(exc, sa_exc.SQLAlchemyError):
+                raise
+            raise as_dropin(exc) from exc.__cause__ or exc
+
+    def _pg_operation(
+        self, statement: Any, parameters: Any, options: Any
+    ) -> tuple[Operation, bool]:
+        position = self._pg_position()
+        sql = getattr(statement, "string", statement)
+        many = isinstance(parameters, list) and len(parameters) > 1
+        idempotent = bool(options.get("idempotent")) or (
+            not many and isinstance(sql, str) and pg.is_idempotent(sql)
+        )
+        swappable = not any(key in self._execution_options for key in _CHARACTERISTICS)
+        if position is Position.FIRST and not swappable:
+            position = Position.LATER  # cannot move this transaction to a fresh connection
+        return Operation(position, idempotent=idempotent), swappable
+
+    def _pg_position(self) -> Position:
+        if self._nested_transaction is not None:
+            return Position.LATER
+        if self._is_autocommit_isolation():
+            return Position.AUTOCOMMIT
+        conn = self._dbapi_connection
+        if conn is None:
+            return Position.FIRST if self._transaction is None else Position.LATER
+        drv = driver_of(conn)
+        if drv.broken or drv.info.transaction_status == TransactionStatus.IDLE:
+            return Position.FIRST
+        return Position.LATER
+
+    def _pg_reattach(self, swappable: bool) -> None:
+        """Before a retry: make sure a live, idle DBAPI connection sits under this Connection."""
+        conn = self._dbapi_connection
+        if conn is not None:
+            drv = driver_of(conn)
+            healthy = not (drv.broken or drv.closed)
+            if healthy and drv.info.transaction_status == TransactionStatus.IDLE:
+                return
+            self.invalidate()
+        if not swappable:
+            return  # let SQLAlchemy raise its usual PendingRollbackError
+        # Same RootTransaction, fresh DBAPI connection: see the module docstring for why.
+        self._dbapi_connection = self.engine.raw_connection()
+
+    # -- backstop -------------------------------------------------------------------------------
+    def _pg_limit(self, state: PgState, *, cleanup: bool = False) -> Limit | None:
+        settings = state.settings
+        if cleanup:
+            # A ROLLBACK must run even when the caller's deadline is spent; bound it anyway.
+            bound = (settings.query_timeout or VALIDATE_TIMEOUT) + BACKSTOP_GRACE
+            return (bound, QueryTimeout, "rollback timeout")
+        limits: list[Limit] = []
+        if settings.query_timeout:
+            limits.append((settings.query_timeout + BACKSTOP_GRACE, QueryTimeout, "query timeout"))
+        left = remaining()
+        if left is not None:
+            limits.append((left, QueryTimeout, "deadline"))
+        if settings.transaction_timeout and self._pg_txn_started is not None:
+            spent = time.monotonic() - self._pg_txn_started
+            limits.append(
+                (settings.transaction_timeout - spent, TransactionTimeout, "transaction timeout")
+            )
+        return min(limits, key=lambda lim: lim[0]) if limits else None
+
+    def _pg_guarded(
+        self,
+        state: PgState,
+        conn: Any,
+        call: Callable[[], Any],
+        local_sql: str | None = None,
+        *,
+        cleanup: bool = False,
+    ) -> Any:
+        limit = self._pg_limit(state, cleanup=cleanup)
+        if limit is not None and limit[0] <= 0:
+            raise sa_dropin(
+                limit[1], f"{state.name}: {limit[2]} exceeded before the statement started"
+            )
+        ticket: Ticket | None = None
+        try:
+            with backstop(driver_of(conn), limit[0] if limit else None) as ticket:
+                if local_sql is not None:
+                    cursor = conn.cursor()
+                    try:
+                        cursor.execute(local_sql)
+                    finally:
+                        cursor.close()
+                result = call()
+        except Exception as exc:
+            if ticket is not None and ticket.fired and limit is not None:
+                raise self._pg_cut(state, limit, exc) from exc
+            raise
+        if ticket is not None and ticket.fired and limit is not None:
+            raise self._pg_cut(state, limit, None)
+        return result
+
+    def _pg_cut(self, state: PgState, limit: Limit, exc: BaseException | None) -> PoolguardError:
+        seconds, cls, what = limit
+        state.guard.stats.evict("timeout")
+        if not self.invalidated and not self.closed:
+            self.invalidate(exc)
+        err = sa_dropin(
+            cls,
+            f"{state.name}: no reply within {max(seconds, 0):.2f}s ({what}); the connection was"
+            " cut and discarded (the server may be frozen, or the network down)",
+            orig=exc,
+            hint=f"raise the {what} if the work is legitimately slow",
+            invalidated=True,
+        )
+        err.poolguard_cut = True  # type: ignore[attr-defined]
+        return err
+
+    # -- transaction end ------------------------------------------------------------------------
+    def _commit_impl(self) -> None:
+        state: PgState | None = getattr(self.engine.pool, "_pg", None)
+        conn = self._dbapi_connection
+        wrote, self._pg_wrote, self._pg_txn_started = self._pg_wrote, False, None
+        if state is None or conn is None:
+            super()._commit_impl()
+            return
+        try:
+            self._pg_guarded(state, conn, super()._commit_impl)
+        except AmbiguousResultError:
+            raise
+        except PoolguardError as exc:
+            if wrote and getattr(exc, "poolguard_cut", False):
+                raise _ambiguous(state, exc) from exc  # cut with the COMMIT in flight
+            raise
+        except sa_exc.DBAPIError as exc:
+            c = pg.classify(exc)
+            if wrote and decide(c, Operation(Position.COMMIT)) is Action.AMBIGUOUS:
+                raise _ambiguous(state, exc) from exc
+            raise
+
+    def _rollback_impl(self) -> None:
+        self._pg_wrote, self._pg_txn_started = False, None
+        state: PgState | None = getattr(self.engine.pool, "_pg", None)
+        conn = self._dbapi_connection
+        if state is None or conn is None or not self._still_open_and_dbapi_connection_is_valid:
+            super()._rollback_impl()
+            return
+        try:
+            self._pg_guarded(state, conn, super()._rollback_impl, cleanup=True)
+        except PoolguardError:
+            # The server did not answer the ROLLBACK: it rolls back by itself when the (now
+            # closed) connection goes away. Nothing was committed, so this is not an error.
+            pass
+
+
+def _ambiguous(state: PgState, exc: BaseException) -> PoolguardError:
+    state.guard.stats.incr("ambiguous")
+    return sa_dropin(
+        AmbiguousResultError,
+        f"{state.name}: the COMMIT was sent but its reply was lost"
+        f" ({pg.classify(exc).reason}): the transaction may or may not have been applied",
+        orig=exc,
+        hint="run it through poolguard.run_transaction(..., resolve_ambiguous=True) to have"
+        " poolguard check the outcome on the server",
+        invalidated=True,
+    )
+
+
+class GuardedOptionEngine(OptionEngine):
+    """``engine.execution_options(...)`` copies keep the guarded Connection class."""
+
+    _connection_cls = GuardedConnection
+
+
+GuardedOptionEngine._option_cls = GuardedOptionEngine

@@ -1,0 +1,270 @@
+"""The guarded SQLAlchemy pool: acquire timeout, connect retries, validation, eviction, stats.
+
+:class:`GuardedQueuePool` (sync) and :class:`GuardedAsyncQueuePool` (asyncio) are SQLAlchemy's
+own QueuePools with four changes, each small:
+
+- ``connect()`` (checkout) runs under the core retry loop as a *before-send* operation: a
+  refused connection, a connect timeout or "the database system is starting up" is retried with
+  backoff within the deadline, and counts towards the circuit breaker;
+- ``_do_get()`` waits ``min(acquire_timeout, deadline)`` and raises a :class:`PoolTimeout` that
+  is also ``sqlalchemy.exc.TimeoutError`` and states the pool's numbers;
+- ``_invalidate()`` (SQLAlchemy calls it on every disconnect) no longer drops *every* older
+  connection: a POOL-scope error (server restart, failover) marks them suspect, so they are
+  validated at their next checkout; a CONNECTION-scope error condemns that connection only;
+- ``stats()``.
+
+Lifetime, idle time and validation are pool events (:func:`install_pool_events`), because that
+is the hook SQLAlchemy documents for pessimistic checkout handling: raising
+``DisconnectionError`` from ``checkout`` makes the pool replace the connection in place.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+from sqlalchemy import event
+from sqlalchemy import exc as sa_exc
+from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, QueuePool
+from sqlalchemy.util import queue as sqla_queue
+
+from poolguard.backends import postgres as pg
+from poolguard.core.deadline import effective_timeout
+from poolguard.core.disposition import Operation, Scope
+from poolguard.errors import PoolguardError, PoolTimeout
+from poolguard.integrations.backstop import backstop
+from poolguard.integrations.sqlalchemy._errors import as_dropin, sa_dropin
+from poolguard.integrations.sqlalchemy._state import VALIDATE_TIMEOUT, PgState
+
+__all__ = ["GuardedAsyncQueuePool", "GuardedQueuePool", "driver_of", "install_pool_events"]
+
+#: A checkout: nothing was sent to the server, so any failure may be retried.
+CHECKOUT = Operation(sent=False)
+
+# Keys in SQLAlchemy's per-connection ``record.info`` (cleared when the connection is replaced).
+_BORN = "poolguard.born"
+_LIFETIME = "poolguard.lifetime"
+_RETURNED = "poolguard.returned"
+
+
+def driver_of(dbapi_connection: Any) -> Any:
+    """The psycopg connection under SQLAlchemy's asyncio adapter (or the connection itself)."""
+    return getattr(dbapi_connection, "driver_connection", dbapi_connection)
+
+
+class _GuardedPoolMixin:
+    """Shared by the sync and asyncio pools (the queue class is the only difference)."""
+
+    _pg: PgState | None = None
+
+    # attributes of QueuePool used below (declared for mypy)
+    _pool: Any
+    _max_overflow: int
+    _overflow: int
+
+    def connect(self) -> Any:
+        state = self._pg
+        base_connect = super().connect  # type: ignore[misc]
+        if state is None:
+            return base_connect()
+        try:
+            return state.guard.run_with(
+                lambda _attempts: base_connect(), CHECKOUT, sleep=state.sleep
+            )
+        except PoolguardError as exc:
+            if isinstance(exc, sa_exc.SQLAlchemyError):
+                raise
+            raise as_dropin(exc) from exc.__cause__ or exc
+
+    def _do_get(self) -> ConnectionPoolEntry:
+        state = self._pg
+        assert state is not None
+        timeout = effective_timeout(
+            state.settings.acquire_timeout, what="connection checkout", error=PoolTimeout
+        )
+        started = time.monotonic()
+        try:
+            return self._get(state, timeout)
+        finally:
+            state.guard.stats.record_wait(time.monotonic() - started)
+
+    def _get(self, state: PgState, timeout: float | None) -> ConnectionPoolEntry:
+        # QueuePool._do_get with a per-call timeout (SQLAlchemy's is a pool-wide attribute).
+        while True:
+            use_overflow = self._max_overflow > -1
+            wait = use_overflow and self._overflow >= self._max_overflow
+            if wait:
+                state.waiting += 1
+            try:
+                return self._pool.get(wait, timeout)  # type: ignore[no-any-return]
+            except sqla_queue.Empty:
+                pass
+            finally:
+                if wait:
+                    state.waiting -= 1
+            if use_overflow and self._overflow >= self._max_overflow:
+                if wait:
+                    raise self._pool_timeout(state, timeout)
+                continue
+            if self._inc_overflow():  # type: ignore[attr-defined]
+                try:
+                    return self._create_connection()  # type: ignore[attr-defined, no-any-return]
+                except BaseException:
+                    self._dec_overflow()  # type: ignore[attr-defined]
+                    raise
+
+    def _pool_timeout(self, state: PgState, timeout: float | None) -> PoolguardError:
+        g = self.gauges()
+        return sa_dropin(
+            PoolTimeout,
+            f"{state.name}: no connection became free within {timeout or 0:.2f}s (pool_size"
+            f" {state.settings.pool_size}, max_overflow {state.settings.max_overflow}:"
+            f" {g['checked_out']} checked out, {g['idle']} idle, {g['waiting']} waiting)",
+            hint="raise POOLGUARD_POOL_SIZE / POOLGUARD_MAX_OVERFLOW or"
+            " POOLGUARD_ACQUIRE_TIMEOUT, or find the code holding connections too long",
+        )
+
+    def _invalidate(
+        self, connection: Any, exception: BaseException | None = None, _checkin: bool = True
+    ) -> None:
+        state = self._pg
+        if state is None:
+            super()._invalidate(connection, exception, _checkin)  # type: ignore[misc]
+            return
+        c = pg.classify(exception) if exception is not None else None
+        if c is None or c.scope is Scope.POOL:
+            state.suspect_before = time.time()
+        reason = c.reason if c is not None else "invalidated"
+        state.guard.stats.disconnect(reason, exception)
+        state.guard.stats.evict("disconnect")
+        if _checkin and getattr(connection, "is_valid", False):
+            connection.invalidate(exception)
+
+    def recreate(self) -> Any:
+        new = super().recreate()  # type: ignore[misc]
+        new._pg = self._pg
+        if self._pg is not None:
+            self._pg.pool_ref[:] = [new]
+        return new
+
+    def gauges(self) -> dict[str, Any]:
+        checked_out = int(self.checkedout())  # type: ignore[attr-defined]
+        idle = int(self.checkedin())  # type: ignore[attr-defined]
+        state = self._pg
+        return {
+            "size": checked_out + idle,
+            "checked_out": checked_out,
+            "idle": idle,
+            "waiting": state.waiting if state is not None else 0,
+        }
+
+    def stats(self) -> dict[str, Any]:
+        """PoolStats snapshot merged with the live gauges (see DESIGN "Observability")."""
+        if self._pg is None:
+            return self.gauges()
+        return self._pg.guard.stats.snapshot()
+
+
+class GuardedQueuePool(_GuardedPoolMixin, QueuePool):
+    """SQLAlchemy's QueuePool with poolguard's checkout, timeout and invalidation rules."""
+
+
+class GuardedAsyncQueuePool(_GuardedPoolMixin, AsyncAdaptedQueuePool):
+    """The asyncio twin (SQLAlchemy's AsyncAdaptedQueuePool underneath)."""
+
+
+# --- pool events -------------------------------------------------------------------------------
+
+
+def install_pool_events(target: Any, state: PgState) -> None:
+    """connect / checkout / checkin / reset listeners implementing the pool rules of DESIGN."""
+    event.listen(target, "connect", lambda c, r: _on_connect(state, c, r))
+    event.listen(target, "checkout", lambda c, r, p: _on_checkout(state, c, r))
+    event.listen(target, "checkin", lambda c, r: _on_checkin(state, c, r))
+    event.listen(target, "reset", lambda c, r, s: _on_reset(state, c, r, s))
+
+
+def _on_connect(state: PgState, dbapi_connection: Any, record: Any) -> None:
+    now = time.monotonic()
+    record.info[_BORN] = now
+    record.info[_RETURNED] = now
+    record.info[_LIFETIME] = state.lifetime()
+    state.guard.stats.incr("connects")
+    drv = driver_of(dbapi_connection)
+    state.server_version = drv.info.server_version
+    setup = pg.session_setup_sql(state.settings, state.server_version)
+    if setup is not None and not state.pgbouncer:
+        cursor = dbapi_connection.cursor()
+        try:
+            cursor.execute(setup)
+        finally:
+            cursor.close()
+        dbapi_connection.commit()
+
+
+def _on_checkout(state: PgState, dbapi_connection: Any, record: Any) -> None:
+    info = record.info
+    now = time.monotonic()
+    if record.fresh or _BORN not in info:
+        return  # SQLAlchemy clears ``fresh`` after this event; a new connection needs no ping
+    age = now - info[_BORN]
+    idle = now - info.get(_RETURNED, now)
+    lifetime = info.get(_LIFETIME)
+    settings = state.settings
+    if lifetime is not None and age >= lifetime:
+        _evict(state, "lifetime", age, idle)
+    if settings.max_idle and idle >= settings.max_idle:
+        _evict(state, "idle", age, idle)
+    suspect = record.starttime < state.suspect_before
+    if suspect or (settings.validate_idle is not None and idle >= settings.validate_idle):
+        _validate(state, dbapi_connection, age, idle)
+
+
+def _validate(state: PgState, dbapi_connection: Any, age: float, idle: float) -> None:
+    stats = state.guard.stats
+    stats.incr("validations")
+    try:
+        timeout = effective_timeout(VALIDATE_TIMEOUT, what="checkout validation")
+        with backstop(driver_of(dbapi_connection), timeout):
+            cursor = dbapi_connection.cursor()
+            try:
+                cursor.execute(pg.PING_SQL)
+            finally:
+                cursor.close()
+    except PoolguardError:
+        raise
+    except Exception as exc:
+        stats.incr("validation_failures")
+        stats.evict("validation", age, idle)
+        raise sa_exc.DisconnectionError(f"validation failed: {type(exc).__name__}") from exc
+
+
+def _evict(state: PgState, reason: str, age: float, idle: float) -> None:
+    state.guard.stats.evict(reason, age, idle)
+    raise sa_exc.DisconnectionError(f"evicted ({reason})")
+
+
+def _on_checkin(state: PgState, dbapi_connection: Any, record: Any) -> None:
+    if dbapi_connection is None:
+        return
+    now = time.monotonic()
+    record.info[_RETURNED] = now
+    lifetime = record.info.get(_LIFETIME)
+    born = record.info.get(_BORN, now)
+    if lifetime is not None and now - born >= lifetime:
+        state.guard.stats.evict("lifetime", now - born, 0.0)
+        record.invalidate()  # closed now; the slot reconnects lazily at its next checkout
+
+
+def _on_reset(state: PgState, dbapi_connection: Any, record: Any, reset_state: Any) -> None:
+    # pool_reset_on_return=None: this listener is the only reset. libpq's transaction status
+    # says, without a round trip, whether a ROLLBACK is needed at all.
+    if reset_state.terminate_only or not reset_state.asyncio_safe:
+        return
+    need = pg.needs_reset(driver_of(dbapi_connection))
+    if need is None:
+        state.guard.stats.evict("disconnect")
+        record.invalidate()
+    elif need:
+        with backstop(driver_of(dbapi_connection), VALIDATE_TIMEOUT):
+            dbapi_connection.rollback()
