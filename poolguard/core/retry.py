@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -153,6 +153,7 @@ class Guard:
         self.policy = policy or RetryPolicy()
         self.budget = budget or RetryBudget(0.2)
         self.stats = stats or PoolStats(name, backend)
+        self._count_request = self.stats.counter("requests")
         self.breaker = breaker or CircuitBreaker(5, 10.0, clock=clock, name=name)
         if self.breaker._on_change is None:
             self.breaker._on_change = self._breaker_changed
@@ -264,8 +265,12 @@ class Guard:
     def run(self, fn: Callable[[], T], op: Operation = AUTOCOMMIT) -> T:
         return self.run_with(lambda _attempts: fn(), op)
 
-    async def arun(self, fn: Callable[[], Awaitable[T]], op: Operation = AUTOCOMMIT) -> T:
-        return await self.arun_with(lambda _attempts: fn(), op)
+    def arun(
+        self, fn: Callable[[], Awaitable[T]], op: Operation = AUTOCOMMIT
+    ) -> Coroutine[Any, Any, T]:
+        """``await guard.arun(afn)``: a plain def handing back arun_with's coroutine, which
+        saves one coroutine layer (~0.2 us) per call."""
+        return self.arun_with(lambda _attempts: fn(), op)
 
 
 class Attempts:
@@ -301,7 +306,7 @@ class Attempts:
         if self.number == 0:
             self._started = g.clock()
             g.budget.on_request()
-            g.stats.incr("requests")
+            g._count_request()
         at = _deadline.get()  # current_deadline(), minus a call: this is the hot path
         if at is not None and at - g.clock() <= 0:
             self._deadline_exceeded()

@@ -12,6 +12,7 @@ must never break a request. Log records go to the ``poolguard.<backend>`` logger
 
 from __future__ import annotations
 
+import functools
 import itertools
 import logging
 import threading
@@ -119,6 +120,12 @@ class PoolStats:
             deque(itertools.islice(counter, n), maxlen=0)  # n atomic steps, at C speed
         elif n < 0:
             raise ValueError("counters only go up")
+
+    def counter(self, key: str) -> Callable[[], object]:
+        """A pre-bound ``incr(key)`` for hot paths: one C call, no lookup."""
+        with self._lock:
+            counter = self._counters.setdefault(key, itertools.count())
+        return functools.partial(next, counter)
 
     def count(self, key: str) -> int:
         counter = self._counters.get(key)
