@@ -742,3 +742,13 @@ async def test_a_retried_success_leaves_no_reference_cycle(front: Front, clock: 
         assert refs[0]() is None  # the failure was freed by refcounting, not left to the GC
     finally:
         gc.enable()
+
+
+async def test_arun_result_is_a_coroutine_for_create_task(clock: FakeClock) -> None:
+    guard = make_guard(clock)
+
+    async def answer() -> int:
+        return 7
+
+    assert await asyncio.create_task(guard.arun(answer)) == 7
+    assert await asyncio.wait_for(guard.arun(answer), 1.0) == 7

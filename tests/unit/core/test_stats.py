@@ -99,3 +99,13 @@ def test_events_reach_hooks_and_bad_hooks_are_logged(caplog: pytest.LogCaptureFi
         BreakerEvent("db1", "open", "half_open"),
     ]
     assert any("raised; ignored" in r.getMessage() for r in caplog.records)
+
+
+def test_prebound_counter_shares_the_count() -> None:
+    stats = PoolStats("db1", "sql")
+    bump = stats.counter("requests")
+    bump()
+    stats.incr("requests")
+    bump()
+    assert stats.count("requests") == 3
+    assert stats.snapshot()["requests"] == 3
