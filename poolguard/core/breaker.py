@@ -89,12 +89,39 @@ class CircuitBreaker:
                         self._state = BreakerState.HALF_OPEN
                     self._probe_started = now
                     state = BreakerState.CLOSED  # this caller is the probe
-            retry_in = max(0.0, self.reset - (now - self._opened_at))
+            admit = self._admits_at(now)
         if changed:
             self._notify(*changed)
         if state is BreakerState.CLOSED:
             return
-        raise CircuitOpenError(
+        raise self.open_error(state, 0.0 if admit is None else admit - now)
+
+    def admits_in(self) -> float:
+        """Seconds until :meth:`before_call` may admit a call again (0.0: it would now).
+
+        Lets the retry loop give up at once instead of sleeping a backoff delay only to be
+        rejected: the breaker, not the backoff, decides when the server is tried again.
+        """
+        if self.failures is None or self._state is BreakerState.CLOSED:
+            return 0.0
+        with self._lock:
+            now = self._clock()
+            at = self._admits_at(now)
+        return 0.0 if at is None else at - now
+
+    def _admits_at(self, now: float) -> float | None:
+        if self._state is BreakerState.CLOSED:
+            return None
+        if self._state is BreakerState.OPEN:
+            at = self._opened_at + self.reset  # then half-open, with a free probe slot
+        elif self._probe_started is not None:
+            at = self._probe_started + self.reset  # the running probe's slot goes stale
+        else:
+            return None
+        return None if at <= now else at
+
+    def open_error(self, state: BreakerState, retry_in: float) -> CircuitOpenError:
+        return CircuitOpenError(
             f"circuit breaker for {self.name} is {state.value}: the server failed "
             f"{self.failures} consecutive connection attempts; failing fast "
             f"(next probe in {retry_in:.1f}s)",

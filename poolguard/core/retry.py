@@ -389,6 +389,16 @@ class Attempts:
                 "the next attempt would not fit in the deadline / retry timeout",
                 "raise the deadline or POOLGUARD_RETRY_TIMEOUT",
             )
+        wait = g.breaker.admits_in()
+        if wait > delay:
+            # The breaker is open (maybe by this very failure) and would reject the retry
+            # anyway: fail fast now rather than after the sleep.
+            g.stats.incr("circuit_open_rejections")
+            err = g.breaker.open_error(g.breaker.state, wait)
+            err.attempts = self.number
+            last = AttemptRecord(self.number, c.reason, type(exc).__name__, 0.0)
+            err.history = (*self.history, last)
+            raise err from exc
         if not g.budget.try_spend():
             g.stats.incr("give_ups")
             g.stats.incr("budget_exhausted")
