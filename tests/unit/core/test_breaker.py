@@ -172,3 +172,26 @@ def test_on_change_may_be_absent(clock: FakeClock) -> None:
     breaker.before_call()
     breaker.record_success()
     assert breaker.state is BreakerState.CLOSED
+
+
+def test_admits_in(clock: FakeClock) -> None:
+    breaker, _ = make(clock, failures=1, reset=5.0)
+    assert breaker.admits_in() == 0.0  # closed
+    breaker.record_failure()
+    assert breaker.admits_in() == 5.0
+    clock.advance(2.0)
+    assert breaker.admits_in() == 3.0
+    with pytest.raises(CircuitOpenError, match=r"next probe in 3\.0s"):
+        breaker.before_call()
+    clock.advance(3.0)
+    assert breaker.admits_in() == 0.0  # half-open with a free probe slot
+    breaker.before_call()  # the probe takes the slot
+    clock.advance(1.0)
+    assert breaker.admits_in() == 4.0  # until the running probe goes stale
+    with pytest.raises(CircuitOpenError, match=r"half_open.*next probe in 4\.0s"):
+        breaker.before_call()
+    clock.advance(4.0)
+    assert breaker.admits_in() == 0.0
+    breaker.record_success()
+    assert breaker.admits_in() == 0.0
+    assert CircuitBreaker(None, 1.0).admits_in() == 0.0

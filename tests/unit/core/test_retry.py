@@ -752,3 +752,35 @@ async def test_arun_result_is_a_coroutine_for_create_task(clock: FakeClock) -> N
 
     assert await asyncio.create_task(guard.arun(answer)) == 7
     assert await asyncio.wait_for(guard.arun(answer), 1.0) == 7
+
+
+async def test_breaker_opened_by_a_failure_fails_fast_without_sleeping(
+    front: Front, clock: FakeClock
+) -> None:
+    guard = make_guard(clock, attempts=5, breaker=CircuitBreaker(2, 30.0, clock=clock))
+    fn, calls = failing(CONNECT)
+    with pytest.raises(CircuitOpenError) as info:
+        await front.call(guard, fn)
+    assert calls == [1, 2]
+    assert clock.sleeps == [0.1]  # slept after the 1st failure, not after the one that opened it
+    err = info.value
+    assert isinstance(err.__cause__, FakeDBError)
+    assert err.attempts == 2
+    assert [r.attempt for r in err.history] == [1, 2]
+    assert "next probe in 30.0s" in str(err)
+    assert guard.stats.snapshot()["circuit_open_rejections"] == 1
+
+
+async def test_breaker_reset_shorter_than_the_delay_lets_the_retry_probe(
+    front: Front, clock: FakeClock
+) -> None:
+    guard = make_guard(
+        clock,
+        attempts=3,
+        backoff=Backoff(1.0, 1.0, 1.0, "none"),
+        breaker=CircuitBreaker(1, 0.5, clock=clock),
+    )
+    fn, calls = failing(CONNECT, "ok")
+    assert await front.call(guard, fn) == "ok"  # woke up half-open and was the probe
+    assert calls == [1, 2]
+    assert guard.breaker.state is BreakerState.CLOSED
