@@ -409,7 +409,9 @@ def _build_table() -> dict[str, CommandInfo]:
 
 #: The explicit table, keyed by upper-case name (``"CONFIG GET"`` for container commands).
 TABLE: dict[str, CommandInfo] = _build_table()
-_cache: dict[Any, CommandInfo] = dict(TABLE)
+# Keyed by ``args[0]`` exactly as redis-py sends it. Container names (``COMMAND``, ``CONFIG``)
+# are never cached: their meaning depends on the second word.
+_cache: dict[Any, CommandInfo] = {k: v for k, v in TABLE.items() if k not in CONTAINERS}
 _CACHE_LIMIT = 4096
 
 
@@ -435,13 +437,22 @@ def command_info(args: Sequence[Any]) -> CommandInfo:
     """The :class:`CommandInfo` for ``args`` (unknown commands: non-idempotent, not blocking)."""
     first = args[0]
     info = _cache.get(first)
-    if info is not None and (first not in CONTAINERS):
+    if info is not None:
         return info
     name = command_name(args)
     info = TABLE.get(name) or _unknown(name)
-    if " " not in name and len(_cache) < _CACHE_LIMIT and isinstance(first, str | bytes):
-        _cache[first] = info  # e.g. "get" or b"GET" spelled by the caller
+    if (
+        " " not in name
+        and name not in CONTAINERS
+        and len(_cache) < _CACHE_LIMIT
+        and isinstance(first, str | bytes)
+    ):
+        _cache[first] = info  # e.g. "get" or b"GET" as the caller spelled it
     return info
+
+
+#: The hot path's spelling of :func:`command_info`: ``lookup(args[0]) or command_info(args)``.
+lookup = _cache.get
 
 
 def is_idempotent(args: Sequence[Any]) -> bool:
@@ -469,6 +480,8 @@ def learn(commands: dict[str, dict[str, Any]]) -> int:
         flags = {str(f).lower() for f in meta.get("flags", ())}
         if name in TABLE or "readonly" not in flags or "write" in flags or "blocking" in flags:
             continue
-        TABLE[name] = _cache[name] = CommandInfo(name, True)
+        TABLE[name] = CommandInfo(name, True)
+        if name not in CONTAINERS:
+            _cache[name] = TABLE[name]
         added += 1
     return added

@@ -65,6 +65,11 @@ def op(*, sent: bool, idempotent: bool) -> Operation:
     return _OPS[sent, idempotent]
 
 
+#: Hot-path spellings, indexed by ``idempotent`` (a bool is 0 or 1).
+NOT_SENT = (_OPS[False, False], _OPS[False, True])
+SENT = (_OPS[True, False], _OPS[True, True])
+
+
 # -- caller's idempotency override -------------------------------------------------------
 
 _override: ContextVar[bool | None] = ContextVar("poolguard_redis_idempotent", default=None)

@@ -20,6 +20,7 @@ import redis.asyncio.connection as aconn
 import redis.exceptions as rex
 
 from poolguard.backends import redis as backend
+from poolguard.core.deadline import current_deadline
 from poolguard.core.disposition import Disposition
 from poolguard.core.retry import Attempts
 from poolguard.errors import CircuitOpenError, PoolguardError
@@ -34,6 +35,18 @@ __all__ = [
     "AsyncGuardedSSLConnection",
     "AsyncGuardedUnixDomainSocketConnection",
 ]
+
+
+_lookup = backend.lookup
+_forced = c.override
+_deadline = current_deadline
+_monotonic = time.monotonic
+# See sync.py: skip redis-py's deprecated-arguments wrapper (we never pass those arguments).
+_blocking_get_connection = getattr(
+    aconn.BlockingConnectionPool.get_connection,
+    "__wrapped__",
+    aconn.BlockingConnectionPool.get_connection,
+)
 
 
 class _AsyncGuardedConnectionMixin:
@@ -106,16 +119,18 @@ CONNECTION_CLASSES: dict[type[Any], type[Any]] = {
 class AsyncGuardedBlockingConnectionPool(aconn.BlockingConnectionPool):
     def __init__(self, *, poolguard_policy: c.Policy, **kwargs: Any) -> None:
         self.pg_policy = poolguard_policy
+        self.pg_guard = poolguard_policy.guard
         self.pg_suspect_before = 0.0
-        self.pg_waiting = 0
+        self._pg_max_idle = poolguard_policy.max_idle
+        self._pg_validate_idle = poolguard_policy.validate_idle
+        thresholds = [t for t in (self._pg_max_idle, self._pg_validate_idle) if t is not None]
+        self._pg_idle_threshold = min(thresholds, default=float("inf"))
         super().__init__(poolguard_policy=poolguard_policy, **kwargs)
 
     @property
-    def pg_guard(self) -> Any:
-        return self.pg_policy.guard
-
-    @property
     def timeout(self) -> float | None:
+        if _deadline() is None:
+            return self._pg_acquire_timeout
         return c.acquire_timeout(self._pg_acquire_timeout)
 
     @timeout.setter
@@ -123,10 +138,9 @@ class AsyncGuardedBlockingConnectionPool(aconn.BlockingConnectionPool):
         self._pg_acquire_timeout = value
 
     async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
-        start = time.monotonic()
-        self.pg_waiting += 1
+        start = _monotonic()
         try:
-            conn = await super().get_connection()
+            conn = await _blocking_get_connection(self)
         except rex.ConnectionError as exc:
             if str(exc) == backend.ACQUIRE_TIMEOUT_MESSAGE and not backend.is_connect_phase(exc):
                 raise c.PoolTimeoutError(
@@ -135,28 +149,29 @@ class AsyncGuardedBlockingConnectionPool(aconn.BlockingConnectionPool):
                     hint="raise POOLGUARD_REDIS_POOL_SIZE or POOLGUARD_REDIS_ACQUIRE_TIMEOUT",
                 ) from exc
             raise
-        finally:
-            self.pg_waiting -= 1
-        self.pg_policy.guard.stats.record_wait(time.monotonic() - start)
-        try:
-            await self._pg_checkout(conn, start)
-        except BaseException:
-            await self.release(conn)
-            raise
+        now = _monotonic()
+        self.pg_guard.stats.record_wait(now - start)
+        # Fresh connections are neither retired nor pinged; the rest only past a threshold.
+        if conn.pg_born < start and (
+            now - conn.pg_last_used > self._pg_idle_threshold
+            or now >= conn.pg_expires
+            or conn.pg_checked < self.pg_suspect_before
+        ):
+            try:
+                await self._pg_checkout(conn, now)
+            except BaseException:
+                await self.release(conn)
+                raise
         return conn
 
-    async def _pg_checkout(self, conn: Any, start: float) -> None:
-        if conn.pg_born >= start:
-            return
-        now = time.monotonic()
-        policy = self.pg_policy
+    async def _pg_checkout(self, conn: Any, now: float) -> None:
         idle = now - conn.pg_last_used
         if now >= conn.pg_expires:
             reason = "lifetime"
-        elif policy.max_idle is not None and idle > policy.max_idle:
+        elif self._pg_max_idle is not None and idle > self._pg_max_idle:
             reason = "idle"
         elif (
-            policy.validate_idle is not None and idle > policy.validate_idle
+            self._pg_validate_idle is not None and idle > self._pg_validate_idle
         ) or conn.pg_checked < self.pg_suspect_before:
             if await self._pg_ping(conn):
                 conn.pg_checked = now
@@ -164,7 +179,7 @@ class AsyncGuardedBlockingConnectionPool(aconn.BlockingConnectionPool):
             reason = "validation"
         else:
             return
-        policy.guard.stats.evict(reason, now - conn.pg_born, idle)
+        self.pg_guard.stats.evict(reason, now - conn.pg_born, idle)
         await conn.disconnect()
         await conn.connect()
 
@@ -186,7 +201,7 @@ class AsyncGuardedBlockingConnectionPool(aconn.BlockingConnectionPool):
         return ok
 
     async def release(self, connection: Any) -> None:
-        connection.pg_last_used = time.monotonic()
+        connection.pg_last_used = _monotonic()
         await super().release(connection)
 
     def pg_mark_suspect(self, exc: BaseException) -> None:
@@ -201,7 +216,8 @@ class AsyncGuardedBlockingConnectionPool(aconn.BlockingConnectionPool):
             "size": idle + in_use,
             "checked_out": in_use,
             "idle": idle,
-            "waiting": max(0, self.pg_waiting - in_use),
+            # Tasks blocked in get_connection wait on the pool's condition (a gauge only).
+            "waiting": len(getattr(self._condition, "_waiters", None) or ()),
             "max_size": self.max_connections,
         }
 
@@ -212,12 +228,17 @@ class AsyncGuardedRedis(redis.asyncio.Redis):
     async def execute_command(self, *args: Any, **options: Any) -> Any:
         if self.single_connection_client:
             await self.initialize()
-        info = backend.command_info(args)
-        idem = c.command_idempotent(info, args)
+        # The hot path: one dict get for the command, one ContextVar get for the override.
+        info = _lookup(args[0]) or backend.command_info(args)
+        idem = _forced()
+        if idem is None:
+            rule = info.idempotent
+            idem = rule if rule.__class__ is bool else rule(args)  # type: ignore[operator]
+        pool: Any = self.connection_pool
         try:
-            return await self.connection_pool.pg_guard.arun_with(  # type: ignore[attr-defined]
+            return await pool.pg_guard.arun_with(
                 lambda attempts: self._pg_attempt(attempts, info, idem, args, options),
-                c.op(sent=False, idempotent=idem),
+                c.NOT_SENT[idem],
                 timeout_error=c.QueryTimeoutError,
             )
         except PoolguardError as exc:
@@ -240,19 +261,20 @@ class AsyncGuardedRedis(redis.asyncio.Redis):
         try:
             conn = self.connection or await pool.get_connection()
             conn.pg_sent = False
-            configured = conn.socket_timeout
-            timeout = c.command_timeout(configured, info, args)
-            if timeout != configured:
-                conn.socket_timeout = timeout
-            else:
-                configured = None  # nothing to restore
+            if info.block is not None or _deadline() is not None:
+                configured = conn.socket_timeout
+                timeout = c.command_timeout(configured, info, args)
+                if timeout != configured:
+                    conn.socket_timeout = timeout
+                else:
+                    configured = None  # nothing to restore
             if self.single_connection_client:
                 async with self._single_conn_lock:
                     return await self._send_command_parse_response(conn, args[0], *args, **options)
             return await self._send_command_parse_response(conn, args[0], *args, **options)
         except BaseException as exc:
             sent = conn is not None and conn.pg_sent
-            attempts.op = c.op(sent=sent, idempotent=idem)
+            attempts.op = (c.SENT if sent else c.NOT_SENT)[idem]
             if conn is not None and isinstance(exc, c.TRANSPORT_ERRORS):
                 await conn.disconnect(nowait=True)
                 pool.pg_mark_suspect(exc)
@@ -312,7 +334,7 @@ class AsyncGuardedPipeline(redis.asyncio.client.Pipeline):
                 lambda attempts: self._pg_attempt(
                     attempts, stack, raise_on_error, transactional, idem, watching
                 ),
-                c.op(sent=False, idempotent=idem),
+                c.NOT_SENT[idem],
                 timeout_error=c.QueryTimeoutError,
             )
         except PoolguardError as exc:
@@ -353,7 +375,7 @@ class AsyncGuardedPipeline(redis.asyncio.client.Pipeline):
             if configured is not None and conn is not None:
                 conn.socket_timeout, configured = configured, None
             sent = conn is not None and (conn.pg_sent or not transactional)
-            attempts.op = c.op(sent=sent, idempotent=idem)
+            attempts.op = (c.SENT if sent else c.NOT_SENT)[idem]
             c.note_command(exc, "MULTI/EXEC" if transactional else "the pipeline")
             if conn is not None and isinstance(exc, c.TRANSPORT_ERRORS):
                 await conn.disconnect(nowait=True)

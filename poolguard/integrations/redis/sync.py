@@ -34,6 +34,7 @@ import redis.connection
 import redis.exceptions as rex
 
 from poolguard.backends import redis as backend
+from poolguard.core.deadline import current_deadline
 from poolguard.core.disposition import Disposition
 from poolguard.core.retry import Attempts
 from poolguard.errors import CircuitOpenError, PoolguardError
@@ -49,7 +50,17 @@ __all__ = [
     "GuardedUnixDomainSocketConnection",
 ]
 
-_MISSING = object()
+_lookup = backend.lookup
+_forced = c.override
+_deadline = current_deadline
+_monotonic = time.monotonic
+# redis-py wraps get_connection in a deprecated-arguments check that costs ~0.5 us per call;
+# poolguard never passes the deprecated arguments, so it calls the function underneath.
+_blocking_get_connection = getattr(
+    redis.connection.BlockingConnectionPool.get_connection,
+    "__wrapped__",
+    redis.connection.BlockingConnectionPool.get_connection,
+)
 
 
 class _GuardedConnectionMixin:
@@ -129,17 +140,20 @@ class GuardedBlockingConnectionPool(redis.connection.BlockingConnectionPool):
 
     def __init__(self, *, poolguard_policy: c.Policy, **kwargs: Any) -> None:
         self.pg_policy = poolguard_policy
+        self.pg_guard = poolguard_policy.guard
         self.pg_suspect_before = 0.0
-        self.pg_waiting = 0
+        # Plain attributes: read on every checkout, so no property or settings lookups.
+        self._pg_max_idle = poolguard_policy.max_idle
+        self._pg_validate_idle = poolguard_policy.validate_idle
+        thresholds = [t for t in (self._pg_max_idle, self._pg_validate_idle) if t is not None]
+        self._pg_idle_threshold = min(thresholds, default=float("inf"))
         super().__init__(poolguard_policy=poolguard_policy, **kwargs)
-
-    @property
-    def pg_guard(self) -> Any:
-        return self.pg_policy.guard
 
     # redis-py reads ``self.timeout`` once per get_connection: make it deadline-aware.
     @property
     def timeout(self) -> float | None:
+        if _deadline() is None:
+            return self._pg_acquire_timeout
         return c.acquire_timeout(self._pg_acquire_timeout)
 
     @timeout.setter
@@ -147,22 +161,26 @@ class GuardedBlockingConnectionPool(redis.connection.BlockingConnectionPool):
         self._pg_acquire_timeout = value
 
     def get_connection(self, *args: Any, **kwargs: Any) -> Any:
-        start = time.monotonic()
-        self.pg_waiting += 1
+        start = _monotonic()
         try:
-            conn = super().get_connection()
+            conn = _blocking_get_connection(self)
         except rex.ConnectionError as exc:
             if str(exc) == backend.ACQUIRE_TIMEOUT_MESSAGE and not backend.is_connect_phase(exc):
                 raise self._pool_timeout(start) from exc
             raise
-        finally:
-            self.pg_waiting -= 1
-        self.pg_policy.guard.stats.record_wait(time.monotonic() - start)
-        try:
-            self._pg_checkout(conn, start)
-        except BaseException:
-            self.release(conn)
-            raise
+        now = _monotonic()
+        self.pg_guard.stats.record_wait(now - start)
+        # Fresh connections are neither retired nor pinged; the rest only past a threshold.
+        if conn.pg_born < start and (
+            now - conn.pg_last_used > self._pg_idle_threshold
+            or now >= conn.pg_expires
+            or conn.pg_checked < self.pg_suspect_before
+        ):
+            try:
+                self._pg_checkout(conn, now)
+            except BaseException:
+                self.release(conn)
+                raise
         return conn
 
     def _pool_timeout(self, start: float) -> BaseException:
@@ -174,19 +192,14 @@ class GuardedBlockingConnectionPool(redis.connection.BlockingConnectionPool):
             "or find what holds connections",
         )
 
-    def _pg_checkout(self, conn: AnyConnection, start: float) -> None:
-        if conn.pg_born >= start:
-            return  # connected during this checkout: fresh connections are not pinged
-        now = time.monotonic()
-        policy = self.pg_policy
+    def _pg_checkout(self, conn: AnyConnection, now: float) -> None:
         idle = now - conn.pg_last_used
-        reason = None
         if now >= conn.pg_expires:
             reason = "lifetime"
-        elif policy.max_idle is not None and idle > policy.max_idle:
+        elif self._pg_max_idle is not None and idle > self._pg_max_idle:
             reason = "idle"
         elif (
-            policy.validate_idle is not None and idle > policy.validate_idle
+            self._pg_validate_idle is not None and idle > self._pg_validate_idle
         ) or conn.pg_checked < self.pg_suspect_before:
             if self._pg_ping(conn):
                 conn.pg_checked = now
@@ -194,7 +207,7 @@ class GuardedBlockingConnectionPool(redis.connection.BlockingConnectionPool):
             reason = "validation"
         else:
             return
-        policy.guard.stats.evict(reason, now - conn.pg_born, idle)
+        self.pg_guard.stats.evict(reason, now - conn.pg_born, idle)
         conn.disconnect()
         conn.connect()
 
@@ -216,7 +229,7 @@ class GuardedBlockingConnectionPool(redis.connection.BlockingConnectionPool):
         return ok
 
     def release(self, connection: Any) -> None:
-        connection.pg_last_used = time.monotonic()
+        connection.pg_last_used = _monotonic()
         super().release(connection)
 
     def pg_mark_suspect(self, exc: BaseException) -> None:
@@ -232,26 +245,28 @@ class GuardedBlockingConnectionPool(redis.connection.BlockingConnectionPool):
             "size": connected,
             "checked_out": len(created) - idle,
             "idle": idle,
-            "waiting": max(0, self.pg_waiting - (len(created) - idle)),
+            # Threads blocked in Queue.get wait on its not_empty condition (CPython internals;
+            # a gauge only, so a missing attribute reads as 0).
+            "waiting": len(getattr(self.pool.not_empty, "_waiters", ())),
             "max_size": self.max_connections,
         }
-
-
-def _checkout(client: Any) -> Any:
-    return client.connection or client.connection_pool.get_connection()
 
 
 class GuardedRedis(redis.Redis):
     """A ``redis.Redis`` whose commands are retried by poolguard, and only when safe."""
 
     def execute_command(self, *args: Any, **options: Any) -> Any:
-        info = backend.command_info(args)
-        idem = c.command_idempotent(info, args)
+        # The hot path: one dict get for the command, one ContextVar get for the override.
+        info = _lookup(args[0]) or backend.command_info(args)
+        idem = _forced()
+        if idem is None:
+            rule = info.idempotent
+            idem = rule if rule.__class__ is bool else rule(args)  # type: ignore[operator]
+        pool: Any = self.connection_pool
         try:
-            pool: Any = self.connection_pool
             return pool.pg_guard.run_with(
                 lambda attempts: self._pg_attempt(attempts, info, idem, args, options),
-                c.op(sent=False, idempotent=idem),
+                c.NOT_SENT[idem],
                 timeout_error=c.QueryTimeoutError,
             )
         except PoolguardError as exc:
@@ -274,18 +289,19 @@ class GuardedRedis(redis.Redis):
         try:
             conn = self.connection or pool.get_connection()
             conn.pg_sent = False
-            configured = conn.socket_timeout
-            timeout = c.command_timeout(configured, info, args)
-            if timeout != configured and conn._sock is not None:
-                sock = conn._sock
-                sock.settimeout(timeout)
+            if info.block is not None or _deadline() is not None:
+                configured = conn.socket_timeout
+                timeout = c.command_timeout(configured, info, args)
+                if timeout != configured and conn._sock is not None:
+                    sock = conn._sock
+                    sock.settimeout(timeout)
             if self._single_connection_client:
                 with self.single_connection_lock:
                     return self._send_command_parse_response(conn, args[0], *args, **options)
             return self._send_command_parse_response(conn, args[0], *args, **options)
         except BaseException as exc:
             sent = conn is not None and conn.pg_sent
-            attempts.op = c.op(sent=sent, idempotent=idem)
+            attempts.op = (c.SENT if sent else c.NOT_SENT)[idem]
             if conn is not None and isinstance(exc, c.TRANSPORT_ERRORS):
                 conn.disconnect()
                 pool.pg_mark_suspect(exc)
@@ -350,7 +366,7 @@ class GuardedPipeline(redis.client.Pipeline):
                 lambda attempts: self._pg_attempt(
                     attempts, stack, raise_on_error, transactional, idem, watching
                 ),
-                c.op(sent=False, idempotent=idem),
+                c.NOT_SENT[idem],
                 timeout_error=c.QueryTimeoutError,
             )
         except PoolguardError as exc:
@@ -393,7 +409,7 @@ class GuardedPipeline(redis.client.Pipeline):
             # MULTI..EXEC that was not fully sent never ran (no EXEC arrived). A plain pipeline
             # executes command by command as bytes arrive: any failure may follow a prefix.
             sent = conn is not None and (conn.pg_sent or not transactional)
-            attempts.op = c.op(sent=sent, idempotent=idem)
+            attempts.op = (c.SENT if sent else c.NOT_SENT)[idem]
             c.note_command(exc, "MULTI/EXEC" if transactional else "the pipeline")
             if conn is not None and isinstance(exc, c.TRANSPORT_ERRORS):
                 conn.disconnect()
