@@ -17,7 +17,7 @@ multipliers = st.floats(min_value=1.0, max_value=10.0, allow_nan=False)
 retries = st.integers(min_value=1, max_value=5000)
 seeds = st.integers(min_value=0, max_value=2**32)
 
-FAST = settings(max_examples=100, deadline=None)
+FAST = settings(max_examples=60, deadline=None)
 
 
 @FAST

@@ -144,13 +144,13 @@ def run_scenario(s: dict[str, Any], mode: str) -> None:
         assert len(calls) - 1 <= s["tokens"]
 
 
-@settings(max_examples=150, deadline=None)
+@settings(max_examples=100, deadline=None)
 @given(scenario)
 def test_sync_loop_properties(s: dict[str, Any]) -> None:
     run_scenario(s, "sync")
 
 
-@settings(max_examples=75, deadline=None)
+@settings(max_examples=40, deadline=None)
 @given(scenario)
 def test_async_loop_properties(s: dict[str, Any]) -> None:
     run_scenario(s, "async")
