@@ -53,11 +53,12 @@ CONNECT_PHASE_ATTR = "_poolguard_connect_phase"
 
 # -- classification -------------------------------------------------------------------------
 
-#: Error-reply prefixes the server sends before executing the command: retry anything.
+#: Error codes (first word of the reply) the server sends before executing: retry anything.
+#: redis-py strips the code from the message and keeps it as ``exc.status_code``.
 BEFORE_EXECUTION: dict[str, tuple[str, bool, Scope]] = {
-    # prefix: (reason, disconnect, scope)
+    # code: (reason, disconnect, scope)
     "LOADING": ("loading", False, Scope.NONE),
-    "BUSY ": ("busy_script", False, Scope.NONE),
+    "BUSY": ("busy_script", False, Scope.NONE),
     "MASTERDOWN": ("master_down", False, Scope.NONE),
     "TRYAGAIN": ("try_again", False, Scope.NONE),
     "CLUSTERDOWN": ("cluster_down", False, Scope.NONE),
@@ -65,11 +66,13 @@ BEFORE_EXECUTION: dict[str, tuple[str, bool, Scope]] = {
     # connects (through DNS / Sentinel) to the new master, and suspect every older connection.
     "READONLY": ("readonly_replica", True, Scope.POOL),
     "NOREPLICAS": ("no_replicas", False, Scope.NONE),
-    "ERR max number of clients reached": ("too_many_clients", True, Scope.NONE),
 }
 
-#: Error-reply prefixes that are permanent whatever redis-py's class says.
-AUTH_PREFIXES = ("NOAUTH", "WRONGPASS", "NOPERM", "ERR invalid password", "ERR AUTH")
+#: Sent on accept when ``maxclients`` is reached, then the server closes (before any command).
+TOO_MANY_CLIENTS = "max number of clients reached"
+
+#: Error codes that are permanent whatever redis-py's class says.
+AUTH_CODES = frozenset({"NOAUTH", "WRONGPASS", "NOPERM"})
 
 
 def mark_connect_phase(exc: BaseException) -> None:
@@ -84,40 +87,52 @@ def is_connect_phase(exc: BaseException) -> bool:
     return bool(getattr(exc, CONNECT_PHASE_ATTR, False))
 
 
-def _reply_rule(message: str) -> Classification | None:
-    for prefix, (reason, disconnect, scope) in BEFORE_EXECUTION.items():
-        if message.startswith(prefix):
-            return Classification(Disposition.RETRY, reason, disconnect=disconnect, scope=scope)
-    if message.startswith(AUTH_PREFIXES):
+def error_code(exc: BaseException) -> str:
+    """``LOADING``, ``READONLY``, ``ERR`` ...: redis-py's ``status_code``, else the first word."""
+    code = getattr(exc, "status_code", None)
+    if isinstance(code, str) and code:
+        return code
+    message = str(exc.args[0]) if exc.args else ""
+    first = message.split(" ", 1)[0]
+    return first if first.isupper() else ""
+
+
+def _reply_rule(exc: BaseException) -> Classification | None:
+    code = error_code(exc)
+    rule = BEFORE_EXECUTION.get(code)
+    if rule is not None:
+        reason, disconnect, scope = rule
+        return Classification(Disposition.RETRY, reason, disconnect=disconnect, scope=scope)
+    if code in AUTH_CODES:
         return Classification(Disposition.FAIL, "auth")
+    if TOO_MANY_CLIENTS in (str(exc.args[0]) if exc.args else ""):
+        return Classification(
+            Disposition.RETRY, "too_many_clients", disconnect=True, connect_phase=True
+        )
     return None
 
 
 def classify(exc: BaseException) -> Classification:
     """What ``exc`` (raised by redis-py) says about retry safety."""
-    message = str(exc.args[0]) if exc.args else ""
     # Order matters: these three subclass ConnectionError in redis-py.
     if isinstance(exc, rex.AuthenticationError | rex.AuthorizationError):
-        return Classification(Disposition.FAIL, "auth", connect_phase=False)
+        return Classification(Disposition.FAIL, "auth")
     if isinstance(exc, rex.BusyLoadingError):
         return Classification(Disposition.RETRY, "loading")
     if isinstance(exc, rex.MaxConnectionsError):
         # The client-side pool is full; waiting is the acquire timeout's job, not the loop's.
         return Classification(Disposition.FAIL, "pool_exhausted")
+    rule = _reply_rule(exc)
     if isinstance(exc, rex.ResponseError):
-        rule = _reply_rule(message)
+        return rule or Classification(Disposition.FAIL, "error_reply")
+    if isinstance(exc, rex.ConnectionError | rex.TimeoutError | OSError):
         if rule is not None:
             return rule
-        return Classification(Disposition.FAIL, "error_reply")
-    if isinstance(exc, rex.ConnectionError | rex.TimeoutError | OSError):
         timeout = isinstance(exc, rex.TimeoutError | TimeoutError)
-        rule = _reply_rule(message)  # a handshake can fail with a reply (max clients)
-        if rule is not None and rule.disposition is Disposition.FAIL:
-            return rule
-        if is_connect_phase(exc) or rule is not None:
+        if is_connect_phase(exc):
             return Classification(
                 Disposition.RETRY,
-                "connect_timeout" if timeout else (rule.reason if rule else "connect_failed"),
+                "connect_timeout" if timeout else "connect_failed",
                 disconnect=True,
                 scope=Scope.CONNECTION,
                 connect_phase=True,
