@@ -10,6 +10,7 @@ owned by one task while checked out, so this is not shared state.
 
 from __future__ import annotations
 
+import select
 import time
 from collections.abc import Sequence
 from typing import Any
@@ -49,6 +50,17 @@ _blocking_get_connection = getattr(
 )
 
 
+def _poller(conn: Any) -> Any:
+    """A poll object on the connection's socket: one cheap syscall tells "closed by peer"."""
+    writer = getattr(conn, "_writer", None)
+    sock = writer.get_extra_info("socket") if writer is not None else None
+    if sock is None or not hasattr(select, "poll"):
+        return None
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN | select.POLLPRI)
+    return poller
+
+
 class _AsyncGuardedConnectionMixin:
     pg_policy: c.Policy
     pg_born: float
@@ -59,6 +71,7 @@ class _AsyncGuardedConnectionMixin:
     socket_connect_timeout: float | None
 
     def _pg_init(self, policy: c.Policy) -> None:
+        self.pg_poll: Any = None
         self.pg_policy = policy
         self.pg_born = self.pg_checked = self.pg_last_used = 0.0
         self.pg_expires = float("inf")
@@ -82,6 +95,7 @@ class _AsyncGuardedConnectionMixin:
         now = time.monotonic()
         self.pg_born = self.pg_checked = self.pg_last_used = now
         self.pg_expires = policy.expiry(now)
+        self.pg_poll = _poller(self)
         policy.guard.stats.incr("connects")
 
     async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
@@ -151,8 +165,19 @@ class AsyncGuardedBlockingConnectionPool(aconn.BlockingConnectionPool):
             raise
         now = _monotonic()
         self.pg_guard.stats.record_wait(now - start)
+        if conn.pg_born < start and conn.pg_poll is not None and conn.pg_poll.poll(0):
+            # Readable while idle: the peer closed it (CLIENT KILL, restart) and the event loop
+            # has not run since, so redis-py's at_eof() check could not see it. Nothing was
+            # sent yet: reconnect instead of finding out after sending.
+            self.pg_guard.stats.evict("disconnect", now - conn.pg_born, now - conn.pg_last_used)
+            try:
+                await conn.disconnect()
+                await conn.connect()
+            except BaseException:
+                await self.release(conn)
+                raise
         # Fresh connections are neither retired nor pinged; the rest only past a threshold.
-        if conn.pg_born < start and (
+        elif conn.pg_born < start and (
             now - conn.pg_last_used > self._pg_idle_threshold
             or now >= conn.pg_expires
             or conn.pg_checked < self.pg_suspect_before
