@@ -119,7 +119,7 @@ def _remote(kind: str, request: pytest.FixtureRequest) -> RemoteServer | None:
 
 
 def _docker(kind: str, request: pytest.FixtureRequest) -> RemoteServer:
-    from poolguard.testing.servers._base import tcp_accepts
+    from poolguard.testing.servers._system import tcp_accepts
 
     try:
         services = request.getfixturevalue("docker_services")

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Literal, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
-from poolguard.testing.servers._base import free_port
+from poolguard.testing.servers._system import free_port
 
 if sys.version_info >= (3, 11):
     from typing import Self

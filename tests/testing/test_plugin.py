@@ -101,7 +101,7 @@ def test_factories_clean_up(tmp_path: Path) -> None:
         tmp_path,
         """
         import socket
-        from poolguard.testing.servers._base import tcp_accepts
+        from poolguard.testing.servers._system import tcp_accepts
 
         seen = {}
 

@@ -20,7 +20,7 @@ from poolguard.testing.servers import (
     RedisServer,
     ServerUnavailable,
 )
-from poolguard.testing.servers._base import find_binary, tcp_accepts
+from poolguard.testing.servers._system import find_binary, tcp_accepts
 
 pytestmark = pytest.mark.chaos
 
@@ -242,13 +242,20 @@ def test_redis_restart_keeps_data_crash_loses_it(
         redis_connect(f"redis://127.0.0.1:{port}/0").ping()
 
 
-@pytest.mark.postgres
-def test_postgres_crash_restart_recovers(dedicated_server: Callable[..., LocalServer]) -> None:
-    server = dedicated_server("postgres")
-    _pg_write(server)
-    server.restart(crash=True)
-    assert _pg_read(server) == (1,)
-    assert "not properly shut down" in server.log_tail(200) or "recovery" in server.log_tail(200)
+@pytest.mark.parametrize(
+    ("kind", "write", "read"),
+    [
+        pytest.param("postgres", _pg_write, _pg_read, marks=pytest.mark.postgres),
+        pytest.param("mysql", _mysql_write, _mysql_read, marks=pytest.mark.mysql),
+    ],
+)
+def test_crash_restart_keeps_acknowledged_commits(
+    dedicated_server: Callable[..., LocalServer], kind: str, write: Check, read: Check
+) -> None:
+    server = dedicated_server(kind)
+    write(server)
+    server.restart(crash=True)  # SIGKILL right after the commit was acknowledged
+    assert read(server)[0] == 1
 
 
 # --- freeze / thaw -----------------------------------------------------------------------------
@@ -410,7 +417,7 @@ def test_server_without_binary_is_unavailable(
 
 def test_ports_are_free_and_outside_the_ephemeral_range() -> None:
     from poolguard.testing.servers import free_port
-    from poolguard.testing.servers._base import _ephemeral_range
+    from poolguard.testing.servers._system import _ephemeral_range
 
     low, _ = _ephemeral_range()
     ports = {free_port() for _ in range(20)}

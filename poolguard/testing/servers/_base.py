@@ -10,20 +10,15 @@ from __future__ import annotations
 
 import atexit
 import contextlib
-import functools
 import os
 import pwd
-import random
-import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
 import threading
 import time
-import weakref
 from abc import ABC, abstractmethod
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
@@ -35,16 +30,27 @@ if sys.version_info >= (3, 11):
 else:  # pragma: no cover
     from typing_extensions import Self
 
+from poolguard.testing.servers._system import (
+    HOST,
+    ServerUnavailable,
+    binary_version,
+    find_binary,
+    free_port,
+    tcp_accepts,
+)
+
 __all__ = [
+    "HOST",
     "LocalServer",
     "ServerStartError",
     "ServerUnavailable",
     "binary_version",
     "find_binary",
     "free_port",
+    "tcp_accepts",
+    "url",
 ]
 
-HOST = "127.0.0.1"
 DEFAULT_STARTUP_TIMEOUT = 60.0
 # A server that ignores its polite stop signal this long gets SIGKILL (whole process group).
 STOP_GRACE = 10.0
@@ -52,77 +58,12 @@ POLL_INTERVAL = 0.02
 LOG_TAIL_LINES = 40
 
 
-class ServerUnavailable(RuntimeError):
-    """The server software is not installed here; the message says how to install it."""
-
-    def __init__(self, what: str, install: str) -> None:
-        super().__init__(f"{what} not found; install it with: {install}")
-        self.install = install
-
-
 class ServerStartError(RuntimeError):
     """The server was found but did not start (or did not become ready) in time."""
 
 
-def find_binary(names: Sequence[str], install: str, *, dirs: Sequence[str | Path] = ()) -> str:
-    """The first of ``names`` found in ``dirs`` then on PATH (plus the sbin dirs), else raise."""
-    for directory in dirs:
-        for name in names:
-            candidate = Path(directory) / name
-            if candidate.is_file() and os.access(candidate, os.X_OK):
-                return str(candidate)
-    # Daemons live in sbin, which a normal user's PATH often lacks.
-    search = os.pathsep.join([os.environ.get("PATH", ""), "/usr/sbin", "/usr/local/sbin", "/sbin"])
-    for name in names:
-        found = shutil.which(name, path=search)
-        if found:
-            return found
-    raise ServerUnavailable(" / ".join(names), install)
-
-
-def _ephemeral_range() -> tuple[int, int]:
-    try:
-        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
-        return int(low), int(high)
-    except (OSError, ValueError):
-        return 32768, 60999
-
-
-def _bindable(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        try:
-            sock.bind((HOST, port))
-        except OSError:
-            return False
-    return True
-
-
-def free_port() -> int:
-    """A free loopback port *below* the kernel's ephemeral range.
-
-    A port from the ephemeral range can be taken as the local port of some outgoing connection
-    while a server is down for a :meth:`LocalServer.restart`, and the restart then fails to bind.
-    """
-    low, _ = _ephemeral_range()
-    rng = random.SystemRandom()
-    for _ in range(200):
-        port = rng.randrange(15000, max(low, 15001))
-        if _bindable(port):
-            return port
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind((HOST, 0))
-        return int(sock.getsockname()[1])
-
-
-def tcp_accepts(port: int, host: str = HOST, timeout: float = 0.2) -> bool:
-    try:
-        with socket.create_connection((host, port), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
-_live: weakref.WeakSet[LocalServer] = weakref.WeakSet()
+# Strong references: a started server nobody holds any more must still be stopped at exit.
+_live: set[LocalServer] = set()
 
 
 @atexit.register
@@ -480,14 +421,6 @@ def _descendants(pid: int) -> list[int]:
         return [child.pid for child in psutil.Process(pid).children(recursive=True)]
     except psutil.Error:
         return []
-
-
-@functools.cache
-def binary_version(binary: str, pattern: str = r"(\d+(?:\.\d+)+)") -> str:
-    """The version a server binary prints for ``--version``, picked out by ``pattern``."""
-    out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10).stdout
-    match = re.search(pattern, out)
-    return match.group(1) if match else out.strip()
 
 
 def _new_password() -> str:

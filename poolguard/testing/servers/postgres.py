@@ -20,12 +20,13 @@ __all__ = ["PostgresServer", "postgres_bindir"]
 
 INSTALL = "apt-get install -y postgresql"
 
-# Durability off and small buffers: a test cluster starts in about a second and never fsyncs.
+# No fsync and small buffers: a test cluster starts in about a second and never waits on disk.
+# synchronous_commit stays on: a commit's WAL then reaches the OS before the client hears OK, so
+# an acknowledged commit survives restart(crash=True) (a SIGKILL, not a power cut).
 # max_connections is high because pool tests open many connections at once.
 BASE_SETTINGS: dict[str, str] = {
     "listen_addresses": "127.0.0.1",
     "fsync": "off",
-    "synchronous_commit": "off",
     "full_page_writes": "off",
     "shared_buffers": "32MB",
     "max_connections": "200",
