@@ -385,6 +385,9 @@ class AsyncGuardedPipeline(redis.asyncio.client.Pipeline):
         try:
             if conn is None:
                 conn = self.connection = await pool.get_connection()
+            elif watching and await _watch_connection_lost(conn):
+                self.watching = False
+                raise rex.WatchError(WATCH_LOST)
             conn.pg_sent = False
             configured = conn.socket_timeout
             timeout = c.pipeline_timeout(configured, stack)
@@ -405,11 +408,11 @@ class AsyncGuardedPipeline(redis.asyncio.client.Pipeline):
             if conn is not None and isinstance(exc, c.TRANSPORT_ERRORS):
                 await conn.disconnect(nowait=True)
                 pool.pg_mark_suspect(exc)
-                if watching and not conn.pg_sent:
-                    raise rex.WatchError(
-                        "the connection holding the WATCH was lost before EXEC was sent: "
-                        "nothing was applied; retry the optimistic transaction"
-                    ) from exc
+                if watching:
+                    # The WATCH died with the socket: no UNWATCH (reset() would reconnect).
+                    self.watching = False
+                    if not conn.pg_sent:
+                        raise rex.WatchError(WATCH_LOST) from exc
             if not watching and self.connection is not None:
                 self.connection = None
                 await pool.release(conn)
@@ -436,6 +439,20 @@ class AsyncGuardedPipeline(redis.asyncio.client.Pipeline):
                     "because it is not idempotent"
                 ) from reply
             self.raise_first_error(stack, response)
+
+
+WATCH_LOST = (
+    "the connection holding the WATCH was lost before EXEC was sent: nothing was applied; "
+    "retry the optimistic transaction"
+)
+
+
+async def _watch_connection_lost(conn: Any) -> bool:
+    """A WATCH lives on one socket: if the server closed it, EXEC must not be sent at all."""
+    closed = not conn.is_connected or (conn.pg_poll is not None and bool(conn.pg_poll.poll(0)))
+    if closed:
+        await conn.disconnect()
+    return closed
 
 
 class AsyncGuardedPubSub(redis.asyncio.client.PubSub):

@@ -392,6 +392,9 @@ class GuardedPipeline(redis.client.Pipeline):
         try:
             if conn is None:
                 conn = self.connection = pool.get_connection()
+            elif watching and _watch_connection_lost(conn):
+                self.watching = False
+                raise rex.WatchError(WATCH_LOST)
             conn.pg_sent = False
             configured = conn.socket_timeout
             timeout = c.pipeline_timeout(configured, stack)
@@ -414,11 +417,11 @@ class GuardedPipeline(redis.client.Pipeline):
             if conn is not None and isinstance(exc, c.TRANSPORT_ERRORS):
                 conn.disconnect()
                 pool.pg_mark_suspect(exc)
-                if watching and not conn.pg_sent:
-                    raise rex.WatchError(
-                        "the connection holding the WATCH was lost before EXEC was sent: "
-                        "nothing was applied; retry the optimistic transaction"
-                    ) from exc
+                if watching:
+                    # The WATCH died with the socket: no UNWATCH (reset() would reconnect).
+                    self.watching = False
+                    if not conn.pg_sent:
+                        raise rex.WatchError(WATCH_LOST) from exc
             if not watching and self.connection is not None:
                 self.connection = None  # the next attempt checks out (and validates) afresh
                 pool.release(conn)
@@ -445,6 +448,23 @@ class GuardedPipeline(redis.client.Pipeline):
                     "because it is not idempotent"
                 ) from reply
             self.raise_first_error(stack, response)
+
+
+WATCH_LOST = (
+    "the connection holding the WATCH was lost before EXEC was sent: nothing was applied; "
+    "retry the optimistic transaction"
+)
+
+
+def _watch_connection_lost(conn: Any) -> bool:
+    """A WATCH lives on one socket: if the server closed it, EXEC must not be sent at all."""
+    try:
+        closed = conn._sock is None or conn.can_read(timeout=0)
+    except c.TRANSPORT_ERRORS:
+        closed = True
+    if closed:
+        conn.disconnect()
+    return bool(closed)
 
 
 class GuardedPubSub(redis.client.PubSub):
