@@ -15,10 +15,11 @@ Nothing here imports SQLAlchemy: the native psycopg_pool integration uses it too
 
 from __future__ import annotations
 
+import contextlib
 import contextvars
 import math
 import time
-from collections.abc import Generator, Mapping
+from collections.abc import Generator, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
@@ -41,6 +42,7 @@ __all__ = [
     "classify",
     "connect",
     "connect_async",
+    "connect_deadline",
     "connect_params",
     "driver_error",
     "is_idempotent",
@@ -396,6 +398,19 @@ class DeadlineAsyncConnection(psycopg.AsyncConnection[Any]):
     @classmethod
     def _connect_gen(cls, *args: Any, **kwargs: Any) -> Any:
         return _bounded(super()._connect_gen(*args, **kwargs), _connect_deadline.get())
+
+
+@contextlib.contextmanager
+def connect_deadline(timeout: float | None) -> Iterator[None]:
+    """Bound each :class:`DeadlineConnection` / :class:`DeadlineAsyncConnection` connect made in
+    this block (sync code or an asyncio task) by ``timeout`` seconds from now; ``None`` = no
+    bound. For callers that run ``connection_class.connect`` themselves, such as psycopg_pool's
+    background workers."""
+    token = _connect_deadline.set(None if timeout is None else time.monotonic() + timeout)
+    try:
+        yield
+    finally:
+        _connect_deadline.reset(token)
 
 
 def connect(conninfo: str = "", *, timeout: float | None, **kwargs: Any) -> DeadlineConnection:
