@@ -456,3 +456,43 @@ def test_dedicated_pgbouncer_survives_an_upstream_restart(
             if time.monotonic() > deadline:
                 raise
             time.sleep(0.1)
+
+
+def _pg_setting(server: LocalServer) -> Any:
+    with pg_connect(server.url) as conn:
+        return pg_query(conn, "SHOW idle_session_timeout")[0]
+
+
+def _mysql_setting(server: LocalServer) -> Any:
+    with mysql_connect(server) as conn:
+        return str(mysql_query(conn, "SELECT @@global.wait_timeout")[0])
+
+
+def _redis_setting(server: LocalServer) -> Any:
+    client = redis_connect(server.url)
+    try:
+        return client.config_get("timeout")["timeout"]
+    finally:
+        client.close()
+
+
+@pytest.mark.parametrize(
+    ("kind", "config", "show"),
+    [
+        pytest.param(
+            "postgres",
+            {"idle_session_timeout": "7s"},
+            _pg_setting,
+            marks=pytest.mark.postgres,
+        ),
+        pytest.param("mysql", {"wait_timeout": "7"}, _mysql_setting, marks=pytest.mark.mysql),
+        pytest.param("redis", {"timeout": "7"}, _redis_setting, marks=pytest.mark.redis),
+    ],
+)
+def test_extra_config_reaches_the_server(
+    dedicated_server: Callable[..., LocalServer],
+    kind: str,
+    config: dict[str, str],
+    show: Callable[[LocalServer], Any],
+) -> None:
+    assert show(dedicated_server(kind, config=config)) in {"7s", "7"}
