@@ -248,6 +248,11 @@ class GuardedConnection(Connection):
             # The server did not answer the ROLLBACK: it rolls back by itself when the (now
             # closed) connection goes away. Nothing was committed, so this is not an error.
             pass
+        except sa_exc.DBAPIError as exc:
+            # Same when the connection died under the ROLLBACK (a restart between the last
+            # statement and close()): SQLAlchemy has invalidated it; the work is rolled back.
+            if not pg.classify(exc).disconnect:
+                raise
 
 
 def _ambiguous(state: PgState, exc: BaseException) -> PoolguardError:
