@@ -30,3 +30,13 @@ def in_background(fn: Callable[[], object]) -> threading.Thread:
     thread = threading.Thread(target=fn, daemon=True)
     thread.start()
     return thread
+
+
+def kill_by_name(server: Any, name: str) -> int:
+    """CLIENT KILL every connection named ``name``, pub/sub ones included (any client type)."""
+    killed = 0
+    with admin(server) as client:
+        for info in client.client_list():
+            if info.get("name") == name:
+                killed += int(client.client_kill_filter(_id=info["id"]))
+    return killed
