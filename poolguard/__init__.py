@@ -17,6 +17,7 @@ from poolguard.errors import (
 )
 
 if TYPE_CHECKING:
+    from poolguard import redis
     from poolguard.integrations.sqlalchemy import (
         create_async_engine,
         create_engine,
@@ -37,15 +38,22 @@ _LAZY = {
 }
 
 
+#: Submodules reachable as attributes (``poolguard.redis.from_url()``), imported on first use.
+_SUBMODULES = frozenset({"redis"})
+
+
 def __getattr__(name: str) -> Any:
+    import importlib
+
+    if name in _SUBMODULES:
+        return importlib.import_module(f"poolguard.{name}")
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'poolguard' has no attribute {name!r}")
-    import importlib
-
     value = getattr(importlib.import_module(module), name)
     globals()[name] = value
     return value
+
 
 __all__ = [
     "AmbiguousResultError",
@@ -61,6 +69,7 @@ __all__ = [
     "create_async_engine",
     "create_engine",
     "deadline",
+    "redis",
     "run_transaction",
     "run_transaction_async",
     "set_testing",
