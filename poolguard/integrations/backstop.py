@@ -116,6 +116,8 @@ class Watchdog:
         self._thread: threading.Thread | None = None
         self._pid = os.getpid()
         self._compact_at = COMPACT_AT
+        self._wake_at = float("inf")
+        """When the watchdog thread will next wake by itself: earlier tickets must notify it."""
 
     def arm(
         self, conn: HasFileno | int, seconds: float, on_fire: Callable[[], None] | None = None
@@ -129,7 +131,9 @@ class Watchdog:
             if len(self._heap) >= self._compact_at:
                 self._compact()
             heapq.heappush(self._heap, (at, next(self._seq), ticket))
-            if self._heap[0][2] is ticket:
+            # Waking the thread costs a context switch: only when it would sleep past ``at``.
+            if at < self._wake_at:
+                self._wake_at = at
                 self._cond.notify()
         return ticket
 
@@ -170,9 +174,12 @@ class Watchdog:
                     if ticket._state == Ticket._ARMED:
                         due.append(ticket)
                 if due:
+                    self._wake_at = now
                     return due
-                timeout = None if not self._heap else self._heap[0][0] - now
-                self._cond.wait(timeout)
+                # Sleep until the earliest entry, cancelled or not: popping cancelled entries
+                # lazily keeps cancel() lock-free for the watchdog (a flag under the ticket lock).
+                self._wake_at = self._heap[0][0] if self._heap else float("inf")
+                self._cond.wait(None if not self._heap else self._wake_at - now)
 
 
 _watchdog: Watchdog | None = None
