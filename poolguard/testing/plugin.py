@@ -85,6 +85,39 @@ class RemoteServer:
         return f"<RemoteServer {self.kind} {self.host}:{self.port}>"
 
 
+MARKERS = {
+    "postgres": "needs a real PostgreSQL server",
+    "mysql": "needs a real MariaDB/MySQL server",
+    "redis": "needs a real Redis server",
+    "pgbouncer": "needs a real PgBouncer in front of PostgreSQL",
+    "chaos": "injects real faults (restarts, kills, freezes, fault proxy)",
+    "slow": "takes more than a few seconds",
+}
+# A test that uses one of these fixtures gets these markers, so `-m "not mysql"` just works.
+FIXTURE_MARKERS = {
+    "postgres_server": ("postgres",),
+    "mysql_server": ("mysql",),
+    "redis_server": ("redis",),
+    "pgbouncer_server": ("pgbouncer", "postgres"),
+    "dedicated_server": ("chaos",),
+    "fault_proxy": ("chaos",),
+}
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    # For projects that use the plugin without declaring poolguard's markers.
+    for name, text in MARKERS.items():
+        config.addinivalue_line("markers", f"{name}: {text}")
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        names = getattr(item, "fixturenames", ())
+        wanted = {m for fixture in names for m in FIXTURE_MARKERS.get(fixture, ())}
+        for marker in sorted(wanted - {m.name for m in item.iter_markers()}):
+            item.add_marker(marker)
+
+
 def pytest_report_header(config: pytest.Config) -> str:
     return f"poolguard test servers: {os.environ.get(MODE_ENV, 'local')}"
 

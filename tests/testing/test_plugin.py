@@ -120,3 +120,24 @@ def test_factories_clean_up(tmp_path: Path) -> None:
         """,
     )
     assert "2 passed" in done.stdout, done.stdout + done.stderr
+
+
+def test_fixtures_add_their_markers(tmp_path: Path) -> None:
+    done = run_pytest(
+        tmp_path,
+        """
+        import pytest
+
+        @pytest.fixture
+        def postgres_server():  # shadows the plugin's: no server needed to test markers
+            return None
+
+        def test_pg(postgres_server):
+            pass
+
+        def test_plain():
+            pass
+        """,
+        PYTEST_ADDOPTS="-m 'not postgres'",
+    )
+    assert "1 passed, 1 deselected" in done.stdout, done.stdout + done.stderr
