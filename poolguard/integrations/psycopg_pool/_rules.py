@@ -1,0 +1,409 @@
+"""Decisions shared by the sync and async native pools (no I/O here, apart from the watchdog).
+
+One :class:`PoolRules` per pool holds the settings, the core :class:`Guard` and the pool-wide
+marks, and answers the questions both pools ask: which limit bounds this wait on the socket
+(backstop), does this checkout need a ping, what does this error mean for the pool, which
+drop-in error to raise. The two pool classes only do the I/O, each in its own colour.
+
+Per-connection state lives in attributes of the connection object (psycopg_pool does the same
+with ``_created_at`` / ``_expire_at``): ``_pg_rules``, ``_pg_mode``, ``_pg_returned`` (None while
+the connection was never handed out: fresh connections are not pinged) and ``_pg_txn_end``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Collection
+from typing import Any
+
+import psycopg_pool
+from psycopg.pq import TransactionStatus
+from psycopg_pool.base import AttemptWithBackoff
+
+from poolguard.backends import postgres as pg
+from poolguard.config.settings import Settings
+from poolguard.core.backoff import Backoff, default_rng
+from poolguard.core.deadline import current_deadline
+from poolguard.core.disposition import (
+    Classification,
+    Disposition,
+    Operation,
+    Position,
+    Scope,
+)
+from poolguard.core.retry import Guard, RetryPolicy
+from poolguard.errors import (
+    AmbiguousResultError,
+    PoolguardError,
+    PoolTimeout,
+    QueryTimeout,
+    TransactionTimeout,
+)
+from poolguard.integrations.backstop import Ticket, watchdog
+from poolguard.integrations.psycopg_pool._errors import pg_dropin
+
+__all__ = [
+    "ARMED",
+    "BACKSTOP_GRACE",
+    "CLEANUP",
+    "COMMIT_OF_UNIT",
+    "DEFAULT_RETRY_SQLSTATES",
+    "NORMAL",
+    "UNIT_OF_WORK",
+    "VALIDATE_TIMEOUT",
+    "Armed",
+    "Evicted",
+    "PoolRules",
+]
+
+#: Slack added to ``query_timeout`` before the client backstop cuts the socket, so that the
+#: server's ``statement_timeout`` (which keeps the connection usable) normally fires first.
+BACKSTOP_GRACE = 0.5
+#: Upper bound of the checkout validation ping (also bounded by the caller's deadline).
+VALIDATE_TIMEOUT = 1.0
+#: psycopg_pool wants numbers where poolguard settings may say "off".
+NO_ACQUIRE_TIMEOUT = 1e9
+NO_MAX_IDLE = 86400.0  # also the period of psycopg_pool's ShrinkPool task: keep it finite
+
+DEFAULT_RETRY_SQLSTATES = frozenset(pg.RETRY_TRANSACTION_SQLSTATES)
+#: A unit of work (``pool.transaction``): statements are never retried alone, the unit is.
+UNIT_OF_WORK = Operation(Position.LATER, unit_of_work=True)
+COMMIT_OF_UNIT = Operation(Position.COMMIT, unit_of_work=True)
+_STATEMENT_OPS = {
+    True: Operation(Position.AUTOCOMMIT, idempotent=True),
+    False: Operation(Position.AUTOCOMMIT, idempotent=False),
+}
+
+# How a connection's waits are bounded (``conn._pg_mode``).
+NORMAL = 0  # each wait on the socket arms the backstop (query timeout, deadline, txn timeout)
+ARMED = 1  # an outer operation armed one backstop for all its waits (a guarded statement)
+CLEANUP = 2  # a ROLLBACK on return: bounded even when the caller's deadline is spent
+
+Limit = tuple[float, type[PoolguardError], str]
+Armed = tuple[Ticket, Limit]
+
+_POOL_ERRORS = (psycopg_pool.PoolClosed, psycopg_pool.TooManyRequests)
+
+
+class Evicted(Exception):
+    """Raised by the checkout check: psycopg_pool then discards the connection."""
+
+
+class _DeadlineSpent(Exception):
+    """The caller's deadline ended before a checkout validation could run."""
+
+
+def classify(exc: BaseException) -> Classification:
+    """PostgreSQL's classification, plus psycopg_pool's own errors (final: not the server)."""
+    if isinstance(exc, _POOL_ERRORS):
+        return Classification(Disposition.FAIL, type(exc).__name__.lower())
+    return pg.classify(exc)
+
+
+class Reconnect(AttemptWithBackoff):
+    """psycopg_pool's reconnect schedule, with poolguard's backoff instead of 1 s, 2 s, 4 s...
+
+    psycopg_pool waits a full second before the first reconnect and doubles from there, so a
+    pool emptied by a 2 s restart could stay empty for 3-7 s after the server came back.
+    """
+
+    def __init__(self, *, timeout: float, backoff: Backoff) -> None:
+        super().__init__(timeout=timeout)
+        self._backoff = backoff
+        self._failures = 0
+
+    def update_delay(self, now: float) -> None:
+        if self._failures == 0:
+            self.give_up_at = now + self.timeout
+        self._failures += 1
+        delay = self._backoff.delay(self._failures, default_rng)
+        self.delay = max(0.0, min(delay, self.give_up_at - now))
+
+
+@dataclasses.dataclass
+class PoolRules:
+    """Settings, Guard and pool-wide marks of one native pool."""
+
+    settings: Settings
+    guard: Guard
+    pgbouncer: bool
+    redacted_url: str
+    suspect_before: float = 0.0
+    """Monotonic time: connections created before it are validated at their next checkout
+    (a POOL-scope disconnect was seen: restart, failover)."""
+    server_version: int = 0
+    last_connect_error: BaseException | None = None
+    query_limit: Limit | None = None
+    cleanup_limit: Limit = (VALIDATE_TIMEOUT + BACKSTOP_GRACE, QueryTimeout, "rollback timeout")
+    _unit_guards: dict[Any, Guard] = dataclasses.field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        q = self.settings.query_timeout
+        if q:
+            self.query_limit = (q + BACKSTOP_GRACE, QueryTimeout, "query timeout")
+            self.cleanup_limit = (q + BACKSTOP_GRACE, QueryTimeout, "rollback timeout")
+
+    @property
+    def name(self) -> str:
+        return self.guard.name
+
+    # -- backstop -------------------------------------------------------------------------------
+    def limit(self, conn: Any) -> Limit | None:
+        """The tightest bound on one wait of ``conn``: query timeout, deadline, txn timeout."""
+        if conn._pg_mode == CLEANUP:
+            return self.cleanup_limit
+        best = self.query_limit
+        at = current_deadline()
+        end = conn._pg_txn_end
+        if at is None and end is None:
+            return best
+        now = time.monotonic()
+        if at is not None and (best is None or at - now < best[0]):
+            best = (at - now, QueryTimeout, "deadline")
+        if end is not None and (best is None or end - now < best[0]):
+            best = (end - now, TransactionTimeout, "transaction timeout")
+        return best
+
+    def arm(self, conn: Any) -> Armed | None:
+        """Arm the watchdog on ``conn``'s socket; raise at once when the bound is spent."""
+        limit = self.limit(conn)
+        if limit is None:
+            return None
+        if limit[0] <= 0:
+            raise pg_dropin(
+                limit[1],
+                f"{self.name}: {limit[2]} exceeded before the statement started",
+                hint="raise the poolguard.deadline() budget or make the work shorter",
+            )
+        return watchdog().arm(conn.pgconn.socket, limit[0]), limit
+
+    def failed(self, conn: Any, armed: Armed | None, exc: Exception) -> Exception:
+        """The error to raise after a wait failed (a cut becomes a timeout)."""
+        if armed is not None and not armed[0].cancel():
+            return self.cut(conn, armed[1], exc)
+        self.observe(exc)
+        return exc
+
+    def succeeded(self, conn: Any, armed: Armed | None) -> None:
+        if armed is not None and not armed[0].cancel():
+            # The reply came in just as the watchdog fired: the socket is cut all the same.
+            raise self.cut(conn, armed[1], None)
+
+    def cut(self, conn: Any, limit: Limit, exc: BaseException | None) -> PoolguardError:
+        seconds, cls, what = limit
+        self.guard.stats.evict("timeout")
+        try:
+            conn.pgconn.finish()  # the pool sees a closed connection and replaces it
+        except Exception:  # pragma: no cover - finishing a cut socket does not fail
+            pass
+        err = pg_dropin(
+            cls,
+            f"{self.name}: no reply within {max(seconds, 0):.2f}s ({what}); the connection was"
+            " cut and discarded (the server may be frozen, or the network down)",
+            orig=exc,
+            hint=f"raise the {what} if the work is legitimately slow",
+        )
+        err.poolguard_cut = True  # type: ignore[attr-defined]
+        return err
+
+    def observe(self, exc: BaseException) -> None:
+        """Note a disconnect; a POOL-scope one makes every older connection suspect."""
+        c = classify(exc)
+        if c.disconnect:
+            self.guard.stats.disconnect(c.reason, exc)
+            if c.scope is Scope.POOL:
+                self.suspect_before = time.monotonic()
+
+    # -- checkout -------------------------------------------------------------------------------
+    def checkout(self, conn: Any) -> float | None:
+        """Seconds the validation ping may take, None when no ping is needed; raises
+        :class:`Evicted` (lifetime, idle) or ``_DeadlineSpent``."""
+        now = time.monotonic()
+        returned = conn._pg_returned
+        suspect = conn._created_at < self.suspect_before
+        if returned is None and not suspect:
+            return None  # fresh: it just proved the server answers
+        age = now - conn._created_at
+        idle = 0.0 if returned is None else now - returned
+        if conn._expire_at <= now:
+            self.evict(conn, "lifetime", age, idle)
+        s = self.settings
+        if s.max_idle and idle >= s.max_idle:
+            self.evict(conn, "idle", age, idle)
+        if not suspect and (s.validate_idle is None or idle < s.validate_idle):
+            return None
+        at = current_deadline()
+        if at is None:
+            return VALIDATE_TIMEOUT
+        if at - now <= 0:
+            raise _DeadlineSpent()
+        return min(VALIDATE_TIMEOUT, at - now)
+
+    def evict(self, conn: Any, reason: str, age: float, idle: float) -> None:
+        self.guard.stats.evict(reason, age, idle)
+        conn._expire_at = float("-inf")  # psycopg_pool closes expired connections on return
+        raise Evicted(reason)
+
+    def validation_failed(self, conn: Any, exc: Exception) -> None:
+        now = time.monotonic()
+        stats = self.guard.stats
+        stats.incr("validation_failures")
+        idle = 0.0 if conn._pg_returned is None else now - conn._pg_returned
+        stats.evict("validation", now - conn._created_at, idle)
+        conn._expire_at = float("-inf")
+        self.observe(exc)
+
+    # -- connecting -----------------------------------------------------------------------------
+    def connected(self, conn: Any) -> None:
+        self.guard.stats.incr("connects")
+        self.last_connect_error = None
+        self.guard.breaker.record_success()
+        self.server_version = conn.info.server_version
+        conn._pg_rules = self
+        conn._pg_mode = NORMAL
+        conn._pg_returned = None
+        conn._pg_txn_end = None
+
+    def connect_failed(self, exc: BaseException) -> None:
+        self.guard.stats.incr("connect_failures")
+        self.last_connect_error = exc
+
+    def reconnect_attempt(self, timeout: float) -> Reconnect:
+        p = self.guard.policy.backoff
+        # "equal" jitter: never much shorter than the ceiling, so a dead server is not polled
+        # in a tight loop by every empty slot at once.
+        backoff = Backoff(initial=p.initial, max=p.max, multiplier=p.multiplier, jitter="equal")
+        return Reconnect(timeout=timeout, backoff=backoff)
+
+    def setup_sql(self) -> str | None:
+        return pg.session_setup_sql(self.settings, self.server_version)
+
+    def local_sql(self) -> str | None:
+        """PgBouncer: the timeouts as ``set_config(..., true)`` at each transaction start."""
+        if not self.pgbouncer:
+            return None
+        return pg.local_timeouts_sql(self.settings, self.server_version)
+
+    # -- acquiring ------------------------------------------------------------------------------
+    def acquire_wait(self, timeout: float | None) -> float:
+        """``min(timeout or acquire_timeout, deadline)`` for one checkout."""
+        configured = timeout if timeout is not None else self.settings.acquire_timeout
+        at = current_deadline()
+        if at is not None:
+            left = at - time.monotonic()
+            if left <= 0:
+                raise pg_dropin(
+                    PoolTimeout,
+                    f"{self.name}: deadline exceeded before the connection checkout could start",
+                    hint="raise the poolguard.deadline() budget",
+                )
+            configured = left if configured is None else min(configured, left)
+        return NO_ACQUIRE_TIMEOUT if configured is None else configured
+
+    def breaker_check(self) -> None:
+        try:
+            self.guard.breaker.before_call()
+        except PoolguardError as exc:
+            self.guard.stats.incr("circuit_open_rejections")
+            raise pg_dropin(type(exc), exc.message, hint=exc.hint) from None
+
+    def pool_timeout(self, waited: float, measures: dict[str, int]) -> PoolguardError:
+        """The drop-in PoolTimeout, saying whether the pool is merely busy or cannot connect."""
+        why = ""
+        if self.last_connect_error is not None:
+            # A checkout that starved while connects fail is a client-visible connect failure:
+            # it feeds the breaker (a background reconnect that succeeds closes it again).
+            self.guard.breaker.record_failure()
+            reason = classify(self.last_connect_error).reason
+            why = f"; the pool cannot connect to {self.redacted_url} ({reason})"
+        return pg_dropin(
+            PoolTimeout,
+            f"{self.name}: no connection became free within {waited:.2f}s (pool size"
+            f" {measures.get('pool_size', 0)}/{measures.get('pool_max', 0)},"
+            f" {measures.get('pool_available', 0)} idle,"
+            f" {measures.get('requests_waiting', 0)} waiting){why}",
+            hint="raise POOLGUARD_ACQUIRE_TIMEOUT or POOLGUARD_POOL_SIZE/POOLGUARD_MAX_OVERFLOW,"
+            " or hold connections for less time",
+        )
+
+    # -- statements and units of work -----------------------------------------------------------
+    def statement_op(self, query: Any, idempotent: bool | None) -> Operation:
+        if idempotent is None:
+            if isinstance(query, bytes):
+                query = query.decode("utf-8", "replace")
+            idempotent = isinstance(query, str) and pg.is_idempotent(query)
+        return _STATEMENT_OPS[bool(idempotent)]
+
+    def ambiguous_commit(self, exc: BaseException) -> PoolguardError:
+        self.guard.stats.incr("ambiguous")
+        return pg_dropin(
+            AmbiguousResultError,
+            f"{self.name}: the COMMIT was sent but its reply was lost ({classify(exc).reason}):"
+            " the transaction may or may not have been applied",
+            orig=exc,
+            hint="check on the server before re-running it, or make the unit idempotent",
+        )
+
+    def unit_guard(self, retry_on: Collection[str], attempts: int | None) -> Guard:
+        """The pool's Guard seen through one call's retryable SQLSTATEs and attempt count
+        (same budget, breaker and stats)."""
+        key = (frozenset(retry_on), attempts)
+        cached = self._unit_guards.get(key)
+        if cached is not None:
+            return cached
+        allowed = frozenset(retry_on)
+
+        def unit_classify(exc: BaseException) -> Classification:
+            c = classify(exc)
+            if c.disposition is Disposition.RETRY_TRANSACTION and pg.sqlstate(exc) not in allowed:
+                return Classification(Disposition.FAIL, c.reason)
+            return c
+
+        base = self.guard
+        policy = base.policy
+        if attempts is not None:
+            policy = RetryPolicy(attempts=attempts, backoff=policy.backoff, timeout=policy.timeout)
+        guard = Guard(
+            base.name,
+            base.backend,
+            unit_classify,
+            policy=policy,
+            budget=base.budget,
+            breaker=base.breaker,
+            stats=base.stats,
+            make_error=base.make_error,
+            clock=base.clock,
+            rng=base.rng,
+        )
+        self._unit_guards[key] = guard
+        return guard
+
+    def begin_unit(self, conn: Any) -> None:
+        t = self.settings.transaction_timeout
+        conn._pg_txn_end = None if not t else time.monotonic() + t
+
+    def commit_failed(self, conn: Any, was_in_transaction: bool, exc: Exception) -> Exception:
+        """A cut during COMMIT of a transaction that did something is an ambiguous result."""
+        if was_in_transaction and getattr(exc, "poolguard_cut", False):
+            return self.ambiguous_commit(exc)
+        return exc
+
+    @staticmethod
+    def usable(conn: Any) -> bool:
+        return bool(conn.pgconn.transaction_status == TransactionStatus.IDLE)
+
+    def gauges(self, measures: dict[str, int]) -> dict[str, Any]:
+        size = measures.get("pool_size", 0)
+        idle = measures.get("pool_available", 0)
+        return {
+            "size": size,
+            "idle": idle,
+            "checked_out": max(0, size - idle),
+            "waiting": measures.get("requests_waiting", 0),
+            "psycopg_pool": measures,
+        }
+
+
+def is_deadline_spent(exc: BaseException) -> bool:
+    return isinstance(exc, _DeadlineSpent)
