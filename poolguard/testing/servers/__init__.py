@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from poolguard.testing.servers._base import (
     LocalServer,
+    ServerError,
     ServerStartError,
     ServerUnavailable,
     free_port,
@@ -22,6 +23,7 @@ __all__ = [
     "PgBouncerServer",
     "PostgresServer",
     "RedisServer",
+    "ServerError",
     "ServerStartError",
     "ServerUnavailable",
     "free_port",

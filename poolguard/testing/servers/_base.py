@@ -42,6 +42,7 @@ from poolguard.testing.servers._system import (
 __all__ = [
     "HOST",
     "LocalServer",
+    "ServerError",
     "ServerStartError",
     "ServerUnavailable",
     "binary_version",
@@ -58,7 +59,11 @@ POLL_INTERVAL = 0.02
 LOG_TAIL_LINES = 40
 
 
-class ServerStartError(RuntimeError):
+class ServerError(RuntimeError):
+    """A local test server, or a program run against it (initdb, a client), failed."""
+
+
+class ServerStartError(ServerError):
     """The server was found but did not start (or did not become ready) in time."""
 
 
@@ -99,7 +104,7 @@ class LocalServer(ABC):
         config: Mapping[str, str] | None = None,
         startup_timeout: float = DEFAULT_STARTUP_TIMEOUT,
     ) -> None:
-        self._requested_port = port
+        # 0 until the first start picks a free port; kept after stop() (for "refused" checks).
         self.port = port or 0
         self.user = user
         self.password = password if password is not None else _new_password()
@@ -183,17 +188,17 @@ class LocalServer(ABC):
                 shutil.rmtree(self.base_dir, ignore_errors=True)
                 self.base_dir = None
             self._initialized = False
-            if self._requested_port is None:
-                self.port = 0
 
     def restart(self, downtime: float = 0.0, *, crash: bool = False) -> None:
         """Stop, stay down ``downtime`` seconds, start again on the same port with the same data.
 
         ``crash=True`` SIGKILLs the whole process group instead of a clean shutdown (PostgreSQL
-        then runs crash recovery on start; Redis comes back empty).
+        then runs crash recovery on start; Redis loses what was written since the last clean
+        restart). Also brings back a server whose process died.
         """
         with self._lock:
-            self._require_started()
+            if not self._initialized:
+                raise ServerStartError(f"{self.kind} server was never started: call start()")
             if not crash:
                 self.thaw()
                 self._before_restart()
@@ -255,7 +260,7 @@ class LocalServer(ABC):
         """Kill client sessions server-side (not the admin's own); return how many."""
         self._require_started()
         if self._frozen:
-            raise ServerStartError(f"{self.kind} is frozen: thaw() it before kill_connections()")
+            raise ServerError(f"{self.kind} is frozen: thaw() it before kill_connections()")
         return self._kill_sessions(application_name)
 
     # --- helpers for subclasses --------------------------------------------------------------
@@ -301,14 +306,21 @@ class LocalServer(ABC):
                 **kwargs,
             )
         except subprocess.TimeoutExpired as exc:
-            raise ServerStartError(f"{argv[0]} did not finish within {timeout:.0f} s") from exc
-        out = done.stdout.decode(errors="replace") + done.stderr.decode(errors="replace")
+            raise ServerError(f"{argv[0]} did not finish within {timeout:.0f} s") from exc
         if done.returncode != 0:
-            raise ServerStartError(
-                f"{' '.join(argv[:2])} failed ({done.returncode}): {out[-2000:]}"
+            out = done.stdout.decode(errors="replace") + done.stderr.decode(errors="replace")
+            raise ServerError(
+                f"{' '.join(argv[:2])} failed ({done.returncode}): {self._redact(out[-2000:])}"
             )
         stdout: bytes = done.stdout
         return stdout.decode(errors="replace")
+
+    def _redact(self, text: str) -> str:
+        # Clients echo the failing statement, and ours carry passwords (CREATE USER ...).
+        for secret in (self.password, self.admin_password):
+            if secret:
+                text = text.replace(secret, "***")
+        return text
 
     def _chown(self, path: Path) -> None:
         if self.as_root:
@@ -324,7 +336,7 @@ class LocalServer(ABC):
 
     def _require_started(self) -> None:
         if not self.running:
-            raise ServerStartError(f"{self.kind} server is not running: call start() first")
+            raise ServerError(f"{self.kind} server is not running: call start() first")
 
     # --- internals -------------------------------------------------------------------------
     def _make_base_dir(self) -> None:

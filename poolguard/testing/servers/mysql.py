@@ -4,7 +4,13 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from poolguard.testing.servers._base import LocalServer, binary_version, find_binary, url
+from poolguard.testing.servers._base import (
+    LocalServer,
+    ServerError,
+    binary_version,
+    find_binary,
+    url,
+)
 
 __all__ = ["MySQLServer"]
 
@@ -156,7 +162,7 @@ class MySQLServer(LocalServer):
             try:
                 self.sql(f"KILL CONNECTION {int(thread_id)};")
                 killed += 1
-            except RuntimeError:  # gone in the meantime ("Unknown thread id")
+            except ServerError:  # gone in the meantime ("Unknown thread id")
                 pass
         return killed
 
