@@ -49,6 +49,23 @@ __all__ = [
     "stats",
 ]
 
+_LAZY = frozenset(
+    {"GuardedAsyncConnection", "GuardedAsyncConnectionPool", "GuardedConnection",
+     "GuardedConnectionPool"}
+)  # fmt: skip
+
+
+def __getattr__(name: str) -> Any:
+    # The classes load psycopg_pool: only on first use, so ``import poolguard.postgres`` is cheap.
+    if name not in _LAZY:
+        raise AttributeError(f"module 'poolguard.postgres' has no attribute {name!r}")
+    from poolguard.integrations import psycopg_pool as native
+
+    value = getattr(native, name)
+    globals()[name] = value
+    return value
+
+
 #: Names the pools themselves set from poolguard settings: not accepted as overrides.
 _RESERVED = frozenset(
     {"conninfo", "connection_class", "check", "min_size", "max_size", "timeout",
