@@ -97,11 +97,14 @@ def command_idempotent(info: backend.CommandInfo, args: Sequence[Any]) -> bool:
     return rule if rule.__class__ is bool else rule(args)  # type: ignore[operator]
 
 
-def pipeline_idempotent(flag: bool | None, stack: Sequence[tuple[Sequence[Any], Any]]) -> bool:
+def rule_idempotent(info: backend.CommandInfo, args: Sequence[Any]) -> bool:
+    """The table's verdict for one command (the caller's override is checked first)."""
+    rule = info.idempotent
+    return rule if rule.__class__ is bool else rule(args)  # type: ignore[operator]
+
+
+def pipeline_idempotent(forced: bool | None, stack: Sequence[tuple[Sequence[Any], Any]]) -> bool:
     """A pipeline may be replayed only when every command may (or the caller vouches)."""
-    if flag is not None:
-        return flag
-    forced = _override.get()
     if forced is not None:
         return forced
     return all(backend.is_idempotent(args) for args, _ in stack)
@@ -126,16 +129,21 @@ def command_timeout(
 def pipeline_timeout(
     configured: float | None, stack: Sequence[tuple[Sequence[Any], Any]]
 ) -> float | None:
+    """The pipeline's socket timeout: every blocking command's allowance, then the deadline."""
     timeout = configured
+    lookup = backend.lookup
     for args, _ in stack:
-        info = backend.command_info(args)
-        if info.block is not None:
-            block = info.block(args)
-            if block is not None:
-                if block == backend.BLOCK_FOREVER or timeout is None:
-                    timeout = None
-                    break
-                timeout += block
+        info = lookup(args[0]) or backend.command_info(args)
+        if info.block is None:
+            continue
+        block = info.block(args)
+        if block is not None:
+            if block == backend.BLOCK_FOREVER or timeout is None:
+                timeout = None
+                break
+            timeout += block
+    if current_deadline() is None:
+        return timeout
     return deadline_cap(timeout)
 
 

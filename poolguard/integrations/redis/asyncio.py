@@ -255,15 +255,14 @@ class AsyncGuardedRedis(redis.asyncio.Redis):
             await self.initialize()
         # The hot path: one dict get for the command, one ContextVar get for the override.
         info = _lookup(args[0]) or backend.command_info(args)
-        idem = _forced()
-        if idem is None:
-            rule = info.idempotent
-            idem = rule if rule.__class__ is bool else rule(args)  # type: ignore[operator]
+        # Idempotency matters only after a failure: read the caller's override now (it is
+        # context), consult the table later, in the failure path.
+        forced = _forced()
         pool: Any = self.connection_pool
         try:
             return await pool.pg_guard.arun_with(
-                lambda attempts: self._pg_attempt(attempts, info, idem, args, options),
-                c.NOT_SENT[idem],
+                lambda attempts: self._pg_attempt(attempts, info, forced, args, options),
+                c.NOT_SENT[False],
                 timeout_error=c.QueryTimeoutError,
             )
         except PoolguardError as exc:
@@ -276,7 +275,7 @@ class AsyncGuardedRedis(redis.asyncio.Redis):
         self,
         attempts: Attempts,
         info: backend.CommandInfo,
-        idem: bool,
+        forced: bool | None,
         args: Sequence[Any],
         options: dict[str, Any],
     ) -> Any:
@@ -299,6 +298,7 @@ class AsyncGuardedRedis(redis.asyncio.Redis):
             return await self._send_command_parse_response(conn, args[0], *args, **options)
         except BaseException as exc:
             sent = conn is not None and conn.pg_sent
+            idem = c.rule_idempotent(info, args) if forced is None else forced
             attempts.op = (c.SENT if sent else c.NOT_SENT)[idem]
             if conn is not None and isinstance(exc, c.TRANSPORT_ERRORS):
                 await conn.disconnect(nowait=True)
@@ -353,13 +353,16 @@ class AsyncGuardedPipeline(redis.asyncio.client.Pipeline):
             await self.load_scripts()
         transactional = bool(self.is_transaction or self.explicit_transaction)
         watching = self.watching
-        idem = False if watching else c.pipeline_idempotent(self.pg_idempotent, stack)
+        # A WATCH lives on one connection: replaying elsewhere would drop the optimistic lock.
+        forced = False if watching else self.pg_idempotent
+        if forced is None:
+            forced = _forced()
         try:
             return await self.connection_pool.pg_guard.arun_with(  # type: ignore[attr-defined,no-any-return]
                 lambda attempts: self._pg_attempt(
-                    attempts, stack, raise_on_error, transactional, idem, watching
+                    attempts, stack, raise_on_error, transactional, forced, watching
                 ),
-                c.NOT_SENT[idem],
+                c.NOT_SENT[False],
                 timeout_error=c.QueryTimeoutError,
             )
         except PoolguardError as exc:
@@ -376,7 +379,7 @@ class AsyncGuardedPipeline(redis.asyncio.client.Pipeline):
         stack: list[Any],
         raise_on_error: bool,
         transactional: bool,
-        idem: bool,
+        forced: bool | None,
         watching: bool,
     ) -> list[Any]:
         pool: Any = self.connection_pool
@@ -403,6 +406,7 @@ class AsyncGuardedPipeline(redis.asyncio.client.Pipeline):
             if configured is not None and conn is not None:
                 conn.socket_timeout, configured = configured, None
             sent = conn is not None and (conn.pg_sent or not transactional)
+            idem = c.pipeline_idempotent(forced, stack)
             attempts.op = (c.SENT if sent else c.NOT_SENT)[idem]
             c.note_command(exc, "MULTI/EXEC" if transactional else "the pipeline")
             if conn is not None and isinstance(exc, c.TRANSPORT_ERRORS):
@@ -421,18 +425,23 @@ class AsyncGuardedPipeline(redis.asyncio.client.Pipeline):
             if configured is not None and conn is not None:
                 conn.socket_timeout = configured
         if raise_on_error:
-            self._pg_raise_first(stack, response, transactional, idem)
+            self._pg_raise_first(stack, response, transactional, forced)
         return response  # type: ignore[no-any-return]
 
     def _pg_raise_first(
-        self, stack: list[Any], response: list[Any], transactional: bool, idem: bool
+        self, stack: list[Any], response: list[Any], transactional: bool, forced: bool | None
     ) -> None:
         for index, reply in enumerate(response):
             if not isinstance(reply, rex.ResponseError):
                 continue
             retryable = backend.classify(reply).disposition is Disposition.RETRY
             applied = any(not isinstance(r, Exception) for r in response)
-            if retryable and not transactional and not idem and applied:
+            if (
+                retryable
+                and not transactional
+                and applied
+                and not c.pipeline_idempotent(forced, stack)
+            ):
                 raise AsyncPipelinePartiallyApplied(
                     f"poolguard: command #{index + 1} of a pipeline was rejected "
                     f"({str(reply).split(' ', 1)[0]}) after earlier commands ran; not replayed "

@@ -258,15 +258,14 @@ class GuardedRedis(redis.Redis):
     def execute_command(self, *args: Any, **options: Any) -> Any:
         # The hot path: one dict get for the command, one ContextVar get for the override.
         info = _lookup(args[0]) or backend.command_info(args)
-        idem = _forced()
-        if idem is None:
-            rule = info.idempotent
-            idem = rule if rule.__class__ is bool else rule(args)  # type: ignore[operator]
+        # Idempotency matters only after a failure: read the caller's override now (it is
+        # context), consult the table later, in the failure path.
+        forced = _forced()
         pool: Any = self.connection_pool
         try:
             return pool.pg_guard.run_with(
-                lambda attempts: self._pg_attempt(attempts, info, idem, args, options),
-                c.NOT_SENT[idem],
+                lambda attempts: self._pg_attempt(attempts, info, forced, args, options),
+                c.NOT_SENT[False],
                 timeout_error=c.QueryTimeoutError,
             )
         except PoolguardError as exc:
@@ -279,7 +278,7 @@ class GuardedRedis(redis.Redis):
         self,
         attempts: Attempts,
         info: backend.CommandInfo,
-        idem: bool,
+        forced: bool | None,
         args: Sequence[Any],
         options: dict[str, Any],
     ) -> Any:
@@ -301,6 +300,7 @@ class GuardedRedis(redis.Redis):
             return self._send_command_parse_response(conn, args[0], *args, **options)
         except BaseException as exc:
             sent = conn is not None and conn.pg_sent
+            idem = c.rule_idempotent(info, args) if forced is None else forced
             attempts.op = (c.SENT if sent else c.NOT_SENT)[idem]
             if conn is not None and isinstance(exc, c.TRANSPORT_ERRORS):
                 conn.disconnect()
@@ -359,14 +359,16 @@ class GuardedPipeline(redis.client.Pipeline):
         transactional = bool(self.transaction or self.explicit_transaction)  # type: ignore[truthy-function]
         watching = self.watching
         # A WATCH lives on one connection: replaying elsewhere would drop the optimistic lock.
-        idem = False if watching else c.pipeline_idempotent(self.pg_idempotent, stack)
+        forced = False if watching else self.pg_idempotent
+        if forced is None:
+            forced = _forced()
         try:
             pool: Any = self.connection_pool
             return pool.pg_guard.run_with(  # type: ignore[no-any-return]
                 lambda attempts: self._pg_attempt(
-                    attempts, stack, raise_on_error, transactional, idem, watching
+                    attempts, stack, raise_on_error, transactional, forced, watching
                 ),
-                c.NOT_SENT[idem],
+                c.NOT_SENT[False],
                 timeout_error=c.QueryTimeoutError,
             )
         except PoolguardError as exc:
@@ -383,7 +385,7 @@ class GuardedPipeline(redis.client.Pipeline):
         stack: list[Any],
         raise_on_error: bool,
         transactional: bool,
-        idem: bool,
+        forced: bool | None,
         watching: bool,
     ) -> list[Any]:
         pool: Any = self.connection_pool
@@ -412,6 +414,7 @@ class GuardedPipeline(redis.client.Pipeline):
             # MULTI..EXEC that was not fully sent never ran (no EXEC arrived). A plain pipeline
             # executes command by command as bytes arrive: any failure may follow a prefix.
             sent = conn is not None and (conn.pg_sent or not transactional)
+            idem = c.pipeline_idempotent(forced, stack)
             attempts.op = (c.SENT if sent else c.NOT_SENT)[idem]
             c.note_command(exc, "MULTI/EXEC" if transactional else "the pipeline")
             if conn is not None and isinstance(exc, c.TRANSPORT_ERRORS):
@@ -430,18 +433,23 @@ class GuardedPipeline(redis.client.Pipeline):
             if sock is not None and conn is not None and conn._sock is sock:
                 sock.settimeout(conn.socket_timeout)
         if raise_on_error:
-            self._pg_raise_first(stack, response, transactional, idem)
+            self._pg_raise_first(stack, response, transactional, forced)
         return response
 
     def _pg_raise_first(
-        self, stack: list[Any], response: list[Any], transactional: bool, idem: bool
+        self, stack: list[Any], response: list[Any], transactional: bool, forced: bool | None
     ) -> None:
         for index, reply in enumerate(response):
             if not isinstance(reply, rex.ResponseError):
                 continue
             retryable = backend.classify(reply).disposition is Disposition.RETRY
             applied = any(not isinstance(r, Exception) for r in response)
-            if retryable and not transactional and not idem and applied:
+            if (
+                retryable
+                and not transactional
+                and applied
+                and not c.pipeline_idempotent(forced, stack)
+            ):
                 raise PipelinePartiallyApplied(
                     f"poolguard: command #{index + 1} of a pipeline was rejected "
                     f"({str(reply).split(' ', 1)[0]}) after earlier commands ran; not replayed "
