@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterator
-from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING, Any, NoReturn
 from urllib.parse import unquote, urlsplit
 
@@ -268,7 +267,7 @@ def fault_proxy() -> Iterator[ProxyFactory]:
     """Factory: ``fault_proxy(server_or_host, port=None)`` -> started :class:`FaultProxy`."""
     from poolguard.testing.proxy import FaultProxy
 
-    proxies: list[AbstractContextManager[Any]] = []
+    proxies: list[FaultProxy] = []
 
     def make(target: Any, port: int | None = None) -> FaultProxy:
         if isinstance(target, str):
@@ -283,4 +282,4 @@ def fault_proxy() -> Iterator[ProxyFactory]:
 
     yield make
     for proxy in reversed(proxies):
-        proxy.__exit__(None, None, None)
+        proxy.stop()

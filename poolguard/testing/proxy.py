@@ -186,7 +186,7 @@ class FaultProxy:
 
     # --- toxics ----------------------------------------------------------------------------
     def latency(self, seconds: float, jitter: float = 0.0, direction: Direction = "both") -> None:
-        """Delay every chunk by ``seconds`` ± ``jitter``."""
+        """Delay each chunk by ``seconds`` ± ``jitter``; under "both" a round trip pays it twice."""
         self._set(direction, latency=seconds, jitter=jitter)
 
     def blackhole(self, direction: Direction = "both") -> None:
@@ -299,8 +299,9 @@ class FaultProxy:
             loop.create_task(self._pump(link, "upstream", reader, up_writer)),
             loop.create_task(self._pump(link, "downstream", up_reader, writer)),
         ]
-        if self._reset:  # reset() ran while we were connecting upstream
-            link.close(rst=True)
+        # reset() or down() ran while we were connecting upstream.
+        if self._reset or self._server is None:
+            link.close(rst=self._reset)
 
     async def _pump(
         self,
