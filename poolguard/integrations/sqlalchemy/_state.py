@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import random
 import time
 from collections.abc import Callable
@@ -20,6 +21,14 @@ BACKSTOP_GRACE = 0.5
 VALIDATE_TIMEOUT = 1.0
 #: Max-lifetime jitter: each connection lives ``max_lifetime * uniform(1 - JITTER, 1)``.
 LIFETIME_JITTER = 0.10
+
+
+#: True while a statement-level retry loop runs: a checkout inside it (a retry's fresh
+#: connection) is retried by that outer loop, so each connect failure is counted once (breaker,
+#: budget) and attempts do not multiply (3 statement attempts x 3 checkout attempts).
+in_statement_loop: contextvars.ContextVar[bool] = contextvars.ContextVar(
+    "poolguard_in_statement_loop", default=False
+)
 
 
 def _greenlet_sleep(seconds: float) -> None:

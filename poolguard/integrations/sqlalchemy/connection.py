@@ -45,7 +45,12 @@ from poolguard.core.retry import Attempts
 from poolguard.errors import AmbiguousResultError, PoolguardError, QueryTimeout, TransactionTimeout
 from poolguard.integrations.backstop import Ticket, backstop
 from poolguard.integrations.sqlalchemy._errors import as_dropin, sa_dropin
-from poolguard.integrations.sqlalchemy._state import BACKSTOP_GRACE, VALIDATE_TIMEOUT, PgState
+from poolguard.integrations.sqlalchemy._state import (
+    BACKSTOP_GRACE,
+    VALIDATE_TIMEOUT,
+    PgState,
+    in_statement_loop,
+)
 from poolguard.integrations.sqlalchemy.pool import driver_of
 
 __all__ = ["GuardedConnection", "GuardedOptionEngine"]
@@ -97,12 +102,15 @@ class GuardedConnection(Connection):
                 local_sql,
             )
 
+        token = in_statement_loop.set(True)
         try:
             return state.guard.run_with(attempt, op, sleep=state.sleep)
         except PoolguardError as exc:
             if isinstance(exc, sa_exc.SQLAlchemyError):
                 raise
             raise as_dropin(exc) from exc.__cause__ or exc
+        finally:
+            in_statement_loop.reset(token)
 
     def _pg_operation(
         self, statement: Any, parameters: Any, options: Any

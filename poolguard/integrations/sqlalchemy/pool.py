@@ -34,7 +34,7 @@ from poolguard.core.disposition import Operation, Scope
 from poolguard.errors import PoolguardError, PoolTimeout
 from poolguard.integrations.backstop import backstop
 from poolguard.integrations.sqlalchemy._errors import as_dropin, sa_dropin
-from poolguard.integrations.sqlalchemy._state import VALIDATE_TIMEOUT, PgState
+from poolguard.integrations.sqlalchemy._state import VALIDATE_TIMEOUT, PgState, in_statement_loop
 
 __all__ = ["GuardedAsyncQueuePool", "GuardedQueuePool", "driver_of", "install_pool_events"]
 
@@ -65,7 +65,7 @@ class _GuardedPoolMixin:
     def connect(self) -> Any:
         state = self._pg
         base_connect = super().connect  # type: ignore[misc]
-        if state is None:
+        if state is None or in_statement_loop.get():
             return base_connect()
         try:
             return state.guard.run_with(
