@@ -496,3 +496,12 @@ def test_extra_config_reaches_the_server(
     show: Callable[[LocalServer], Any],
 ) -> None:
     assert show(dedicated_server(kind, config=config)) in {"7s", "7"}
+
+
+@pytest.mark.postgres
+@pytest.mark.pgbouncer
+def test_pgbouncer_refuses_startup_options_like_production(pgbouncer_server: LocalServer) -> None:
+    import psycopg
+
+    with pytest.raises(psycopg.OperationalError, match="unsupported startup parameter"):
+        pg_connect(pgbouncer_server.url, options="-c statement_timeout=1000")

@@ -75,8 +75,9 @@ class PgBouncerServer(LocalServer):
             "default_pool_size": "20",
             # Tests restart the upstream: retry server logins quickly instead of every 15 s.
             "server_login_retry": "1",
-            # Drivers send these startup parameters; PgBouncer refuses unknown ones.
-            "ignore_startup_parameters": "extra_float_digits,options",
+            # As most deployments do (JDBC sends it). ``options`` is *not* ignored, so a client
+            # sending ``options=-c ...`` fails here as in production (see DESIGN's traps).
+            "ignore_startup_parameters": "extra_float_digits",
             **self.config,
         }
         pgbouncer = "\n".join(f"{key} = {value}" for key, value in settings.items())
