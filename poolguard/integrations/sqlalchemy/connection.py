@@ -135,7 +135,10 @@ class GuardedConnection(Connection):
         if conn is None:
             return Position.FIRST if self._transaction is None else Position.LATER
         drv = driver_of(conn)
-        if drv.broken or drv.info.transaction_status == TransactionStatus.IDLE:
+        if drv.broken or drv.closed:
+            # libpq no longer knows the transaction state: assume earlier work may be lost.
+            return Position.FIRST if self._transaction is None else Position.LATER
+        if drv.info.transaction_status == TransactionStatus.IDLE:
             return Position.FIRST
         return Position.LATER
 

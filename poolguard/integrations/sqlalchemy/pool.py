@@ -31,7 +31,7 @@ from sqlalchemy.util import queue as sqla_queue
 from poolguard.backends import postgres as pg
 from poolguard.core.deadline import effective_timeout
 from poolguard.core.disposition import Operation, Scope
-from poolguard.errors import PoolguardError, PoolTimeout
+from poolguard.errors import ConnectTimeout, PoolguardError, PoolTimeout
 from poolguard.integrations.backstop import backstop
 from poolguard.integrations.sqlalchemy._errors import as_dropin, sa_dropin
 from poolguard.integrations.sqlalchemy._state import VALIDATE_TIMEOUT, PgState, in_statement_loop
@@ -194,12 +194,17 @@ def _on_connect(state: PgState, dbapi_connection: Any, record: Any) -> None:
     state.server_version = drv.info.server_version
     setup = pg.session_setup_sql(state.settings, state.server_version)
     if setup is not None and not state.pgbouncer:
-        cursor = dbapi_connection.cursor()
-        try:
-            cursor.execute(setup)
-        finally:
-            cursor.close()
-        dbapi_connection.commit()
+        # Part of connecting: bounded like the connect itself (a server frozen right now).
+        limit = effective_timeout(
+            state.settings.connect_timeout, what="connect", error=ConnectTimeout
+        )
+        with backstop(drv, limit):
+            cursor = dbapi_connection.cursor()
+            try:
+                cursor.execute(setup)
+            finally:
+                cursor.close()
+            dbapi_connection.commit()
 
 
 def _on_checkout(state: PgState, dbapi_connection: Any, record: Any) -> None:
