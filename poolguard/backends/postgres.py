@@ -97,6 +97,28 @@ TIMEOUT_SQLSTATES: Mapping[str, str] = {
     "57014": "statement_timeout",  # query_canceled: statement_timeout or a cancel request
 }
 
+# Connect-time FATALs reach psycopg as text only (no SQLSTATE). Permanent ones must not be
+# retried (a wrong password would count towards the breaker and waste the deadline); the
+# transient ones get the reason their SQLSTATE would have given. Server messages in English
+# (lc_messages=C/en): a translated server falls back to the generic "connect_failed" retry.
+_PERMANENT_CONNECT_MESSAGES = (
+    ("password authentication failed", "auth_failed"),
+    ("authentication failed", "auth_failed"),
+    ("no pg_hba.conf entry", "hba_rejected"),
+    ("does not exist", "unknown_role_or_database"),
+    ("permission denied", "permission_denied"),
+    ("server does not support ssl", "ssl_unsupported"),
+    ("certificate", "ssl_certificate"),
+)
+_TRANSIENT_CONNECT_MESSAGES = (
+    ("the database system is starting up", "cannot_connect_now", Scope.POOL),
+    ("the database system is shutting down", "cannot_connect_now", Scope.POOL),
+    ("the database system is in recovery mode", "cannot_connect_now", Scope.POOL),
+    ("the database system is not yet accepting connections", "cannot_connect_now", Scope.POOL),
+    ("too many clients", "too_many_connections", Scope.NONE),
+    ("remaining connection slots are reserved", "too_many_connections", Scope.NONE),
+)
+
 # psycopg messages without a SQLSTATE (libpq client-side errors). "sending query failed" means
 # libpq could not write the request, so the server never saw a complete message.
 _BEFORE_SEND_MESSAGES = (
@@ -178,6 +200,10 @@ def _classify_sqlstate(code: str) -> Classification | None:
 
 def _classify_message(err: psycopg.Error) -> Classification:
     text = str(err).lower()
+    if "fatal:" in text:
+        found = _classify_connect_fatal(text)
+        if found is not None:
+            return found
     is_connect = isinstance(err, pg_errors.ConnectionTimeout)
     for needle, reason in _BEFORE_SEND_MESSAGES:
         if needle in text or (is_connect and reason == "connect_timeout"):
@@ -200,6 +226,18 @@ def _classify_message(err: psycopg.Error) -> Classification:
             scope=Scope.CONNECTION,
         )  # fmt: skip
     return Classification(Disposition.FAIL, type(err).__name__.lower())
+
+
+def _classify_connect_fatal(text: str) -> Classification | None:
+    for needle, reason, scope in _TRANSIENT_CONNECT_MESSAGES:
+        if needle in text:
+            return Classification(
+                Disposition.RETRY, reason, disconnect=True, scope=scope, connect_phase=True
+            )
+    for needle, reason in _PERMANENT_CONNECT_MESSAGES:
+        if needle in text:
+            return Classification(Disposition.FAIL, reason)
+    return None
 
 
 def _classify_foreign(exc: BaseException) -> Classification:

@@ -168,9 +168,14 @@ class _GuardedPoolMixin:
 class GuardedQueuePool(_GuardedPoolMixin, QueuePool):
     """SQLAlchemy's QueuePool with poolguard's checkout, timeout and invalidation rules."""
 
+    # SQLAlchemy's own pool messages stay under the logger users already configure.
+    _sqla_logger_namespace = "sqlalchemy.pool.impl.QueuePool"
+
 
 class GuardedAsyncQueuePool(_GuardedPoolMixin, AsyncAdaptedQueuePool):
     """The asyncio twin (SQLAlchemy's AsyncAdaptedQueuePool underneath)."""
+
+    _sqla_logger_namespace = "sqlalchemy.pool.impl.AsyncAdaptedQueuePool"
 
 
 # --- pool events -------------------------------------------------------------------------------

@@ -218,3 +218,27 @@ def test_run_transaction_accepts_engine_session_and_maker(
 def test_non_postgres_url_is_a_config_error() -> None:
     with pytest.raises(poolguard.ConfigError):
         poolguard.create_engine("mysql://u:p@localhost/db")
+
+
+def test_wrong_password_fails_fast_without_leaking_it(
+    make_engine: Any, postgres_server: Any
+) -> None:
+    secret = "definitely-wrong-pw"
+    url = postgres_server.url.replace(f":{postgres_server.password}@", f":{secret}@")
+    engine = make_engine(url, retry_attempts=5)
+    with pytest.raises(sqlalchemy.exc.OperationalError) as info:
+        engine.connect()
+    assert secret not in str(info.value)
+    assert secret not in repr(info.value)
+    snap = poolguard.stats(engine)
+    assert snap["retries"] == 0  # authentication failures are permanent
+    assert secret not in str(snap)
+
+
+def test_sqlalchemy_pool_logs_stay_under_sqlalchemy(
+    make_engine: Any, postgres_server: Any, caplog: pytest.LogCaptureFixture
+) -> None:
+    engine = make_engine(postgres_server.url)
+    with caplog.at_level("DEBUG"), engine.connect() as conn:
+        conn.execute(text("SELECT 1"))
+    assert not [r for r in caplog.records if r.name.startswith("poolguard.integrations")]

@@ -199,3 +199,24 @@ def test_versioned_gucs() -> None:
 )
 def test_pgbouncer_auto(mode: str, url: str, expected: bool) -> None:
     assert pg.uses_pgbouncer(Settings(pgbouncer=mode), url) is expected  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("message", "disposition", "reason"),
+    [
+        ('connection failed: connection to server at "h", port 5432 failed: FATAL:  password'
+         ' authentication failed for user "app"', Disposition.FAIL, "auth_failed"),
+        ('connection failed: ... failed: FATAL:  database "x" does not exist',
+         Disposition.FAIL, "unknown_role_or_database"),
+        ("connection failed: ... FATAL:  no pg_hba.conf entry for host", Disposition.FAIL,
+         "hba_rejected"),
+        ("connection failed: ... FATAL:  the database system is starting up",
+         Disposition.RETRY, "cannot_connect_now"),
+        ("connection failed: ... FATAL:  sorry, too many clients already", Disposition.RETRY,
+         "too_many_connections"),
+        ("connection failed: connection refused", Disposition.RETRY, "connect_failed"),
+    ],
+)  # fmt: skip
+def test_connect_fatals(message: str, disposition: Disposition, reason: str) -> None:
+    c = pg.classify(psycopg.OperationalError(message))
+    assert (c.disposition, c.reason) == (disposition, reason)
