@@ -13,6 +13,7 @@ the connection was never handed out: fresh connections are not pinged) and ``_pg
 from __future__ import annotations
 
 import dataclasses
+import threading
 import time
 from collections.abc import Collection
 from typing import Any
@@ -136,6 +137,8 @@ class PoolRules:
     last_connect_error: BaseException | None = None
     query_limit: Limit | None = None
     cleanup_limit: Limit = (VALIDATE_TIMEOUT + BACKSTOP_GRACE, QueryTimeout, "rollback timeout")
+    checked_out: int = 0
+    _out_lock: threading.Lock = dataclasses.field(default_factory=threading.Lock)
     _unit_guards: dict[Any, Guard] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -178,11 +181,17 @@ class PoolRules:
             )
         return watchdog().arm(conn.pgconn.socket, limit[0]), limit
 
-    def failed(self, conn: Any, armed: Armed | None, exc: Exception) -> Exception:
-        """The error to raise after a wait failed (a cut becomes a timeout)."""
+    def failed(
+        self, conn: Any, armed: Armed | None, exc: Exception, *, observe: bool = True
+    ) -> Exception:
+        """The error to raise after a wait failed (a cut becomes a timeout).
+
+        ``observe=False`` for an outer operation whose inner waits already noted the error.
+        """
         if armed is not None and not armed[0].cancel():
             return self.cut(conn, armed[1], exc)
-        self.observe(exc)
+        if observe:
+            self.observe(exc)
         return exc
 
     def succeeded(self, conn: Any, armed: Armed | None) -> None:
@@ -393,13 +402,20 @@ class PoolRules:
     def usable(conn: Any) -> bool:
         return bool(conn.pgconn.transaction_status == TransactionStatus.IDLE)
 
+    def lent(self) -> None:
+        with self._out_lock:
+            self.checked_out += 1
+
+    def given_back(self) -> None:
+        with self._out_lock:
+            self.checked_out -= 1
+
     def gauges(self, measures: dict[str, int]) -> dict[str, Any]:
-        size = measures.get("pool_size", 0)
-        idle = measures.get("pool_available", 0)
+        # psycopg_pool's pool_size also counts connections still being opened.
         return {
-            "size": size,
-            "idle": idle,
-            "checked_out": max(0, size - idle),
+            "size": measures.get("pool_size", 0),
+            "idle": measures.get("pool_available", 0),
+            "checked_out": self.checked_out,
             "waiting": measures.get("requests_waiting", 0),
             "psycopg_pool": measures,
         }

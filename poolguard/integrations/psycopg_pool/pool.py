@@ -110,12 +110,18 @@ class GuardedConnectionPool(psycopg_pool.ConnectionPool[GuardedConnection]):
         wait = rules.acquire_wait(timeout)
         started = time.monotonic()
         try:
-            return super().getconn(wait)
+            conn = super().getconn(wait)
         except psycopg_pool.PoolTimeout as exc:
             err = rules.pool_timeout(wait, self.get_stats())
             raise err from (rules.last_connect_error or exc)
         finally:
             rules.guard.stats.record_wait(time.monotonic() - started)
+        rules.lent()
+        return conn
+
+    def putconn(self, conn: GuardedConnection) -> None:
+        self._pg.given_back()
+        super().putconn(conn)
 
     def _getconn_with_check_loop(self, deadline: float) -> GuardedConnection:
         # psycopg_pool sleeps 1 s, 2 s, 4 s... after a failed check. A failed validation only
@@ -218,7 +224,7 @@ class GuardedConnectionPool(psycopg_pool.ConnectionPool[GuardedConnection]):
                 result = fetch(conn.execute(query, params))
                 conn.commit()
         except Exception as exc:
-            err = rules.failed(conn, armed, exc)
+            err = rules.failed(conn, armed, exc, observe=False)
             if err is exc:
                 raise
             raise err from exc

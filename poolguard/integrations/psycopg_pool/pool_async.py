@@ -96,12 +96,18 @@ class GuardedAsyncConnectionPool(psycopg_pool.AsyncConnectionPool[GuardedAsyncCo
         wait = rules.acquire_wait(timeout)
         started = time.monotonic()
         try:
-            return await super().getconn(wait)
+            conn = await super().getconn(wait)
         except psycopg_pool.PoolTimeout as exc:
             err = rules.pool_timeout(wait, self.get_stats())
             raise err from (rules.last_connect_error or exc)
         finally:
             rules.guard.stats.record_wait(time.monotonic() - started)
+        rules.lent()
+        return conn
+
+    async def putconn(self, conn: GuardedAsyncConnection) -> None:
+        self._pg.given_back()
+        await super().putconn(conn)
 
     async def _getconn_with_check_loop(self, deadline: float) -> GuardedAsyncConnection:
         # psycopg_pool sleeps 1 s, 2 s, 4 s... after a failed check. A failed validation only
@@ -214,7 +220,7 @@ class GuardedAsyncConnectionPool(psycopg_pool.AsyncConnectionPool[GuardedAsyncCo
                 result = await fetch(await conn.execute(query, params))
                 await conn.commit()
         except Exception as exc:
-            err = rules.failed(conn, armed, exc)
+            err = rules.failed(conn, armed, exc, observe=False)
             if err is exc:
                 raise
             raise err from exc
