@@ -10,6 +10,7 @@ import psycopg
 import pytest
 import sqlalchemy
 from sqlalchemy import text
+from sqlalchemy.orm import sessionmaker
 
 import poolguard
 
@@ -133,3 +134,39 @@ def test_kill_marks_older_connections_suspect_not_dropped(
     assert victim not in pids
     assert snap["validations"] >= 1
     assert snap["evictions"]["validation"] == 0  # the healthy ones passed validation and stayed
+
+
+def test_write_marked_idempotent_is_retried(
+    make_engine: Any, postgres_server: Any, app_name: str
+) -> None:
+    engine = make_engine(postgres_server.url, isolation_level="AUTOCOMMIT")
+    with engine.connect() as conn:
+        conn.execute(text("CREATE TABLE IF NOT EXISTS pg_kill_i (id int PRIMARY KEY)"))
+        conn.execute(text("DELETE FROM pg_kill_i"))
+        timer = _kill_later(postgres_server, app_name, 0.2)
+        upsert = text("INSERT INTO pg_kill_i SELECT 1 FROM pg_sleep(0.6) ON CONFLICT DO NOTHING")
+        conn.execution_options(idempotent=True).execute(upsert)
+        timer.join()
+        assert conn.execute(text("SELECT count(*) FROM pg_kill_i")).scalar() == 1
+
+
+def test_orm_session_first_statement_moves_to_a_fresh_connection(
+    make_engine: Any, postgres_server: Any, app_name: str
+) -> None:
+    engine = make_engine(postgres_server.url, validate_idle=None)
+    with engine.begin() as conn:
+        conn.execute(text("CREATE TABLE IF NOT EXISTS pg_kill_s (id int PRIMARY KEY)"))
+        conn.execute(text("DELETE FROM pg_kill_s"))
+    Session = sessionmaker(engine)
+    with Session() as session:
+        session.execute(text("SELECT 1"))
+        session.commit()
+        postgres_server.kill_connections(application_name=app_name)
+        # the session's next transaction starts on the dead connection: its first statement
+        # (a read) is re-run on a fresh one, and the rest of the transaction follows it there
+        assert session.execute(text("SELECT count(*) FROM pg_kill_s")).scalar() == 0
+        session.execute(text("INSERT INTO pg_kill_s VALUES (1)"))
+        session.commit()
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT count(*) FROM pg_kill_s")).scalar() == 1
+    assert poolguard.stats(engine)["retries"] == 1
