@@ -33,7 +33,9 @@ if TYPE_CHECKING:
     from poolguard.core.stats import Hooks
 
 __all__ = [
+    "async_from_sentinel",
     "async_from_url",
+    "from_sentinel",
     "from_url",
     "idempotent",
     "is_idempotent",
@@ -55,12 +57,30 @@ def settings_for(url: str | None = None, **overrides: Any) -> Any:
     return Settings.from_env(backend="redis", name=name, **ours)
 
 
+def _sentinel_url(url: str | None, overrides: dict[str, Any]) -> str | None:
+    """The ``redis+sentinel://`` URL to use, if that is what was given or configured."""
+    import os
+
+    from poolguard.config import env
+    from poolguard.integrations.redis import is_sentinel_url
+
+    if url is None and "url" not in overrides:
+        url = os.environ.get(env.url_variable("redis", overrides.get("name")))
+    return url if is_sentinel_url(url) else None
+
+
 def from_url(
     url: str | None = None, *, hooks: Hooks | None = None, **overrides: Any
 ) -> redis.Redis:
-    """A guarded ``redis.Redis`` (URL from ``REDIS_URL`` unless given)."""
+    """A guarded ``redis.Redis`` (URL from ``REDIS_URL`` unless given).
+
+    ``redis+sentinel://[:password@]host:26379[,host2]/service[/db]`` goes through Sentinel.
+    """
     from poolguard.integrations.redis import build_client
 
+    sentinel = _sentinel_url(url, overrides)
+    if sentinel is not None:
+        return _from_sentinel_url(sentinel, hooks, overrides, asyncio=False)  # type: ignore[no-any-return]
     _ours, theirs = split_overrides(dict(overrides))
     return build_client(settings_for(url, **overrides), theirs, hooks)  # type: ignore[no-any-return]
 
@@ -71,8 +91,80 @@ def async_from_url(
     """A guarded ``redis.asyncio.Redis`` (URL from ``REDIS_URL`` unless given)."""
     from poolguard.integrations.redis import build_async_client
 
+    sentinel = _sentinel_url(url, overrides)
+    if sentinel is not None:
+        return _from_sentinel_url(sentinel, hooks, overrides, asyncio=True)  # type: ignore[no-any-return]
     _ours, theirs = split_overrides(dict(overrides))
     return build_async_client(settings_for(url, **overrides), theirs, hooks)  # type: ignore[no-any-return]
+
+
+def _from_sentinel_url(
+    url: str, hooks: Hooks | None, overrides: dict[str, Any], *, asyncio: bool
+) -> Any:
+    from poolguard.integrations.redis import parse_sentinel_url
+
+    options = parse_sentinel_url(url)
+    sentinels = options.pop("sentinels")
+    service_name = options.pop("service_name")
+    return _sentinel(sentinels, service_name, hooks, {**options, **overrides}, asyncio=asyncio)
+
+
+def from_sentinel(
+    sentinels: list[tuple[str, int]],
+    service_name: str,
+    *,
+    sentinel_kwargs: dict[str, Any] | None = None,
+    hooks: Hooks | None = None,
+    **overrides: Any,
+) -> redis.Redis:
+    """A guarded ``redis.Redis`` on the master of ``service_name``, found through Sentinel.
+
+    Every (re)connect asks Sentinel for the current master; after a failover the first
+    ``READONLY`` drops the connection and the command is retried on the new master.
+    """
+    overrides["sentinel_kwargs"] = sentinel_kwargs
+    return _sentinel(sentinels, service_name, hooks, overrides, asyncio=False)  # type: ignore[no-any-return]
+
+
+def async_from_sentinel(
+    sentinels: list[tuple[str, int]],
+    service_name: str,
+    *,
+    sentinel_kwargs: dict[str, Any] | None = None,
+    hooks: Hooks | None = None,
+    **overrides: Any,
+) -> redis.asyncio.Redis:
+    """The asyncio twin of :func:`from_sentinel`."""
+    overrides["sentinel_kwargs"] = sentinel_kwargs
+    return _sentinel(sentinels, service_name, hooks, overrides, asyncio=True)  # type: ignore[no-any-return]
+
+
+def _sentinel(
+    sentinels: list[tuple[str, int]],
+    service_name: str,
+    hooks: Hooks | None,
+    overrides: dict[str, Any],
+    *,
+    asyncio: bool,
+) -> Any:
+    from poolguard.config.settings import Settings
+    from poolguard.integrations.redis import build_sentinel_client
+
+    sentinel_kwargs = overrides.pop("sentinel_kwargs", None)
+    overrides.pop("url", None)
+    ours, theirs = split_overrides(overrides)
+    name = ours.pop("name", None)
+    # The address comes from Sentinel, so the settings carry no URL (REDIS_URL is not read).
+    settings = Settings.from_env(backend="redis", name=name, url=None, **ours)
+    return build_sentinel_client(
+        settings,
+        list(sentinels),
+        service_name,
+        theirs,
+        sentinel_kwargs=sentinel_kwargs,
+        hooks=hooks,
+        asyncio=asyncio,
+    )
 
 
 @contextmanager

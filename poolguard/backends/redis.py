@@ -71,6 +71,10 @@ BEFORE_EXECUTION: dict[str, tuple[str, bool, Scope]] = {
 #: Sent on accept when ``maxclients`` is reached, then the server closes (before any command).
 TOO_MANY_CLIENTS = "max number of clients reached"
 
+#: redis-py's Sentinel connection turns READONLY from a demoted master into this ConnectionError
+#: (after dropping the connection): the command was rejected, not executed.
+DEMOTED_MASTER = "The previous master is now a slave"
+
 #: Error codes that are permanent whatever redis-py's class says.
 AUTH_CODES = frozenset({"NOAUTH", "WRONGPASS", "NOPERM"})
 
@@ -105,7 +109,12 @@ def _reply_rule(exc: BaseException) -> Classification | None:
         return Classification(Disposition.RETRY, reason, disconnect=disconnect, scope=scope)
     if code in AUTH_CODES:
         return Classification(Disposition.FAIL, "auth")
-    if TOO_MANY_CLIENTS in (str(exc.args[0]) if exc.args else ""):
+    message = str(exc.args[0]) if exc.args else ""
+    if message == DEMOTED_MASTER:
+        return Classification(
+            Disposition.RETRY, "readonly_replica", disconnect=True, scope=Scope.POOL
+        )
+    if TOO_MANY_CLIENTS in message:
         return Classification(
             Disposition.RETRY, "too_many_clients", disconnect=True, connect_phase=True
         )

@@ -88,3 +88,128 @@ def build_async_client(
     client = aio.AsyncGuardedRedis(connection_pool=pool, **client_only)
     client.auto_close_connection_pool = True
     return client
+
+
+# -- Sentinel --------------------------------------------------------------------------------
+
+SENTINEL_SCHEMES = ("redis+sentinel://", "rediss+sentinel://")
+DEFAULT_SENTINEL_PORT = 26379
+
+
+def is_sentinel_url(url: str | None) -> bool:
+    return url is not None and url.strip().lower().startswith(SENTINEL_SCHEMES)
+
+
+def parse_sentinel_url(url: str) -> dict[str, Any]:
+    """``redis+sentinel://[[user]:password@]h1:26379,h2/mymaster[/db]`` → builder arguments.
+
+    The credentials are the Redis master's (as in other clients); Sentinel's own credentials,
+    if any, go in ``sentinel_kwargs``.
+    """
+    from urllib.parse import unquote
+
+    from poolguard.errors import ConfigError
+
+    text = url.strip()
+    scheme, _, rest = text.partition("://")
+    authority, _, path = rest.partition("/")
+    userinfo, at, hosts = authority.rpartition("@")
+    if not at:
+        hosts, userinfo = authority, ""
+    parts = [p for p in path.split("/") if p]
+    if not hosts or not parts:
+        raise ConfigError(
+            f"{redact(text)!r} is not a Sentinel URL: expected "
+            "redis+sentinel://[:password@]host:26379[,host2:26379]/service_name[/db]",
+            variable="REDIS_URL",
+        )
+    sentinels = []
+    for item in hosts.split(","):
+        host, _, port = item.rpartition(":") if ":" in item else (item, "", "")
+        try:
+            sentinels.append((host or item, int(port) if port else DEFAULT_SENTINEL_PORT))
+        except ValueError:
+            raise ConfigError(
+                f"{redact(text)!r}: bad Sentinel port in {item!r}", variable="REDIS_URL"
+            ) from None
+    options: dict[str, Any] = {"sentinels": sentinels, "service_name": unquote(parts[0])}
+    if len(parts) > 1:
+        options["db"] = int(parts[1])
+    user, colon, password = userinfo.partition(":")
+    if user:
+        options["username"] = unquote(user)
+    if colon:
+        options["password"] = unquote(password)
+    if scheme.lower().startswith("rediss"):
+        options["ssl"] = True
+    return options
+
+
+def _sentinel_kwargs(settings: Settings, given: dict[str, Any] | None) -> dict[str, Any]:
+    # Sentinel queries are reads: bounded by the connect timeout, with redis-py's retry off
+    # (the Guard retries the whole connect when discovery fails).
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    base = {
+        "socket_timeout": settings.connect_timeout,
+        "socket_connect_timeout": settings.connect_timeout,
+        "socket_keepalive": settings.tcp_keepalive is not None,
+        "retry": Retry(NoBackoff(), 0),
+    }
+    base.update(given or {})
+    return base
+
+
+def _sentinel_label(settings: Settings, service_name: str, sentinels: list[Any]) -> str:
+    where = ",".join(f"{h}:{p}" for h, p in sentinels)
+    return f"redis pool {settings.name or 'redis'!r} (sentinel {service_name} via {where})"
+
+
+def build_sentinel_client(
+    settings: Settings,
+    sentinels: list[tuple[str, int]],
+    service_name: str,
+    redis_kwargs: dict[str, Any],
+    *,
+    sentinel_kwargs: dict[str, Any] | None = None,
+    hooks: Hooks | None = None,
+    asyncio: bool = False,
+) -> Any:
+    """A guarded client for the master of ``service_name``, discovered through Sentinel."""
+    sentinel_class: Any
+    if asyncio:
+        import redis.asyncio.sentinel
+
+        from poolguard.integrations.redis import asyncio as amod
+
+        sentinel_class = redis.asyncio.sentinel.Sentinel
+        pool_class: Any = amod.AsyncGuardedSentinelPool
+        conn_class: Any = amod.AsyncGuardedSentinelConnection
+        client_class: Any = amod.AsyncGuardedRedis
+    else:
+        import redis.sentinel
+
+        from poolguard.integrations.redis import sync
+
+        sentinel_class = redis.sentinel.Sentinel
+        pool_class = sync.GuardedSentinelPool
+        conn_class = sync.GuardedSentinelConnection
+        client_class = sync.GuardedRedis
+    kwargs = c.pool_kwargs(settings, unix=False)
+    kwargs.update(redis_kwargs)
+    if kwargs.pop("ssl", False):
+        raise NotImplementedError("TLS to a Sentinel-managed master is not wired yet")
+    manager = sentinel_class(sentinels, sentinel_kwargs=_sentinel_kwargs(settings, sentinel_kwargs))
+    label = _sentinel_label(settings, service_name, sentinels)
+    pool_holder: list[Any] = []
+    guard = c.build_guard(settings, label, lambda: pool_holder[0].pg_gauges(), hooks)
+    policy = c.Policy(guard, settings, label)
+    pool = pool_class(
+        service_name, manager, poolguard_policy=policy, connection_class=conn_class, **kwargs
+    )
+    pool_holder.append(pool)
+    client = client_class(connection_pool=pool)
+    client.auto_close_connection_pool = True
+    client.pg_sentinel = manager  # kept for closing and inspection
+    return client

@@ -18,6 +18,7 @@ from typing import Any
 import redis.asyncio
 import redis.asyncio.client
 import redis.asyncio.connection as aconn
+import redis.asyncio.sentinel
 import redis.exceptions as rex
 
 from poolguard.backends import redis as backend
@@ -486,3 +487,31 @@ class AsyncGuardedPubSub(redis.asyncio.client.PubSub):
             )
         except CircuitOpenError as exc:
             raise c.wrap_circuit(exc) from exc
+
+
+class AsyncGuardedSentinelConnection(
+    _AsyncGuardedConnectionMixin, redis.asyncio.sentinel.SentinelManagedConnection
+):
+    """Asks Sentinel for the master at every connect; discovery failures are connect failures."""
+
+    def __init__(self, *, poolguard_policy: c.Policy, **kwargs: Any) -> None:
+        self._pg_init(poolguard_policy)
+        super().__init__(**kwargs)
+
+    async def connect(self) -> None:
+        try:
+            await super().connect()
+        except Exception as exc:
+            backend.mark_connect_phase(exc)
+            raise
+
+
+class AsyncGuardedSentinelPool(
+    redis.asyncio.sentinel.SentinelConnectionPool, AsyncGuardedBlockingConnectionPool
+):
+    """redis-py's asyncio Sentinel pool over poolguard's bounded pool."""
+
+    def __init__(self, service_name: str, sentinel_manager: Any, **kwargs: Any) -> None:
+        redis.asyncio.sentinel.SentinelConnectionPool.__init__(
+            self, service_name, sentinel_manager, **kwargs
+        )

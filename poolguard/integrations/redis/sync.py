@@ -32,6 +32,7 @@ import redis
 import redis.client
 import redis.connection
 import redis.exceptions as rex
+import redis.sentinel
 
 from poolguard.backends import redis as backend
 from poolguard.core.deadline import current_deadline
@@ -498,3 +499,27 @@ class GuardedPubSub(redis.client.PubSub):
             )
         except CircuitOpenError as exc:
             raise c.wrap_circuit(exc) from exc
+
+
+class GuardedSentinelConnection(_GuardedConnectionMixin, redis.sentinel.SentinelManagedConnection):
+    """Asks Sentinel for the master at every connect; discovery failures are connect failures."""
+
+    def __init__(self, *, poolguard_policy: c.Policy, **kwargs: Any) -> None:
+        self._pg_init(poolguard_policy)
+        super().__init__(**kwargs)
+
+    def connect(self) -> None:
+        try:
+            super().connect()
+        except Exception as exc:  # MasterNotFoundError, refused master ...: nothing was sent
+            backend.mark_connect_phase(exc)
+            raise
+
+
+class GuardedSentinelPool(redis.sentinel.SentinelConnectionPool, GuardedBlockingConnectionPool):
+    """redis-py's Sentinel pool (master discovery, ownership) over poolguard's bounded pool."""
+
+    def __init__(self, service_name: str, sentinel_manager: Any, **kwargs: Any) -> None:
+        redis.sentinel.SentinelConnectionPool.__init__(
+            self, service_name, sentinel_manager, **kwargs
+        )

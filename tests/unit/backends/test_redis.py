@@ -319,3 +319,11 @@ def test_learn_adds_only_readonly_commands() -> None:
 )
 def test_block_seconds(args: tuple[Any, ...], expected: float | None) -> None:
     assert backend.block_seconds(args) == expected
+
+
+def test_sentinel_demoted_master_is_rejected_before_execution() -> None:
+    # redis-py's SentinelManagedConnection turns READONLY into this ConnectionError.
+    c = backend.classify(rex.ConnectionError(backend.DEMOTED_MASTER))
+    assert c.disposition is Disposition.RETRY
+    assert c.reason == "readonly_replica"
+    assert decide(c, SENT) is Action.RETRY
