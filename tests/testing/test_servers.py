@@ -505,3 +505,36 @@ def test_pgbouncer_refuses_startup_options_like_production(pgbouncer_server: Loc
 
     with pytest.raises(psycopg.OperationalError, match="unsupported startup parameter"):
         pg_connect(pgbouncer_server.url, options="-c statement_timeout=1000")
+
+
+@pytest.mark.parametrize(
+    "kind",
+    [
+        pytest.param("redis", marks=pytest.mark.redis),
+        pytest.param("mysql", marks=pytest.mark.mysql),
+        pytest.param("postgres", marks=pytest.mark.postgres),
+        pytest.param("pgbouncer", marks=[pytest.mark.postgres, pytest.mark.pgbouncer]),
+    ],
+)
+def test_first_start_moves_on_when_its_port_was_taken(
+    monkeypatch: pytest.MonkeyPatch, postgres_server: LocalServer, kind: str
+) -> None:
+    """Another process (a parallel test run) binds the picked port before the server does."""
+    import poolguard.testing.servers._base as base
+
+    with socket.socket() as squatter:
+        squatter.bind(("127.0.0.1", 0))
+        squatter.listen()
+        taken = squatter.getsockname()[1]
+        picks = iter([taken])
+        real_free_port = base.free_port
+        monkeypatch.setattr(base, "free_port", lambda: next(picks, None) or real_free_port())
+        classes: dict[str, Callable[[], LocalServer]] = {
+            "redis": RedisServer,
+            "mysql": MySQLServer,
+            "postgres": PostgresServer,
+            "pgbouncer": lambda: PgBouncerServer(postgres_server),  # type: ignore[arg-type]
+        }
+        with classes[kind]() as server:
+            assert server.port != taken
+            assert tcp_accepts(server.port)

@@ -5,13 +5,8 @@ Standard library only: importing this never needs a database driver.
 
 from __future__ import annotations
 
-from poolguard.testing.servers._base import (
-    LocalServer,
-    ServerError,
-    ServerStartError,
-    ServerUnavailable,
-    free_port,
-)
+from poolguard.testing.servers._base import LocalServer, ServerError, ServerStartError
+from poolguard.testing.servers._system import ServerUnavailable, free_port
 from poolguard.testing.servers.mysql import MySQLServer
 from poolguard.testing.servers.pgbouncer import PgBouncerServer
 from poolguard.testing.servers.postgres import PostgresServer

@@ -32,31 +32,19 @@ else:  # pragma: no cover
 
 from poolguard.testing.servers._system import (
     HOST,
-    ServerUnavailable,
-    binary_version,
-    find_binary,
     free_port,
     tcp_accepts,
 )
 
-__all__ = [
-    "HOST",
-    "LocalServer",
-    "ServerError",
-    "ServerStartError",
-    "ServerUnavailable",
-    "binary_version",
-    "find_binary",
-    "free_port",
-    "tcp_accepts",
-    "url",
-]
+__all__ = ["LocalServer", "ServerError", "ServerStartError", "url"]
 
 DEFAULT_STARTUP_TIMEOUT = 60.0
 # A server that ignores its polite stop signal this long gets SIGKILL (whole process group).
 STOP_GRACE = 10.0
 POLL_INTERVAL = 0.02
 LOG_TAIL_LINES = 40
+# Tries of a first start whose auto-picked port was taken meanwhile (parallel test runs).
+PORT_ATTEMPTS = 3
 
 
 class ServerError(RuntimeError):
@@ -106,6 +94,7 @@ class LocalServer(ABC):
     ) -> None:
         # 0 until the first start picks a free port; kept after stop() (for "refused" checks).
         self.port = port or 0
+        self._auto_port = port is None
         self.user = user
         self.password = password if password is not None else _new_password()
         self.database = database
@@ -165,19 +154,32 @@ class LocalServer(ABC):
             if self._initialized:
                 self._launch()
                 return self
-            _live.add(self)
-            try:
-                self._make_base_dir()
-                if not self.port:
-                    self.port = free_port()
-                self._initialize()
-                self._initialized = True
-                self._launch()
-                self._bootstrap()
-            except BaseException:
-                self.stop()
-                raise
-            return self
+            for attempt in range(1, PORT_ATTEMPTS + 1):
+                try:
+                    self._first_start()
+                    return self
+                except ServerStartError as exc:
+                    self.stop()
+                    # Another process took the free port we picked before we bound it.
+                    if not (self._auto_port and "already in use" in str(exc)):
+                        raise
+                    if attempt == PORT_ATTEMPTS:
+                        raise
+                    self.port = 0
+                except BaseException:
+                    self.stop()
+                    raise
+            raise AssertionError("unreachable")  # pragma: no cover
+
+    def _first_start(self) -> None:
+        _live.add(self)
+        self._make_base_dir()
+        if not self.port:
+            self.port = free_port()
+        self._initialize()
+        self._initialized = True
+        self._launch()
+        self._bootstrap()
 
     def stop(self) -> None:
         """Stop the server (even frozen) and remove its temp dir; idempotent."""

@@ -19,6 +19,7 @@ __all__ = [
     "find_binary",
     "free_port",
     "tcp_accepts",
+    "unix_accepts",
 ]
 
 HOST = "127.0.0.1"
@@ -96,3 +97,18 @@ def binary_version(binary: str, pattern: str = r"(\d+(?:\.\d+)+)") -> str:
     out = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=10).stdout
     match = re.search(pattern, out)
     return match.group(1) if match else out.strip()
+
+
+def unix_accepts(path: str | Path, timeout: float = 0.2) -> bool:
+    """Whether a server listens on the Unix socket ``path``.
+
+    Readiness checks prefer the server's own socket in its temp dir to its TCP port: a TCP port
+    that accepts may belong to another process that took it first.
+    """
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(timeout)
+        try:
+            sock.connect(str(path))
+        except OSError:
+            return False
+    return True

@@ -4,13 +4,8 @@ from __future__ import annotations
 
 from typing import ClassVar
 
-from poolguard.testing.servers._base import (
-    LocalServer,
-    ServerError,
-    binary_version,
-    find_binary,
-    url,
-)
+from poolguard.testing.servers._base import LocalServer, ServerError, url
+from poolguard.testing.servers._system import binary_version, find_binary, unix_accepts
 
 __all__ = ["MySQLServer"]
 
@@ -107,6 +102,10 @@ class MySQLServer(LocalServer):
             "--no-defaults",
             *(f"--{k}={v}" if v else f"--{k}" for k, v in options.items()),
         ]
+
+    def _is_ready(self) -> bool:
+        # mariadbd opens its socket after binding the TCP port, and exits if that bind fails.
+        return unix_accepts(self.socket_path)
 
     def sql(self, sql: str, *, password: str | None = None) -> str:
         """Run SQL as root over the socket; return tab-separated rows without headers."""

@@ -4,14 +4,8 @@ from __future__ import annotations
 
 from typing import Any
 
-from poolguard.testing.servers._base import (
-    HOST,
-    LocalServer,
-    ServerStartError,
-    binary_version,
-    find_binary,
-    url,
-)
+from poolguard.testing.servers._base import LocalServer, ServerStartError, url
+from poolguard.testing.servers._system import HOST, binary_version, find_binary, unix_accepts
 from poolguard.testing.servers.postgres import PostgresServer
 
 __all__ = ["PgBouncerServer"]
@@ -94,6 +88,17 @@ class PgBouncerServer(LocalServer):
     def _command(self) -> list[str]:
         assert self.base_dir is not None
         return [self.binary, str(self.base_dir / "pgbouncer.ini")]
+
+    def _is_ready(self) -> bool:
+        assert self.base_dir is not None
+        if not unix_accepts(self.base_dir / f".s.PGSQL.{self.port}"):
+            return False
+        # PgBouncer only warns when the TCP bind fails and goes on with its Unix socket alone.
+        if "cannot listen on" in self.log_tail():
+            raise ServerStartError(
+                f"pgbouncer: port {self.port} already in use:\n{self.log_tail()}"
+            )
+        return True
 
     def admin(self, command: str) -> str:
         """Run one admin-console command (``SHOW CLIENTS``, ``KILL app`` ...) through psql."""

@@ -8,13 +8,8 @@ import signal
 import subprocess
 from pathlib import Path
 
-from poolguard.testing.servers._base import (
-    LocalServer,
-    ServerUnavailable,
-    binary_version,
-    find_binary,
-    url,
-)
+from poolguard.testing.servers._base import LocalServer, url
+from poolguard.testing.servers._system import ServerUnavailable, binary_version, find_binary
 
 __all__ = ["PostgresServer", "postgres_bindir"]
 

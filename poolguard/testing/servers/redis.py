@@ -6,12 +6,14 @@ import socket
 from collections.abc import Sequence
 from typing import Any, BinaryIO
 
-from poolguard.testing.servers._base import HOST, LocalServer, binary_version, find_binary
+from poolguard.testing.servers._base import LocalServer
+from poolguard.testing.servers._system import HOST, binary_version, find_binary
 
 __all__ = ["RedisServer", "resp_command"]
 
 INSTALL = "apt-get install -y redis-server"
 RESP_TIMEOUT = 10.0
+READY_PROBE_TIMEOUT = 0.5
 
 RespValue = str | int | bytes | list["RespValue"] | None
 
@@ -76,14 +78,15 @@ class RedisServer(LocalServer):
 
     def _is_ready(self) -> bool:
         try:
-            return self.command("PING") == "PONG"
+            # Short timeout: a port that accepts but never answers is someone else's.
+            return self.command("PING", timeout=READY_PROBE_TIMEOUT) == "PONG"
         except (OSError, RedisError):
             return False
 
-    def command(self, *args: str | int) -> RespValue:
+    def command(self, *args: str | int, timeout: float = RESP_TIMEOUT) -> RespValue:
         """Send one command (AUTH first when there is a password) and return its reply."""
         pre: list[Sequence[str | int]] = [("AUTH", self.password)] if self.password else []
-        return resp_command(self.host, self.port, [*pre, args])[-1]
+        return resp_command(self.host, self.port, [*pre, args], timeout=timeout)[-1]
 
     def _before_restart(self) -> None:
         # No save points are configured (tests never wait on disk), so a clean restart keeps
