@@ -141,3 +141,43 @@ def test_fixtures_add_their_markers(tmp_path: Path) -> None:
         PYTEST_ADDOPTS="-m 'not postgres'",
     )
     assert "1 passed, 1 deselected" in done.stdout, done.stdout + done.stderr
+
+
+@pytest.mark.redis
+def test_docker_mode_yields_read_only_servers(tmp_path: Path) -> None:
+    # pytest-docker's fixtures stood in for by a local Redis "container" on a host port.
+    with RedisServer() as server:
+        (tmp_path / "conftest.py").write_text(
+            textwrap.dedent(
+                f"""
+                import pytest
+
+                class Services:
+                    def port_for(self, service, container_port):
+                        assert (service, container_port) == ("redis", 6379)
+                        return {server.port}
+
+                    def wait_until_responsive(self, check, timeout, pause):
+                        assert check()
+
+                @pytest.fixture(scope="session")
+                def docker_services():
+                    return Services()
+
+                @pytest.fixture(scope="session")
+                def docker_ip():
+                    return "127.0.0.1"
+                """
+            )
+        )
+        done = run_pytest(
+            tmp_path,
+            f"""
+            def test_docker(redis_server, dedicated_server):
+                assert redis_server.url == "redis://127.0.0.1:{server.port}/0"
+                dedicated_server("redis")  # skips: chaos needs local servers
+            """,
+            POOLGUARD_TEST_SERVERS="docker",
+        )
+    assert "1 skipped" in done.stdout, done.stdout + done.stderr
+    assert "needs local server mode" in done.stdout
