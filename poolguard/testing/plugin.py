@@ -125,6 +125,10 @@ def _ci() -> bool:
     return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
 
 
+def _docker_mode() -> bool:
+    return os.environ.get(MODE_ENV, "local").strip().lower() == "docker"
+
+
 def _unavailable(reason: str) -> NoReturn:
     if _ci():
         pytest.fail(f"{reason} (CI=true: every server must run)", pytrace=False)
@@ -145,9 +149,7 @@ def _remote(kind: str, request: pytest.FixtureRequest) -> RemoteServer | None:
     if os.environ.get(env):
         admin = os.environ.get(f"POOLGUARD_TEST_{kind.upper()}_ADMIN_URL")
         return RemoteServer(kind, os.environ[env], admin)
-    if os.environ.get(MODE_ENV, "local").strip().lower() != "docker":
-        return None
-    return _docker(kind, request)
+    return _docker(kind, request) if _docker_mode() else None
 
 
 def _docker(kind: str, request: pytest.FixtureRequest) -> RemoteServer:
@@ -241,9 +243,7 @@ def dedicated_server() -> Iterator[DedicatedServer]:
     def make(kind: str, **options: Any) -> LocalServer:
         if kind not in KINDS:
             raise ValueError(f"dedicated_server kind must be one of {KINDS}, not {kind!r}")
-        if os.environ.get(f"POOLGUARD_TEST_{kind.upper()}_URL") or (
-            os.environ.get(MODE_ENV, "local").strip().lower() == "docker"
-        ):
+        if os.environ.get(f"POOLGUARD_TEST_{kind.upper()}_URL") or _docker_mode():
             pytest.skip(f"a dedicated {kind} server needs local server mode")
         if kind == "pgbouncer":  # with its own PostgreSQL, reachable as .upstream
             upstream = make("postgres")
