@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import contextlib
 import contextvars
+import functools
 import math
 import time
 from collections.abc import Generator, Iterator, Mapping
@@ -265,8 +266,12 @@ PG_UNSAFE_FUNCTIONS = frozenset(
 PG_RULES = SqlRules(unsafe_functions=PG_UNSAFE_FUNCTIONS)
 
 
+@functools.lru_cache(maxsize=4096)
 def is_idempotent(sql: str) -> bool:
-    """True when ``sql`` is a plain read that may safely run twice (conservative)."""
+    """True when ``sql`` is a plain read that may safely run twice (conservative).
+
+    Cached by text: SQLAlchemy hands back the same string for each compiled statement.
+    """
     return is_read_statement(sql, PG_RULES)
 
 

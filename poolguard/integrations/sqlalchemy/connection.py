@@ -43,7 +43,7 @@ from poolguard.core.deadline import remaining
 from poolguard.core.disposition import Action, Operation, Position, decide
 from poolguard.core.retry import Attempts
 from poolguard.errors import AmbiguousResultError, PoolguardError, QueryTimeout, TransactionTimeout
-from poolguard.integrations.backstop import Ticket, backstop
+from poolguard.integrations.backstop import Ticket, watchdog
 from poolguard.integrations.sqlalchemy._errors import as_dropin, sa_dropin
 from poolguard.integrations.sqlalchemy._state import (
     BACKSTOP_GRACE,
@@ -56,7 +56,7 @@ from poolguard.integrations.sqlalchemy.pool import driver_of
 __all__ = ["GuardedConnection", "GuardedOptionEngine"]
 
 #: Connection-level options a fresh DBAPI connection would not have: no swap under them.
-_CHARACTERISTICS = ("isolation_level", "postgresql_readonly", "postgresql_deferrable")
+_CHARACTERISTICS = frozenset({"isolation_level", "postgresql_readonly", "postgresql_deferrable"})
 
 Limit = tuple[float, type[PoolguardError], str]
 
@@ -121,7 +121,7 @@ class GuardedConnection(Connection):
         idempotent = bool(options.get("idempotent")) or (
             not many and isinstance(sql, str) and pg.is_idempotent(sql)
         )
-        swappable = not any(key in self._execution_options for key in _CHARACTERISTICS)
+        swappable = _CHARACTERISTICS.isdisjoint(self._execution_options)
         if position is Position.FIRST and not swappable:
             position = Position.LATER  # cannot move this transaction to a fresh connection
         return Operation(position, idempotent=idempotent), swappable
@@ -190,21 +190,27 @@ class GuardedConnection(Connection):
             raise sa_dropin(
                 limit[1], f"{state.name}: {limit[2]} exceeded before the statement started"
             )
+        # arm/cancel inline rather than through backstop(): this runs for every statement
         ticket: Ticket | None = None
+        if limit is not None:
+            ticket = watchdog().arm(driver_of(conn), limit[0])
         try:
-            with backstop(driver_of(conn), limit[0] if limit else None) as ticket:
-                if local_sql is not None:
-                    cursor = conn.cursor()
-                    try:
-                        cursor.execute(local_sql)
-                    finally:
-                        cursor.close()
-                result = call()
+            if local_sql is not None:
+                cursor = conn.cursor()
+                try:
+                    cursor.execute(local_sql)
+                finally:
+                    cursor.close()
+            result = call()
         except Exception as exc:
-            if ticket is not None and ticket.fired and limit is not None:
+            if ticket is not None and not ticket.cancel() and limit is not None:
                 raise self._pg_cut(state, limit, exc) from exc
             raise
-        if ticket is not None and ticket.fired and limit is not None:
+        except BaseException:
+            if ticket is not None:
+                ticket.cancel()
+            raise
+        if ticket is not None and not ticket.cancel() and limit is not None:
             raise self._pg_cut(state, limit, None)
         return result
 
