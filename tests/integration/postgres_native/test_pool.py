@@ -273,3 +273,20 @@ async def test_async_pool_basics(postgres_server: Any, make_async_pool: Any) -> 
         with pytest.raises(psycopg_pool.PoolTimeout):
             await pool.getconn(timeout=0.2)
     assert pool.stats()["evictions"]["timeout"] == 1
+
+
+@pytest.mark.pgbouncer
+def test_pgbouncer_transaction_pooling_gets_local_timeouts(
+    pgbouncer_server: Any, make_pool: Any
+) -> None:
+    pool = make_pool(pgbouncer_server.url, pgbouncer="on", query_timeout=0.3)
+    assert pool.fetchval("SELECT 1") == 1
+    with pytest.raises(poolguard.QueryTimeout):  # set_config(..., is_local) in each transaction
+        pool.fetchval("SELECT pg_sleep(2)")
+    # nothing leaked into the shared server sessions: outside our transactions, no timeout
+    assert pool.fetchval("SELECT current_setting('statement_timeout')") == "300ms"
+    with pool.connection() as conn:
+        assert conn.execute("SELECT current_setting('statement_timeout')").fetchone() == ("0",)
+    assert pool.transaction(lambda conn: conn.execute("SELECT 5").fetchone()[0]) == 5
+    for _ in range(10):  # server-side prepared statements are off (they break under pooling)
+        assert pool.fetchval("SELECT %s::int", (3,)) == 3
