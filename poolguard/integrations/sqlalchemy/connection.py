@@ -122,8 +122,10 @@ class GuardedConnection(Connection):
             not many and isinstance(sql, str) and pg.is_idempotent(sql)
         )
         swappable = _CHARACTERISTICS.isdisjoint(self._execution_options)
-        if position is Position.FIRST and not swappable:
-            position = Position.LATER  # cannot move this transaction to a fresh connection
+        if not swappable:
+            # A fresh DBAPI connection would lack these characteristics (and SQLAlchemy refuses
+            # to set them inside a transaction): never move this Connection to another one.
+            position = Position.LATER
         return Operation(position, idempotent=idempotent), swappable
 
     def _pg_position(self) -> Position:

@@ -170,3 +170,18 @@ def test_orm_session_first_statement_moves_to_a_fresh_connection(
     with engine.connect() as conn:
         assert conn.execute(text("SELECT count(*) FROM pg_kill_s")).scalar() == 1
     assert poolguard.stats(engine)["retries"] == 1
+
+
+def test_connection_level_isolation_is_never_swapped(
+    make_engine: Any, postgres_server: Any, app_name: str
+) -> None:
+    engine = make_engine(postgres_server.url)
+    with engine.connect() as conn:
+        conn = conn.execution_options(isolation_level="SERIALIZABLE")
+        conn.execute(text("SELECT 1"))
+        conn.commit()
+        postgres_server.kill_connections(application_name=app_name)
+        # a fresh connection would run at READ COMMITTED: surface the error instead
+        with pytest.raises(sqlalchemy.exc.OperationalError):
+            conn.execute(text("SELECT 1"))
+    assert poolguard.stats(engine)["retries"] == 0
