@@ -222,3 +222,29 @@ async def test_async_run_transaction_retries_a_killed_unit(
 
     assert await poolguard.run_transaction_async(Session, unit) == 1
     assert len(runs) == 2
+
+
+async def test_async_lost_commit_reply_resolved(
+    make_async_engine: Any, fault_proxy: Any, postgres_server: Any
+) -> None:
+    proxy = fault_proxy(postgres_server)
+    engine = make_async_engine(proxy.url(postgres_server.url), query_timeout=0.5)
+    async with engine.begin() as conn:
+        await conn.execute(text("CREATE TABLE IF NOT EXISTS pg_commit (k text PRIMARY KEY)"))
+    _lose_next_commit_reply(engine.sync_engine, proxy)
+    key = uuid.uuid4().hex
+    calls: list[int] = []
+
+    async def unit(session: Any) -> str:
+        calls.append(1)
+        await session.execute(text("INSERT INTO pg_commit VALUES (:k)"), {"k": key})
+        return "ok"
+
+    Session = async_sessionmaker(engine)
+    assert await poolguard.run_transaction_async(Session, unit, resolve_ambiguous=True) == "ok"
+    assert calls == [1]
+    async with engine.connect() as conn:
+        count = await conn.execute(text("SELECT count(*) FROM pg_commit WHERE k = :k"), {"k": key})
+        assert count.scalar() == 1
+    while _timers:
+        _timers.pop().join()
