@@ -139,6 +139,8 @@ def _install(engine: Engine, state: PgState) -> None:
     pool._pg = state  # type: ignore[attr-defined]
     state.pool_ref[:] = [pool]
     state.guard.stats.gauges = lambda: state.pool_ref[0].gauges()
+    for note in state.settings.warnings():
+        state.guard.stats.log.info("%s: %s", state.name, note, extra={"pool": state.name})
     engine._connection_cls = GuardedConnection
     engine._option_cls = GuardedOptionEngine
     install_pool_events(engine, state)

@@ -16,7 +16,7 @@ from sqlalchemy.orm import sessionmaker
 
 import poolguard
 
-pytestmark = pytest.mark.postgres
+pytestmark = [pytest.mark.postgres, pytest.mark.chaos]
 
 
 def _table(engine: Any, ddl: str, name: str) -> None:
