@@ -242,3 +242,15 @@ def test_sqlalchemy_pool_logs_stay_under_sqlalchemy(
     with caplog.at_level("DEBUG"), engine.connect() as conn:
         conn.execute(text("SELECT 1"))
     assert not [r for r in caplog.records if r.name.startswith("poolguard.integrations")]
+
+
+def test_dispose_keeps_the_guard(make_engine: Any, postgres_server: Any) -> None:
+    engine = make_engine(postgres_server.url, pool_size=2)
+    with engine.connect() as conn:
+        conn.execute(text("SELECT 1"))
+    engine.dispose()
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT 1")).scalar() == 1
+        assert poolguard.stats(engine)["checked_out"] == 1
+    assert type(engine.pool).__name__ == "GuardedQueuePool"
+    assert poolguard.stats(engine)["connects"] == 2
