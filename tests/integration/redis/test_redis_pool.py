@@ -80,6 +80,7 @@ def test_acquire_wait_is_cut_by_the_deadline(redis_server: Any, guarded: Any, ke
     holder.reset()
 
 
+@pytest.mark.chaos
 def test_validation_after_idle_and_ping_failure_reconnects(
     redis_server: Any, guarded: Any, key: str
 ) -> None:
@@ -115,6 +116,7 @@ def test_lifetime_and_idle_eviction(redis_server: Any, guarded: Any, key: str) -
     assert poolguard.redis.stats(client)["connects"] == 2
 
 
+@pytest.mark.chaos
 def test_frozen_server_validation_has_its_own_short_timeout(
     dedicated_server: Any, guarded: Any
 ) -> None:
