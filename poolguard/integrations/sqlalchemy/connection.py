@@ -82,17 +82,19 @@ class GuardedConnection(Connection):
         base = super()._execute_context
         if state is None:
             return base(dialect, constructor, statement, parameters, execution_options, *args, **kw)
-        op, swappable = self._pg_operation(statement, parameters, execution_options)
+        position = self._pg_position()
+        op, swappable = self._pg_operation(position, statement, parameters, execution_options)
         if not op.idempotent:
             self._pg_wrote = True
-        if op.position is not Position.LATER:
+        if position is not Position.LATER:
             self._pg_txn_started = time.monotonic()
+        # PgBouncer: the transaction's timeouts go in before its first statement.
+        local_sql = state.local_timeouts_sql() if position is Position.FIRST else None
 
         def attempt(attempts: Attempts) -> Any:
             if attempts.number > 1:
                 self._pg_reattach(swappable)
             conn = self._dbapi_connection or self._revalidate_connection()
-            local_sql = state.local_timeouts_sql() if op.position is Position.FIRST else None
             return self._pg_guarded(
                 state,
                 conn,
@@ -113,9 +115,8 @@ class GuardedConnection(Connection):
             in_statement_loop.reset(token)
 
     def _pg_operation(
-        self, statement: Any, parameters: Any, options: Any
+        self, position: Position, statement: Any, parameters: Any, options: Any
     ) -> tuple[Operation, bool]:
-        position = self._pg_position()
         sql = getattr(statement, "string", statement)
         many = isinstance(parameters, list) and len(parameters) > 1
         idempotent = bool(options.get("idempotent")) or (

@@ -56,3 +56,13 @@ def test_many_clients_repeated_statements(make_engine: Any, pgbouncer_server: An
     for t in threads:
         t.join()
     assert errors == []
+
+
+def test_timeouts_also_apply_with_connection_level_isolation(
+    make_engine: Any, pgbouncer_server: Any
+) -> None:
+    engine = make_engine(pgbouncer_server.url, pgbouncer="on", query_timeout=0.4)
+    serializable = engine.execution_options(isolation_level="SERIALIZABLE")
+    with serializable.connect() as conn:
+        assert conn.execute(text("SHOW statement_timeout")).scalar() == "400ms"
+        assert conn.execute(text("SHOW transaction_isolation")).scalar() == "serializable"
