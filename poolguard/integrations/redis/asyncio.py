@@ -35,6 +35,8 @@ __all__ = [
     "AsyncGuardedPubSub",
     "AsyncGuardedRedis",
     "AsyncGuardedSSLConnection",
+    "AsyncGuardedSentinelConnection",
+    "AsyncGuardedSentinelPool",
     "AsyncGuardedUnixDomainSocketConnection",
 ]
 

@@ -48,6 +48,8 @@ __all__ = [
     "GuardedPubSub",
     "GuardedRedis",
     "GuardedSSLConnection",
+    "GuardedSentinelConnection",
+    "GuardedSentinelPool",
     "GuardedUnixDomainSocketConnection",
 ]
 
