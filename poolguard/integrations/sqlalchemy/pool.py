@@ -45,6 +45,7 @@ CHECKOUT = Operation(sent=False)
 _BORN = "poolguard.born"
 _LIFETIME = "poolguard.lifetime"
 _RETURNED = "poolguard.returned"
+_FRESH = "poolguard.fresh"  # SQLAlchemy clears record.fresh *before* the checkout event
 
 
 def driver_of(dbapi_connection: Any) -> Any:
@@ -194,6 +195,7 @@ def _on_connect(state: PgState, dbapi_connection: Any, record: Any) -> None:
     record.info[_BORN] = now
     record.info[_RETURNED] = now
     record.info[_LIFETIME] = state.lifetime()
+    record.info[_FRESH] = True
     state.guard.stats.incr("connects")
     drv = driver_of(dbapi_connection)
     state.server_version = drv.info.server_version
@@ -215,8 +217,8 @@ def _on_connect(state: PgState, dbapi_connection: Any, record: Any) -> None:
 def _on_checkout(state: PgState, dbapi_connection: Any, record: Any) -> None:
     info = record.info
     now = time.monotonic()
-    if record.fresh or _BORN not in info:
-        return  # SQLAlchemy clears ``fresh`` after this event; a new connection needs no ping
+    if info.pop(_FRESH, False) or _BORN not in info:
+        return  # a connection made for this checkout needs no ping
     age = now - info[_BORN]
     idle = now - info.get(_RETURNED, now)
     lifetime = info.get(_LIFETIME)

@@ -254,3 +254,15 @@ def test_dispose_keeps_the_guard(make_engine: Any, postgres_server: Any) -> None
         assert poolguard.stats(engine)["checked_out"] == 1
     assert type(engine.pool).__name__ == "GuardedQueuePool"
     assert poolguard.stats(engine)["connects"] == 2
+
+
+def test_validate_always_still_skips_fresh_connections(
+    make_engine: Any, postgres_server: Any
+) -> None:
+    engine = make_engine(postgres_server.url, validate_idle=0)
+    with engine.connect() as conn:  # new connection: no ping
+        conn.execute(text("SELECT 1"))
+    assert poolguard.stats(engine)["validations"] == 0
+    with engine.connect() as conn:  # reused: validate_idle=0 means always
+        conn.execute(text("SELECT 1"))
+    assert poolguard.stats(engine)["validations"] == 1
