@@ -132,3 +132,35 @@ def test_deaf_listener_sub_second_connect_timeout(make_engine: Any, postgres_ser
     assert 0.25 <= elapsed < 0.3 + GRACE, elapsed  # libpq alone could not go below 2 s
     assert isinstance(info.value, sqlalchemy.exc.OperationalError)
     assert postgres_server.password not in str(info.value)
+
+
+async def test_async_deaf_listener_sub_second_connect_timeout(
+    make_async_engine: Any, postgres_server: Any
+) -> None:
+    with DeafListener() as deaf:
+        engine = make_async_engine(
+            deaf.url(postgres_server.url), connect_timeout=0.3, retry_attempts=1
+        )
+        started = time.monotonic()
+        with pytest.raises(poolguard.ConnectTimeout) as info:
+            async with engine.connect():
+                pass
+        elapsed = time.monotonic() - started
+    assert 0.25 <= elapsed < 0.3 + GRACE, elapsed
+    assert isinstance(info.value, sqlalchemy.exc.OperationalError)
+
+
+async def test_async_blackhole_bounded_by_deadline(
+    make_async_engine: Any, fault_proxy: Any, postgres_server: Any
+) -> None:
+    proxy = fault_proxy(postgres_server)
+    engine = make_async_engine(proxy.url(postgres_server.url))
+    async with engine.connect() as conn:
+        await conn.execute(text("SELECT 1"))
+    proxy.blackhole()
+    started = time.monotonic()
+    with pytest.raises(poolguard.QueryTimeout):
+        async with poolguard.deadline(0.8), engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+    assert time.monotonic() - started < 0.8 + GRACE
+    proxy.clear()
