@@ -35,8 +35,8 @@ def _rotated(names: Sequence[str], shift: int) -> list[str]:
     return [*names[shift:], *names[:shift]]
 
 
-def alternate_sync(variants: Mapping[str, SyncOp], ops: int, rounds: int) -> dict[str, float]:
-    """Median µs/op of each variant over ``rounds`` alternating rounds (after one warm-up)."""
+def alternate_sync(variants: Mapping[str, SyncOp], ops: int, rounds: int) -> dict[str, list[float]]:
+    """µs/op of each variant in each of ``rounds`` alternating rounds (after one warm-up)."""
     names = list(variants)
     for name in names:
         time_sync(variants[name], max(5, ops // 10))  # connect, fill caches, warm the pool
@@ -44,12 +44,12 @@ def alternate_sync(variants: Mapping[str, SyncOp], ops: int, rounds: int) -> dic
     for r in range(rounds):
         for name in _rotated(names, r):
             samples[name].append(time_sync(variants[name], ops))
-    return {name: statistics.median(values) for name, values in samples.items()}
+    return samples
 
 
 async def alternate_async(
     variants: Mapping[str, AsyncOp], ops: int, rounds: int
-) -> dict[str, float]:
+) -> dict[str, list[float]]:
     names = list(variants)
     for name in names:
         await time_async(variants[name], max(5, ops // 10))
@@ -57,7 +57,7 @@ async def alternate_async(
     for r in range(rounds):
         for name in _rotated(names, r):
             samples[name].append(await time_async(variants[name], ops))
-    return {name: statistics.median(values) for name, values in samples.items()}
+    return samples
 
 
 def percentile(values: Sequence[float], q: float) -> float:
@@ -67,20 +67,34 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
+def medians(samples: Mapping[str, Sequence[float]]) -> dict[str, float]:
+    return {name: statistics.median(values) for name, values in samples.items()}
+
+
 def print_table(
     title: str,
-    results: Mapping[str, float],
+    samples: Mapping[str, Sequence[float]],
     anchor: str,
     *,
     unit: str = "µs/op",
     notes: Mapping[str, str] | None = None,
-) -> None:
-    """``variant | median | ratio vs anchor | note``; the anchor's ratio is 1.00 by definition."""
+) -> dict[str, float]:
+    """``variant | median | spread | ratio vs anchor | note``; returns the medians.
+
+    The spread is the interquartile range of the rounds relative to the median: a ratio
+    between two variants means little when it is smaller than their spreads.
+    """
+    results = medians(samples)
     base = results[anchor]
     width = max(len(name) for name in results) + 2
+    head = f"vs {anchor}"
     print(f"\n{title}")
-    print(f"  {'variant':<{width}} {'median ' + unit:>14} {'vs ' + anchor:>{len(anchor) + 6}}")
+    print(f"  {'variant':<{width}} {'median ' + unit:>14} {'spread':>7} {head:>{len(head) + 1}}")
     for name, value in results.items():
+        values = samples[name]
+        spread = (percentile(values, 0.75) - percentile(values, 0.25)) / value if value else 0.0
         note = (notes or {}).get(name, "")
         ratio = value / base if base else float("nan")
-        print(f"  {name:<{width}} {value:>14.1f} {ratio:>{len(anchor) + 5}.2f}x  {note}".rstrip())
+        line = f"  {name:<{width}} {value:>14.1f} {spread:>6.0%} {ratio:>{len(head)}.2f}x  {note}"
+        print(line.rstrip())
+    return results

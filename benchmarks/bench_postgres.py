@@ -21,10 +21,12 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import logging
 import os
 import sys
 import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
@@ -81,8 +83,8 @@ class Profile:
     freeze: float
 
 
-FULL = Profile(ops=300, rounds=7, threads_seconds=1.5, threads_rounds=2, downtime=1.0, freeze=2.0)
-QUICK = Profile(ops=80, rounds=3, threads_seconds=0.5, threads_rounds=1, downtime=0.5, freeze=1.5)
+FULL = Profile(ops=200, rounds=9, threads_seconds=1.0, threads_rounds=3, downtime=1.0, freeze=2.0)
+QUICK = Profile(ops=60, rounds=3, threads_seconds=0.5, threads_rounds=1, downtime=0.5, freeze=1.5)
 
 
 def conninfo(url: str) -> str:
@@ -163,8 +165,12 @@ def bench_sync(url: str, p: Profile) -> None:
     variants |= {f"{n} connection()": pool_select(pl) for n, pl in pools.items()}
     variants["poolguard.postgres fetchval()"] = lambda: guarded.fetchval("SELECT 1")
     variants["raw psycopg (1 conn, autocommit)"] = lambda: raw.execute("SELECT 1").fetchone()
-    results = alternate_sync(variants, p.ops, p.rounds)
-    print_table("sync: checkout + SELECT 1 + return", results, ANCHOR, notes=ROUND_TRIPS_SELECT)
+    results = print_table(
+        "sync: checkout + SELECT 1 + return",
+        alternate_sync(variants, p.ops, p.rounds),
+        ANCHOR,
+        notes=ROUND_TRIPS_SELECT,
+    )
     check_targets(results, PG_ENGINE)
 
     def sa_orm(engine: sqlalchemy.Engine) -> Callable[[], object]:
@@ -185,10 +191,9 @@ def bench_sync(url: str, p: Profile) -> None:
     variants |= {f"{n} connection()": pool_row(pl) for n, pl in pools.items()}
     variants["poolguard.postgres fetchone()"] = lambda: guarded.fetchone(ROW_SQL, (1,))
     variants["raw psycopg (1 conn, autocommit)"] = lambda: raw.execute(ROW_SQL, (1,)).fetchone()
-    results = alternate_sync(variants, p.ops, p.rounds)
-    print_table(
+    results = print_table(
         "sync: small read (ORM session.get for SQLAlchemy; row by primary key for psycopg)",
-        results,
+        alternate_sync(variants, p.ops, p.rounds),
         ANCHOR,
     )
     check_targets(results, PG_ENGINE)
@@ -203,7 +208,8 @@ def bench_sync(url: str, p: Profile) -> None:
 ROUND_TRIPS_SELECT = {
     ANCHOR: "3 round trips (BEGIN, SELECT, ROLLBACK)",
     PRE_PING: "4 (+ ping)",
-    PG_ENGINE: "3",
+    PG_ENGINE: "3 (+ ping only after 1 s idle)",
+    "poolguard.create_async_engine": "3 (+ ping only after 1 s idle)",
     "psycopg_pool connection()": "3 (BEGIN, SELECT, COMMIT)",
     "poolguard.postgres connection()": "3",
     "poolguard.postgres fetchval()": "1 (autocommit)",
@@ -238,8 +244,12 @@ async def bench_async(url: str, p: Profile) -> None:
     variants |= {f"{n} connection()": pool_select(pl) for n, pl in pools.items()}
     variants["poolguard.postgres fetchval()"] = lambda: guarded.fetchval("SELECT 1")
     variants["raw psycopg (1 conn, autocommit)"] = raw_select
-    results = await alternate_async(variants, p.ops, p.rounds)
-    print_table("async: checkout + SELECT 1 + return", results, ANCHOR)
+    results = print_table(
+        "async: checkout + SELECT 1 + return",
+        await alternate_async(variants, p.ops, p.rounds),
+        ANCHOR,
+        notes=ROUND_TRIPS_SELECT,
+    )
     check_targets(results, "poolguard.create_async_engine")
 
     def sa_orm(engine: Any) -> Callable[[], Any]:
@@ -259,8 +269,11 @@ async def bench_async(url: str, p: Profile) -> None:
     variants = {n: sa_orm(e) for n, e in engines.items()}
     variants |= {f"{n} connection()": pool_row(pl) for n, pl in pools.items()}
     variants["poolguard.postgres fetchone()"] = lambda: guarded.fetchone(ROW_SQL, (1,))
-    results = await alternate_async(variants, p.ops, p.rounds)
-    print_table("async: small read (ORM get / row by primary key)", results, ANCHOR)
+    results = print_table(
+        "async: small read (ORM get / row by primary key)",
+        await alternate_async(variants, p.ops, p.rounds),
+        ANCHOR,
+    )
     check_targets(results, "poolguard.create_async_engine")
     await raw.close()
     for engine in engines.values():
@@ -404,10 +417,10 @@ def bench_restart(server: Any, p: Profile) -> None:
     for t in threads:
         t.join()
     print(f"\nbehaviour: server restart with {p.downtime:.1f}s downtime during a stream of reads")
-    print(f"  {'variant':<34} {'ok':>6} {'errors':>7}  first error")
+    print(f"  {'variant':<34} {'ok':>6} {'errors':>7}  errors by type")
     for name in readers:
-        first = errors[name][0] if errors[name] else "-"
-        print(f"  {name:<34} {ok[name]:>6} {len(errors[name]):>7}  {first}")
+        kinds = ", ".join(f"{k} x{n}" for k, n in Counter(errors[name]).most_common(3)) or "-"
+        print(f"  {name:<34} {ok[name]:>6} {len(errors[name]):>7}  {kinds}")
 
 
 def bench_freeze(server: Any, p: Profile) -> None:
@@ -483,6 +496,9 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, help="alternating rounds")
     parser.add_argument("--no-behaviour", action="store_true", help="skip restart/freeze")
     args = parser.parse_args()
+    # Reconnect warnings from psycopg_pool and poolguard would drown the tables.
+    for name in ("psycopg", "poolguard", "sqlalchemy"):
+        logging.getLogger(name).setLevel(logging.CRITICAL)
     p = QUICK if args.quick else FULL
     p = Profile(args.ops or p.ops, args.rounds or p.rounds, *list(vars(p).values())[2:])
     started = time.monotonic()

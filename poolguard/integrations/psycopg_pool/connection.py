@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 import psycopg
 
 from poolguard.backends import postgres as pg
+from poolguard.core.deadline import _deadline
 from poolguard.integrations.backstop import watchdog
 from poolguard.integrations.psycopg_pool._rules import ARMED, NORMAL
 
@@ -59,7 +60,20 @@ class GuardedConnection(pg.DeadlineConnection):
         rules = self._pg_rules
         if timeout is not _UNSET or rules is None:
             return super().wait(gen, interval, None if timeout is _UNSET else timeout)
-        armed = None if self._pg_mode == ARMED else rules.arm(self)
+        mode = self._pg_mode
+        if mode == ARMED or (
+            mode == NORMAL
+            and rules.query_limit is None
+            and self._pg_txn_end is None
+            and _deadline.get() is None
+        ):
+            # Nothing to bound here (or an outer operation bounds it): no watchdog, no cost.
+            try:
+                return super().wait(gen, interval)
+            except Exception as exc:
+                rules.observe(exc)
+                raise
+        armed = rules.arm(self)
         try:
             result = super().wait(gen, interval)
         except Exception as exc:
@@ -85,7 +99,20 @@ class GuardedAsyncConnection(pg.DeadlineAsyncConnection):
         rules = self._pg_rules
         if timeout is not _UNSET or rules is None:
             return await super().wait(gen, interval, None if timeout is _UNSET else timeout)
-        armed = None if self._pg_mode == ARMED else rules.arm(self)
+        mode = self._pg_mode
+        if mode == ARMED or (
+            mode == NORMAL
+            and rules.query_limit is None
+            and self._pg_txn_end is None
+            and _deadline.get() is None
+        ):
+            # Nothing to bound here (or an outer operation bounds it): no watchdog, no cost.
+            try:
+                return await super().wait(gen, interval)
+            except Exception as exc:
+                rules.observe(exc)
+                raise
+        armed = rules.arm(self)
         try:
             result = await super().wait(gen, interval)
         except Exception as exc:

@@ -164,6 +164,8 @@ class GuardedConnectionPool(psycopg_pool.ConnectionPool[GuardedConnection]):
     def _reset_connection(self, conn: GuardedConnection) -> None:
         # The ROLLBACK of a returned connection is bounded even when the caller's deadline is
         # spent (it must run to keep the connection); psycopg_pool skips it when libpq says IDLE.
+        if PoolRules.usable(conn):
+            return super()._reset_connection(conn)  # IDLE: nothing to roll back
         conn._pg_mode = CLEANUP
         try:
             super()._reset_connection(conn)

@@ -150,6 +150,8 @@ class GuardedAsyncConnectionPool(psycopg_pool.AsyncConnectionPool[GuardedAsyncCo
     async def _reset_connection(self, conn: GuardedAsyncConnection) -> None:
         # The ROLLBACK of a returned connection is bounded even when the caller's deadline is
         # spent (it must run to keep the connection); psycopg_pool skips it when libpq says IDLE.
+        if PoolRules.usable(conn):
+            return await super()._reset_connection(conn)  # IDLE: nothing to roll back
         conn._pg_mode = CLEANUP
         try:
             await super()._reset_connection(conn)

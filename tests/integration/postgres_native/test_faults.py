@@ -146,25 +146,34 @@ def test_killed_busy_autocommit_write_is_ambiguous_not_retried(
     assert snap["ambiguous"] == 1
 
 
-def test_killed_busy_unit_of_work_is_rerun_once(
-    dedicated_server: Any, make_pool: Any, app_name: str
-) -> None:
+def test_killed_busy_unit_of_work_is_rerun_once(dedicated_server: Any, make_pool: Any) -> None:
     server = dedicated_server("postgres")
     pool = make_pool(server.url)
     pool.execute("CREATE TABLE t (id int PRIMARY KEY)")
     calls = 0
+    first_pid: list[int] = []
 
     def unit(conn: Any) -> None:
         nonlocal calls
         calls += 1
         conn.execute("INSERT INTO t VALUES (1)")
+        if calls == 1:
+            first_pid.append(conn.info.backend_pid)
         conn.execute("SELECT pg_sleep(1)")
 
-    killer = _kill_soon(server, app_name)
+    def kill_first() -> None:
+        while not first_pid:
+            time.sleep(0.01)
+        time.sleep(0.3)
+        server.psql(f"SELECT pg_terminate_backend({first_pid[0]}, 5000)")
+
+    killer = threading.Thread(target=kill_first)
+    killer.start()
     pool.transaction(unit)
     killer.join()
-    assert calls == 2
+    assert calls == 2  # killed mid-unit (nothing committed), re-run once on a fresh connection
     assert pool.fetchval("SELECT count(*) FROM t") == 1
+    assert pool.stats()["retries_by_reason"] == {"admin_shutdown": 1}
 
 
 def test_frozen_server_is_bounded_by_the_deadline_then_recovers(
