@@ -186,6 +186,18 @@ _watchdog: Watchdog | None = None
 _watchdog_lock = threading.Lock()
 
 
+def _forget_after_fork() -> None:
+    # A forked child must never fire its parent's tickets: the fds are shared, and shutdown()
+    # would cut the parent's sockets. The parent's lock may also be held mid-fork. Start over.
+    global _watchdog, _watchdog_lock
+    _watchdog = None
+    _watchdog_lock = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_forget_after_fork)
+
+
 def watchdog() -> Watchdog:
     """The process-wide watchdog (its thread starts on first use)."""
     global _watchdog

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import os
 import socket
 import time
 
-from poolguard.integrations.backstop import Watchdog, backstop, shutdown_socket
+import pytest
+
+from poolguard.integrations.backstop import Watchdog, backstop, shutdown_socket, watchdog
 
 
 def test_fires_and_unblocks_a_blocked_read() -> None:
@@ -61,3 +64,17 @@ def test_many_cancelled_tickets_are_compacted() -> None:
 
 def test_shutdown_of_a_bad_fd_is_harmless() -> None:
     assert shutdown_socket(-1) is False
+
+
+@pytest.mark.skipif(not hasattr(os, "fork"), reason="needs fork()")
+def test_forked_child_does_not_inherit_pending_tickets() -> None:
+    a, b = socket.socketpair()
+    with a, b:
+        dog = watchdog()
+        ticket = dog.arm(a, 0.5)
+        pid = os.fork()
+        if pid == 0:  # child: a fresh watchdog, the parent's ticket is not there
+            os._exit(0 if watchdog() is not dog and watchdog().pending() == 0 else 1)
+        _, status = os.waitpid(pid, 0)
+        assert os.waitstatus_to_exitcode(status) == 0
+        assert ticket.cancel() is True
