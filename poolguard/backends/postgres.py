@@ -35,9 +35,13 @@ if TYPE_CHECKING:
     from poolguard.config.settings import Settings
 
 __all__ = [
+    "BEFORE_SEND_SQLSTATES",
     "CLIENT_CONNECTION_CHECK_INTERVAL",
+    "DISCONNECT_SQLSTATES",
     "PG_RULES",
+    "PING_SQL",
     "RETRY_TRANSACTION_SQLSTATES",
+    "TIMEOUT_SQLSTATES",
     "DeadlineAsyncConnection",
     "DeadlineConnection",
     "classify",
