@@ -10,6 +10,11 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+try:  # SQLAlchemy >= 2.1 names it await_; await_only is deprecated from 2.2
+    from sqlalchemy.util.concurrency import await_ as await_only
+except ImportError:  # pragma: no cover - SQLAlchemy 2.0
+    from sqlalchemy.util import await_only
+
 from poolguard.backends import postgres as pg
 from poolguard.config.settings import Settings
 from poolguard.core.retry import Guard
@@ -34,8 +39,6 @@ in_statement_loop: contextvars.ContextVar[bool] = contextvars.ContextVar(
 def _greenlet_sleep(seconds: float) -> None:
     # SQLAlchemy's asyncio layer runs our sync code inside a greenlet on the event loop:
     # time.sleep would block the loop, so the backoff awaits through the greenlet bridge.
-    from sqlalchemy.util import await_only
-
     await_only(asyncio.sleep(seconds))
 
 
