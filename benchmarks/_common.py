@@ -15,19 +15,29 @@ SyncOp = Callable[[], object]
 AsyncOp = Callable[[], Awaitable[object]]
 
 
-def time_sync(fn: SyncOp, ops: int) -> float:
-    """µs per call of ``fn`` over ``ops`` calls."""
-    start = time.perf_counter()
+Sample = tuple[float, float]
+"""(wall µs/op, CPU µs/op of the calling thread)."""
+
+
+def time_sync(fn: SyncOp, ops: int) -> Sample:
+    """Wall and this thread's CPU µs per call of ``fn`` over ``ops`` calls.
+
+    CPU time is immune to other processes on a shared machine (wall time is not): it isolates
+    the client-side cost of a variant, while wall time adds the server and the round trips.
+    """
+    cpu, start = time.thread_time(), time.perf_counter()
     for _ in range(ops):
         fn()
-    return (time.perf_counter() - start) / ops * 1e6
+    wall = (time.perf_counter() - start) / ops * 1e6
+    return wall, (time.thread_time() - cpu) / ops * 1e6
 
 
-async def time_async(fn: AsyncOp, ops: int) -> float:
-    start = time.perf_counter()
+async def time_async(fn: AsyncOp, ops: int) -> Sample:
+    cpu, start = time.thread_time(), time.perf_counter()
     for _ in range(ops):
         await fn()
-    return (time.perf_counter() - start) / ops * 1e6
+    wall = (time.perf_counter() - start) / ops * 1e6
+    return wall, (time.thread_time() - cpu) / ops * 1e6
 
 
 def _rotated(names: Sequence[str], shift: int) -> list[str]:
@@ -40,7 +50,7 @@ def alternate_sync(variants: Mapping[str, SyncOp], ops: int, rounds: int) -> dic
     names = list(variants)
     for name in names:
         time_sync(variants[name], max(5, ops // 10))  # connect, fill caches, warm the pool
-    samples: dict[str, list[float]] = {name: [] for name in names}
+    samples: dict[str, list[Sample]] = {name: [] for name in names}
     for r in range(rounds):
         for name in _rotated(names, r):
             samples[name].append(time_sync(variants[name], ops))
@@ -49,11 +59,11 @@ def alternate_sync(variants: Mapping[str, SyncOp], ops: int, rounds: int) -> dic
 
 async def alternate_async(
     variants: Mapping[str, AsyncOp], ops: int, rounds: int
-) -> dict[str, list[float]]:
+) -> dict[str, list[Sample]]:
     names = list(variants)
     for name in names:
         await time_async(variants[name], max(5, ops // 10))
-    samples: dict[str, list[float]] = {name: [] for name in names}
+    samples: dict[str, list[Sample]] = {name: [] for name in names}
     for r in range(rounds):
         for name in _rotated(names, r):
             samples[name].append(await time_async(variants[name], ops))
@@ -67,34 +77,40 @@ def percentile(values: Sequence[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, round(q * (len(ordered) - 1)))]
 
 
-def medians(samples: Mapping[str, Sequence[float]]) -> dict[str, float]:
-    return {name: statistics.median(values) for name, values in samples.items()}
+def medians(samples: Mapping[str, Sequence[Sample]], index: int = 0) -> dict[str, float]:
+    """Median wall (``index=0``) or CPU (``index=1``) µs/op of each variant."""
+    return {name: statistics.median(v[index] for v in values) for name, values in samples.items()}
 
 
 def print_table(
     title: str,
-    samples: Mapping[str, Sequence[float]],
+    samples: Mapping[str, Sequence[Sample]],
     anchor: str,
     *,
-    unit: str = "µs/op",
     notes: Mapping[str, str] | None = None,
-) -> dict[str, float]:
-    """``variant | median | spread | ratio vs anchor | note``; returns the medians.
+) -> tuple[dict[str, float], dict[str, float]]:
+    """``variant | median wall µs/op | spread | ratio | median CPU µs/op | CPU ratio | note``.
 
-    The spread is the interquartile range of the rounds relative to the median: a ratio
-    between two variants means little when it is smaller than their spreads.
+    The spread is the interquartile range of the rounds' wall times relative to their median:
+    a wall ratio between two variants means little when it is smaller than their spreads.
+    Returns the (wall, CPU) medians.
     """
-    results = medians(samples)
-    base = results[anchor]
-    width = max(len(name) for name in results) + 2
+    wall, cpu = medians(samples, 0), medians(samples, 1)
+    width = max(len(name) for name in wall) + 2
     head = f"vs {anchor}"
     print(f"\n{title}")
-    print(f"  {'variant':<{width}} {'median ' + unit:>14} {'spread':>7} {head:>{len(head) + 1}}")
-    for name, value in results.items():
-        values = samples[name]
-        spread = (percentile(values, 0.75) - percentile(values, 0.25)) / value if value else 0.0
+    print(
+        f"  {'variant':<{width}} {'wall µs/op':>10} {'spread':>6} {head:>{len(head)}}"
+        f" {'CPU µs/op':>9} {'CPU ratio':>9}"
+    )
+    for name, value in wall.items():
+        walls = [v[0] for v in samples[name]]
+        spread = (percentile(walls, 0.75) - percentile(walls, 0.25)) / value if value else 0.0
         note = (notes or {}).get(name, "")
-        ratio = value / base if base else float("nan")
-        line = f"  {name:<{width}} {value:>14.1f} {spread:>6.0%} {ratio:>{len(head)}.2f}x  {note}"
+        ratio = value / wall[anchor]
+        line = (
+            f"  {name:<{width}} {value:>10.1f} {spread:>6.0%} {ratio:>{len(head) - 1}.2f}x"
+            f" {cpu[name]:>9.1f} {cpu[name] / cpu[anchor]:>8.2f}x  {note}"
+        )
         print(line.rstrip())
-    return results
+    return wall, cpu
