@@ -118,14 +118,25 @@ def test_retry_on_is_configurable(make_engine: Any, postgres_server: Any) -> Non
 _timers: list[threading.Timer] = []
 
 
-def _lose_next_commit_reply(engine: Any, proxy: Any, direction: str = "downstream") -> None:
-    """At the next COMMIT, blackhole the proxy so the reply (or the COMMIT) is lost."""
+def _lose_next_commit_reply(
+    engine: Any, proxy: Any, direction: str = "downstream", *, drop: bool = False
+) -> None:
+    """At the next COMMIT, blackhole the proxy so the reply (or the COMMIT) is lost.
+
+    The blackhole is lifted 1.2 s later, after the backstop cut (0.5 + 0.5 s); held bytes then
+    flow on, unless ``drop``: then every link is reset first, so a held COMMIT never arrives.
+    """
     armed = [True]
+
+    def lift() -> None:
+        if drop:
+            proxy.reset()
+        proxy.clear()
 
     def on_commit(conn: Any) -> None:
         if armed.pop() if armed else False:
             proxy.blackhole(direction)
-            timer = threading.Timer(1.2, proxy.clear)  # after the backstop cut (0.5 + 0.5 s)
+            timer = threading.Timer(1.2, lift)
             _timers.append(timer)
             timer.start()
 
@@ -197,10 +208,11 @@ def test_lost_commit_request_resolved_as_aborted_and_rerun(ledger_proxy: tuple[A
         calls.append(1)
         conn.execute(text("INSERT INTO pg_commit VALUES (:k)"), {"k": key})
 
-    _lose_next_commit_reply(engine, proxy, direction="upstream")  # the COMMIT never arrives
+    _lose_next_commit_reply(engine, proxy, direction="upstream", drop=True)  # COMMIT is lost
     poolguard.run_transaction(engine, unit, resolve_ambiguous=True)
-    assert _count(engine, key) == 1  # exactly once, whichever way the server decided
-    assert len(calls) in (1, 2)
+    assert _count(engine, key) == 1  # the aborted attempt left nothing; the re-run committed
+    assert len(calls) == 2
+    assert poolguard.stats(engine)["ambiguous"] == 1
 
 
 async def test_async_run_transaction_retries_a_killed_unit(
