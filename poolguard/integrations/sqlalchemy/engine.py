@@ -138,7 +138,7 @@ def _install(engine: Engine, state: PgState) -> None:
     pool = engine.pool
     pool._pg = state  # type: ignore[attr-defined]
     state.pool_ref[:] = [pool]
-    state.guard.stats.gauges = lambda: state.pool_ref[0].gauges()
+    state.guard.stats.gauges = functools.partial(_gauges, state)
     for note in state.settings.warnings():
         state.guard.stats.log.info("%s: %s", state.name, note, extra={"pool": state.name})
     engine._connection_cls = GuardedConnection
@@ -146,6 +146,17 @@ def _install(engine: Engine, state: PgState) -> None:
     install_pool_events(engine, state)
     event.listen(engine, "do_connect", functools.partial(_do_connect, state))
     event.listen(engine, "handle_error", functools.partial(_handle_error, state))
+
+
+def _gauges(state: PgState) -> dict[str, Any]:
+    stats = state.guard.stats
+    return {
+        **state.pool_ref[0].gauges(),
+        "ambiguous_resolved": {
+            outcome: stats.count(f"ambiguous_resolved.{outcome}")
+            for outcome in ("committed", "aborted")
+        },
+    }
 
 
 def _do_connect(state: PgState, dialect: Any, record: Any, cargs: Any, cparams: Any) -> Any:

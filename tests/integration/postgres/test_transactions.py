@@ -212,7 +212,9 @@ def test_lost_commit_request_resolved_as_aborted_and_rerun(ledger_proxy: tuple[A
     poolguard.run_transaction(engine, unit, resolve_ambiguous=True)
     assert _count(engine, key) == 1  # the aborted attempt left nothing; the re-run committed
     assert len(calls) == 2
-    assert poolguard.stats(engine)["ambiguous"] == 1
+    snap = poolguard.stats(engine)
+    assert snap["ambiguous"] == 1
+    assert snap["ambiguous_resolved"] == {"committed": 0, "aborted": 1}
 
 
 async def test_async_run_transaction_retries_a_killed_unit(
