@@ -72,6 +72,7 @@ class _AsyncGuardedConnectionMixin:
     pg_last_used: float
     pg_sent: bool
     socket_connect_timeout: float | None
+    socket_timeout: float | None
 
     def _pg_init(self, policy: c.Policy) -> None:
         self.pg_poll: Any = None
@@ -87,6 +88,10 @@ class _AsyncGuardedConnectionMixin:
             return
         policy = self.pg_policy
         self.socket_connect_timeout = c.connect_timeout(policy.connect_timeout)
+        # The handshake reads with socket_timeout: under a deadline, cap it (see sync.py).
+        configured = self.socket_timeout
+        handshake = configured if _deadline() is None else c.deadline_cap(configured)
+        self.socket_timeout = handshake
         try:
             await super().connect_check_health(check_health, retry_socket_connect)  # type: ignore[misc]
         except Exception as exc:
@@ -95,6 +100,7 @@ class _AsyncGuardedConnectionMixin:
             raise
         finally:
             self.socket_connect_timeout = policy.connect_timeout
+            self.socket_timeout = configured
         now = time.monotonic()
         self.pg_born = self.pg_checked = self.pg_last_used = now
         self.pg_expires = policy.expiry(now)

@@ -77,6 +77,7 @@ class _GuardedConnectionMixin:
     pg_sent: bool
     _sock: Any
     socket_connect_timeout: float | None
+    socket_timeout: float | None
 
     def _pg_init(self, policy: c.Policy) -> None:
         self.pg_policy = policy
@@ -91,6 +92,12 @@ class _GuardedConnectionMixin:
             return
         policy = self.pg_policy
         self.socket_connect_timeout = c.connect_timeout(policy.connect_timeout)
+        # The handshake (HELLO, AUTH, SELECT, CLIENT SETINFO) reads with the socket timeout:
+        # under a deadline it must not outlive it (a frozen server accepts TCP connections).
+        configured = self.socket_timeout
+        handshake = configured if _deadline() is None else c.deadline_cap(configured)
+        if handshake != configured:
+            self.socket_timeout = handshake
         try:
             super().connect_check_health(check_health, retry_socket_connect)  # type: ignore[misc]
         except Exception as exc:
@@ -99,6 +106,10 @@ class _GuardedConnectionMixin:
             raise
         finally:
             self.socket_connect_timeout = policy.connect_timeout
+            if handshake != configured:
+                self.socket_timeout = configured
+                if self._sock is not None:  # socket and parser back to the command timeout
+                    self.update_current_socket_timeout(-1)  # type: ignore[attr-defined]
         now = time.monotonic()
         self.pg_born = self.pg_checked = self.pg_last_used = now
         self.pg_expires = policy.expiry(now)

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 import redis
 import redis.asyncio
-from redis_helpers import admin
+from redis_helpers import admin, in_background
 
 import poolguard
 import poolguard.redis
@@ -219,3 +219,38 @@ def test_password_never_in_messages(dedicated_server: Any, key: str) -> None:
         assert "s3cret-pw" not in poolguard.redis.stats(good)["name"]
     finally:
         good.close()
+
+
+@pytest.mark.chaos
+def test_handshake_with_a_frozen_server_is_bounded_by_the_deadline(
+    dedicated_server: Any, guarded: Any
+) -> None:
+    server = dedicated_server("redis")
+    client = guarded(server.url, query_timeout="3s", connect_timeout="3s")
+    started = time.monotonic()
+    with server.frozen(), pytest.raises(redis.exceptions.TimeoutError), poolguard.deadline(0.3):
+        client.get("k")  # TCP connect succeeds (kernel backlog), HELLO never answers
+    assert time.monotonic() - started < 0.3 + GRACE
+    # The connection's command timeout is back to 3 s: a 0.5 s stall is not a timeout.
+    with poolguard.deadline(5):
+        client.ping()
+    stall = in_background(lambda: admin(server).execute_command("DEBUG", "SLEEP", 0.5))
+    time.sleep(0.05)
+    assert client.get("k") is None
+    stall.join()
+
+
+@pytest.mark.chaos
+async def test_async_handshake_with_a_frozen_server_is_bounded_by_the_deadline(
+    dedicated_server: Any, aguarded: Any
+) -> None:
+    server = dedicated_server("redis")
+    client = aguarded(server.url, query_timeout="3s", connect_timeout="3s")
+    started = time.monotonic()
+    with server.frozen(), pytest.raises(redis.exceptions.TimeoutError):
+        async with poolguard.deadline(0.3):
+            await client.get("k")
+    assert time.monotonic() - started < 0.3 + GRACE
+    async with poolguard.deadline(5):
+        await client.ping()
+    assert await client.get("k") is None
