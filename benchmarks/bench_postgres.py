@@ -60,6 +60,7 @@ PG_ENGINE = "poolguard.create_engine"
 TARGET_VS_PLAIN = 1.0
 TARGET_VS_PRE_PING = 0.75
 SELECT_1 = text("SELECT 1")
+BACKSTOPPED = "poolguard.postgres connection(), query_timeout"
 ROW_SQL = "SELECT id, name FROM bench_item WHERE id = %s"
 
 
@@ -118,6 +119,13 @@ def sync_pools(url: str) -> dict[str, psycopg_pool.ConnectionPool[Any]]:
     return {"psycopg_pool": plain, "poolguard.postgres": guarded}
 
 
+def backstopped_pool(url: str) -> poolguard.postgres.GuardedConnectionPool:
+    """With a query timeout every wait on the socket arms the watchdog: what does it cost?"""
+    pool = poolguard.postgres.create_pool(url, pool_size=POOL, max_overflow=0, query_timeout=5)
+    pool.wait()
+    return pool
+
+
 def async_engines(url: str) -> dict[str, Any]:
     sizes = {"pool_size": POOL, "max_overflow": 0}
     return {
@@ -163,6 +171,8 @@ def bench_sync(url: str, p: Profile) -> None:
 
     variants: dict[str, Callable[[], object]] = {n: sa_select(e) for n, e in engines.items()}
     variants |= {f"{n} connection()": pool_select(pl) for n, pl in pools.items()}
+    backstopped = backstopped_pool(url)
+    variants[BACKSTOPPED] = pool_select(backstopped)
     variants["poolguard.postgres fetchval()"] = lambda: guarded.fetchval("SELECT 1")
     variants["raw psycopg (1 conn, autocommit)"] = lambda: raw.execute("SELECT 1").fetchone()
     results = print_table(
@@ -199,6 +209,7 @@ def bench_sync(url: str, p: Profile) -> None:
     check_targets(results, PG_ENGINE)
     bench_threads(engines, pools, p)
     raw.close()
+    backstopped.close()
     for engine in engines.values():
         engine.dispose()
     for pool in pools.values():
@@ -212,6 +223,7 @@ ROUND_TRIPS_SELECT = {
     "poolguard.create_async_engine": "3 (+ ping only after 1 s idle)",
     "psycopg_pool connection()": "3 (BEGIN, SELECT, COMMIT)",
     "poolguard.postgres connection()": "3",
+    "poolguard.postgres connection(), query_timeout": "3, watchdog armed on each",
     "poolguard.postgres fetchval()": "1 (autocommit)",
     "raw psycopg (1 conn, autocommit)": "1, no pool",
 }

@@ -290,3 +290,35 @@ def test_pgbouncer_transaction_pooling_gets_local_timeouts(
     assert pool.transaction(lambda conn: conn.execute("SELECT 5").fetchone()[0]) == 5
     for _ in range(10):  # server-side prepared statements are off (they break under pooling)
         assert pool.fetchval("SELECT %s::int", (3,)) == 3
+
+
+async def test_async_serialization_failures_rerun_the_unit(
+    postgres_server: Any, make_async_pool: Any
+) -> None:
+    import asyncio
+
+    pool = await make_async_pool(
+        postgres_server.url, pool_size=3, max_overflow=0, retry_attempts=20, retry_timeout=20
+    )
+    table = f"t_{uuid.uuid4().hex[:10]}"
+    await pool.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, v int NOT NULL)")
+    await pool.execute(f"INSERT INTO {table} VALUES (1, 0)")
+    barrier = asyncio.Barrier(3)
+    calls = [0, 0, 0]
+
+    async def worker(index: int) -> None:
+        async def unit(conn: Any) -> None:
+            calls[index] += 1
+            cur = await conn.execute(f"SELECT v FROM {table} WHERE id = 1")
+            (v,) = await cur.fetchone()
+            if calls[index] == 1:
+                await asyncio.wait_for(barrier.wait(), 5)  # all read the same value
+            await conn.execute(f"UPDATE {table} SET v = %s WHERE id = 1", (v + 1,))
+
+        for _ in range(4):
+            await pool.transaction(unit, isolation_level=psycopg.IsolationLevel.SERIALIZABLE)
+
+    await asyncio.gather(*(worker(i) for i in range(3)))
+    assert await pool.fetchval(f"SELECT v FROM {table} WHERE id = 1") == 12
+    assert sum(calls) > 12
+    assert pool.stats()["retries_by_reason"]["serialization_failure"] == sum(calls) - 12
