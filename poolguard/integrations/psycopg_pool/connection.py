@@ -53,6 +53,7 @@ class GuardedConnection(pg.DeadlineConnection):
     _pg_mode: int = NORMAL
     _pg_returned: float | None = None
     _pg_txn_end: float | None = None
+    _pg_isolation: bool = False
 
     def wait(
         self, gen: PQGen[RV], interval: float = WAIT_INTERVAL, timeout: float | None = _UNSET
@@ -92,6 +93,7 @@ class GuardedAsyncConnection(pg.DeadlineAsyncConnection):
     _pg_mode: int = NORMAL
     _pg_returned: float | None = None
     _pg_txn_end: float | None = None
+    _pg_isolation: bool = False
 
     async def wait(
         self, gen: PQGen[RV], interval: float = WAIT_INTERVAL, timeout: float | None = _UNSET

@@ -162,15 +162,21 @@ class GuardedConnectionPool(psycopg_pool.ConnectionPool[GuardedConnection]):
         super()._return_connection(conn, from_getconn)
 
     def _reset_connection(self, conn: GuardedConnection) -> None:
-        # The ROLLBACK of a returned connection is bounded even when the caller's deadline is
-        # spent (it must run to keep the connection); psycopg_pool skips it when libpq says IDLE.
         if PoolRules.usable(conn):
-            return super()._reset_connection(conn)  # IDLE: nothing to roll back
-        conn._pg_mode = CLEANUP
-        try:
-            super()._reset_connection(conn)
-        finally:
-            conn._pg_mode = NORMAL
+            super()._reset_connection(conn)  # IDLE: nothing to roll back
+        else:
+            # The ROLLBACK of a returned connection is bounded even when the caller's deadline
+            # is spent (it must run to keep the connection).
+            conn._pg_mode = CLEANUP
+            try:
+                super()._reset_connection(conn)
+            finally:
+                conn._pg_mode = NORMAL
+        if conn._pg_isolation and PoolRules.usable(conn):
+            # transaction(isolation_level=...) must not leak to the next user; no round trip:
+            # psycopg applies the level at the next BEGIN.
+            conn.isolation_level = None
+            conn._pg_isolation = False
 
     # -- guarded helpers ------------------------------------------------------------------------
     def execute(self, query: Any, params: Any = None, *, idempotent: bool | None = None) -> int:
@@ -278,6 +284,7 @@ class GuardedConnectionPool(psycopg_pool.ConnectionPool[GuardedConnection]):
         rules = self._pg
         rules.begin_unit(conn)
         if isolation_level is not None:
+            conn._pg_isolation = True  # restored on return, after the pool's rollback
             conn.isolation_level = isolation_level
         try:
             local = rules.local_sql()
@@ -297,8 +304,6 @@ class GuardedConnectionPool(psycopg_pool.ConnectionPool[GuardedConnection]):
         finally:
             # The pool rolls back whatever is left (psycopg_pool's reset, bounded by CLEANUP).
             conn._pg_txn_end = None
-            if isolation_level is not None and rules.usable(conn):
-                conn.isolation_level = None
 
     # -- observability --------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:

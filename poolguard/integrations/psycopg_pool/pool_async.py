@@ -148,15 +148,21 @@ class GuardedAsyncConnectionPool(psycopg_pool.AsyncConnectionPool[GuardedAsyncCo
         await super()._return_connection(conn, from_getconn)
 
     async def _reset_connection(self, conn: GuardedAsyncConnection) -> None:
-        # The ROLLBACK of a returned connection is bounded even when the caller's deadline is
-        # spent (it must run to keep the connection); psycopg_pool skips it when libpq says IDLE.
         if PoolRules.usable(conn):
-            return await super()._reset_connection(conn)  # IDLE: nothing to roll back
-        conn._pg_mode = CLEANUP
-        try:
-            await super()._reset_connection(conn)
-        finally:
-            conn._pg_mode = NORMAL
+            await super()._reset_connection(conn)  # IDLE: nothing to roll back
+        else:
+            # The ROLLBACK of a returned connection is bounded even when the caller's deadline
+            # is spent (it must run to keep the connection).
+            conn._pg_mode = CLEANUP
+            try:
+                await super()._reset_connection(conn)
+            finally:
+                conn._pg_mode = NORMAL
+        if conn._pg_isolation and PoolRules.usable(conn):
+            # transaction(isolation_level=...) must not leak to the next user; no round trip:
+            # psycopg applies the level at the next BEGIN.
+            await conn.set_isolation_level(None)
+            conn._pg_isolation = False
 
     # -- guarded helpers ------------------------------------------------------------------------
     async def execute(
@@ -274,6 +280,7 @@ class GuardedAsyncConnectionPool(psycopg_pool.AsyncConnectionPool[GuardedAsyncCo
         rules = self._pg
         rules.begin_unit(conn)
         if isolation_level is not None:
+            conn._pg_isolation = True  # restored on return, after the pool's rollback
             await conn.set_isolation_level(isolation_level)
         try:
             local = rules.local_sql()
@@ -293,8 +300,6 @@ class GuardedAsyncConnectionPool(psycopg_pool.AsyncConnectionPool[GuardedAsyncCo
         finally:
             # The pool rolls back whatever is left (psycopg_pool's reset, bounded by CLEANUP).
             conn._pg_txn_end = None
-            if isolation_level is not None and rules.usable(conn):
-                await conn.set_isolation_level(None)
 
     # -- observability --------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:

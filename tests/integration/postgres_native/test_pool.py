@@ -322,3 +322,18 @@ async def test_async_serialization_failures_rerun_the_unit(
     assert await pool.fetchval(f"SELECT v FROM {table} WHERE id = 1") == 12
     assert sum(calls) > 12
     assert pool.stats()["retries_by_reason"]["serialization_failure"] == sum(calls) - 12
+
+
+def test_isolation_level_never_leaks_to_the_next_user(postgres_server: Any, make_pool: Any) -> None:
+    pool = make_pool(postgres_server.url, pool_size=1, max_overflow=0)
+
+    def failing(conn: Any) -> None:
+        conn.execute("SELECT 1")
+        raise ValueError("app error inside a serializable unit")
+
+    with pytest.raises(ValueError):
+        pool.transaction(failing, isolation_level=psycopg.IsolationLevel.SERIALIZABLE)
+    with pool.connection() as conn:  # the same, only connection
+        assert conn.isolation_level is None
+        level = conn.execute("SHOW transaction_isolation").fetchone()
+    assert level == ("read committed",)
