@@ -354,6 +354,27 @@ class AsyncGuardedPipeline(redis.asyncio.client.Pipeline):
         super().__init__(connection_pool, response_callbacks, transaction, shard_hint)
         self.pg_idempotent = idempotent
 
+    async def reset(self) -> None:  # type: ignore[override]
+        conn: Any = self.connection
+        if self.watching and conn is not None and not conn.is_connected:
+            self.watching = False  # the WATCH died with its socket: UNWATCH would reconnect
+        await super().reset()
+
+    async def immediate_execute_command(self, *args: Any, **options: Any) -> Any:
+        """WATCH and the reads after it: never retried, but bounded by the deadline."""
+        if _deadline() is None:
+            return await super().immediate_execute_command(*args, **options)
+        conn: Any = self.connection
+        if conn is None:
+            conn = self.connection = await self.connection_pool.get_connection()
+        info = _lookup(args[0]) or backend.command_info(args)
+        configured = conn.socket_timeout
+        conn.socket_timeout = c.command_timeout(configured, info, args)
+        try:
+            return await super().immediate_execute_command(*args, **options)
+        finally:
+            conn.socket_timeout = configured
+
     async def execute(self, raise_on_error: bool = True) -> list[Any]:
         stack = self.command_stack
         if not stack and not self.watching:

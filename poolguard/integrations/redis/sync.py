@@ -364,6 +364,31 @@ class GuardedPipeline(redis.client.Pipeline):
         super().__init__(connection_pool, response_callbacks, transaction, shard_hint)
         self.pg_idempotent = idempotent
 
+    def reset(self) -> None:  # type: ignore[override]
+        conn: Any = self.connection
+        if self.watching and conn is not None and conn._sock is None:
+            self.watching = False  # the WATCH died with its socket: UNWATCH would reconnect
+        super().reset()
+
+    def immediate_execute_command(self, *args: Any, **options: Any) -> Any:
+        """WATCH and the reads after it: pinned to one connection, so never retried, but
+        bounded by the deadline like every other command."""
+        if _deadline() is None:
+            return super().immediate_execute_command(*args, **options)
+        conn = self.connection
+        if conn is None:
+            conn = self.connection = self.connection_pool.get_connection()
+        info = _lookup(args[0]) or backend.command_info(args)
+        timeout = c.command_timeout(conn.socket_timeout, info, args)
+        sock = conn._sock
+        if sock is not None:
+            sock.settimeout(timeout)
+        try:
+            return super().immediate_execute_command(*args, **options)
+        finally:
+            if sock is not None and conn._sock is sock:
+                sock.settimeout(conn.socket_timeout)
+
     def execute(self, raise_on_error: bool = True) -> list[Any]:
         stack = self.command_stack
         if not stack and not self.watching:

@@ -10,6 +10,7 @@ import pytest
 import redis
 from redis_helpers import admin
 
+import poolguard
 import poolguard.redis
 from poolguard.errors import AmbiguousResultError
 
@@ -179,3 +180,36 @@ async def test_async_watch_error_is_never_retried(
         with pytest.raises(redis.exceptions.WatchError):
             await pipe.execute()
     assert int(admin(redis_server).get(key)) == 2
+
+
+def test_commands_while_watching_are_bounded_by_the_deadline(
+    redis_server: Any, fault_proxy: Any, guarded: Any, key: str
+) -> None:
+    proxy = fault_proxy(redis_server)
+    client = guarded(proxy.url(redis_server.url), query_timeout="5s")
+    client.set(key, 1)
+    with client.pipeline() as pipe:
+        pipe.watch(key)
+        proxy.blackhole()
+        started = time.monotonic()
+        with pytest.raises(redis.exceptions.RedisError), poolguard.deadline(0.3):
+            pipe.get(key)  # pinned to the WATCH connection: not retried, but not 5 s either
+        assert time.monotonic() - started < 0.3 + 1.5
+    proxy.clear()
+
+
+async def test_async_commands_while_watching_are_bounded_by_the_deadline(
+    redis_server: Any, fault_proxy: Any, aguarded: Any, key: str
+) -> None:
+    proxy = fault_proxy(redis_server)
+    client = aguarded(proxy.url(redis_server.url), query_timeout="5s")
+    await client.set(key, 1)
+    async with client.pipeline() as pipe:
+        await pipe.watch(key)
+        proxy.blackhole()
+        started = time.monotonic()
+        with pytest.raises(redis.exceptions.RedisError):
+            async with poolguard.deadline(0.3):
+                await pipe.get(key)
+        assert time.monotonic() - started < 0.3 + 1.5
+    proxy.clear()
