@@ -6,6 +6,8 @@ from typing import Any
 
 import pytest
 import redis.exceptions as rex
+from hypothesis import given
+from hypothesis import strategies as st
 
 from poolguard.backends import redis as backend
 from poolguard.core import Action, Disposition, Operation, Scope, decide
@@ -327,3 +329,35 @@ def test_sentinel_demoted_master_is_rejected_before_execution() -> None:
     assert c.disposition is Disposition.RETRY
     assert c.reason == "readonly_replica"
     assert decide(c, SENT) is Action.RETRY
+
+
+# -- properties --------------------------------------------------------------------------------
+
+
+_words_st = st.one_of(
+    st.text(max_size=12),
+    st.binary(max_size=12),
+    st.integers(),
+    st.floats(allow_nan=True),
+    st.sampled_from(["GET", "NX", "XX", "EX", "STORE", "BLOCK", "STREAMS", "INCR", "0", "-1"]),
+)
+
+
+@given(st.sampled_from(sorted(backend.TABLE)), st.lists(_words_st, max_size=8))
+def test_lookups_never_raise_on_any_arguments(name: str, rest: list[Any]) -> None:
+    args = (*name.split(" "), *rest)
+    assert isinstance(backend.is_idempotent(args), bool)
+    seconds = backend.block_seconds(args)
+    assert seconds is None or isinstance(seconds, float)
+
+
+@given(st.lists(_words_st, max_size=6))
+def test_set_with_get_or_nx_is_never_idempotent(rest: list[Any]) -> None:
+    for flag in ("GET", "get", b"NX"):
+        assert not backend.is_idempotent(("SET", "k", "v", *rest, flag))
+
+
+@given(st.text(alphabet=st.characters(whitelist_categories=("Lu",)), min_size=1, max_size=10))
+def test_unknown_names_are_not_idempotent(name: str) -> None:
+    if name not in backend.TABLE and name not in backend.CONTAINERS:
+        assert not backend.is_idempotent((name, "x"))
