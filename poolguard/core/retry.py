@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from poolguard.core.backoff import Backoff, Uniform, default_rng
 from poolguard.core.breaker import BreakerState, CircuitBreaker
 from poolguard.core.budget import RetryBudget
-from poolguard.core.deadline import Clock, _deadline, current_deadline, remaining
+from poolguard.core.deadline import Clock, _deadline, remaining
 from poolguard.core.disposition import (
     Action,
     Classification,
@@ -30,7 +30,6 @@ from poolguard.core.stats import Hooks, PoolStats
 from poolguard.errors import (
     AmbiguousResultError,
     AttemptRecord,
-    CircuitOpenError,
     ConnectTimeout,
     PoolguardError,
     QueryTimeout,
@@ -225,7 +224,10 @@ class Guard:
         """
         attempts = Attempts(self, op, timeout_error)
         while True:
-            attempts.begin()
+            wait = attempts.begin()
+            if wait:
+                sleep(wait)  # the breaker is open: wait for its next probe, off the network
+                continue
             try:
                 result = fn(attempts)
             except Exception as exc:
@@ -251,7 +253,10 @@ class Guard:
         """
         attempts = Attempts(self, op, timeout_error)
         while True:
-            attempts.begin()
+            wait = attempts.begin()
+            if wait:
+                await sleep(wait)
+                continue
             try:
                 result = await fn(attempts)
             except Exception as exc:
@@ -277,6 +282,7 @@ class Attempts:
     """The decision state of one operation across its attempts (no I/O, no sleeping)."""
 
     __slots__ = (
+        "_last_class",
         "_last_error",
         "_started",
         "_timeout_error",
@@ -299,9 +305,15 @@ class Attempts:
         self._started = 0.0
         self._timeout_error = timeout_error
         self._last_error: BaseException | None = None
+        self._last_class: Classification | None = None
 
-    def begin(self) -> None:
-        """Before each attempt: deadline and breaker checks; raises when the call must not run."""
+    def begin(self) -> float:
+        """Before each attempt: deadline, breaker and budget checks.
+
+        Returns 0.0 when the attempt may run now, or seconds to wait (off the network) for the
+        circuit breaker's next probe before calling ``begin()`` again; raises when the call must
+        not run at all (deadline spent, breaker open beyond the caller's window, no budget).
+        """
         g = self.guard
         if self.number == 0:
             self._started = g.clock()
@@ -310,17 +322,45 @@ class Attempts:
         at = _deadline.get()  # current_deadline(), minus a call: this is the hot path
         if at is not None and at - g.clock() <= 0:
             self._deadline_exceeded()
-        try:
-            g.breaker.before_call()
-        except CircuitOpenError as err:
-            g.stats.incr("circuit_open_rejections")
-            if self._last_error is None:
-                raise
-            # The breaker opened between our attempts: keep what led here in the error.
-            err.attempts = self.number
-            err.history = tuple(self.history)
-            raise err from self._last_error
+        wait = g.breaker.admission()
+        if wait is not None:
+            return self._wait_for_breaker(wait)
         self.number += 1
+        return 0.0
+
+    def _limit(self) -> float | None:
+        """When this operation must be over: the deadline or the end of its retry window."""
+        limit = _deadline.get()
+        timeout = self.guard.policy.timeout
+        if timeout is not None:
+            cap = self._started + timeout
+            limit = cap if limit is None else min(limit, cap)
+        return limit
+
+    def _wait_for_breaker(self, wait: float) -> float:
+        g = self.guard
+        limit = self._limit()
+        if limit is not None and g.clock() + wait < limit:
+            g.stats.incr("breaker_waits")
+            return max(wait, 1e-3)
+        self._breaker_rejects(wait)
+        raise AssertionError("unreachable")  # pragma: no cover
+
+    def _breaker_rejects(self, wait: float) -> None:
+        g = self.guard
+        g.stats.incr("circuit_open_rejections")
+        err = g.breaker.open_error(g.breaker.state, wait)
+        if self._last_error is None:
+            raise err
+        # The breaker opened between our attempts: keep what led here in the error.
+        err.attempts = self.number
+        err.history = tuple(self.history)
+        if self._last_class is not None and len(err.history) < self.number:
+            last = AttemptRecord(
+                self.number, self._last_class.reason, type(self._last_error).__name__, 0.0
+            )
+            err.history = (*err.history, last)
+        raise err from self._last_error
 
     def _deadline_exceeded(self) -> None:
         g = self.guard
@@ -345,14 +385,14 @@ class Attempts:
         g = self.guard
         op = op or self.op
         self._last_error = exc
-        c = g.classify(exc)
+        c = self._last_class = g.classify(exc)
         if c.connect_phase:
             g.breaker.record_failure()
         elif c.disposition is not Disposition.FAIL or not isinstance(exc, PoolguardError):
             g.breaker.record_success()  # the server answered: it is up
         action = decide(c, op)
         if action is Action.RETRY or action is Action.RETRY_TRANSACTION:
-            why, hint = self._why_not_retry()
+            why, hint = self._why_not_retry(c)
             if why is None:
                 return self._schedule(c, exc)
             g.stats.incr("give_ups")
@@ -363,8 +403,13 @@ class Attempts:
         self._give_up(action, c, exc, "not safe to retry", None)
         raise AssertionError("unreachable")  # pragma: no cover
 
-    def _why_not_retry(self) -> tuple[str | None, str | None]:
+    def _why_not_retry(self, c: Classification) -> tuple[str | None, str | None]:
         g = self.guard
+        if c.connect_phase and self._limit() is not None:
+            # Nothing was sent: like HikariCP's connectionTimeout, connecting is retried until
+            # the deadline / retry window ends (spaced by backoff and the breaker, charged to
+            # the budget), so a server restart shorter than the window surfaces no error.
+            return None, None
         if self.number >= g.policy.attempts:
             return (
                 f"all {g.policy.attempts} attempts failed",
@@ -375,11 +420,16 @@ class Attempts:
     def _schedule(self, c: Classification, exc: BaseException) -> float:
         g = self.guard
         delay = 0.0 if _testing else g.policy.backoff.delay(self.number, g.rng, self.previous)
+        limit = self._limit()
         now = g.clock()
-        limit = current_deadline()
-        if g.policy.timeout is not None:
-            cap = self._started + g.policy.timeout
-            limit = cap if limit is None else min(limit, cap)
+        wait = g.breaker.admits_in()
+        if wait > delay:
+            # The breaker is open (maybe by this very failure): the next attempt must wait for
+            # its probe. Wait only when that fits in a bounded window; otherwise fail fast now
+            # rather than after sleeping the backoff.
+            if limit is None or now + wait >= limit:
+                self._breaker_rejects(wait)
+            delay = wait
         if limit is not None and now + delay >= limit:
             g.stats.incr("give_ups")
             self._give_up(
@@ -389,17 +439,11 @@ class Attempts:
                 "the next attempt would not fit in the deadline / retry timeout",
                 "raise the deadline or POOLGUARD_RETRY_TIMEOUT",
             )
-        wait = g.breaker.admits_in()
-        if wait > delay:
-            # The breaker is open (maybe by this very failure) and would reject the retry
-            # anyway: fail fast now rather than after the sleep.
-            g.stats.incr("circuit_open_rejections")
-            err = g.breaker.open_error(g.breaker.state, wait)
-            err.attempts = self.number
-            last = AttemptRecord(self.number, c.reason, type(exc).__name__, 0.0)
-            err.history = (*self.history, last)
-            raise err from exc
-        if not g.budget.try_spend():
+        # The budget guards a struggling server against re-executed work. Reconnecting to a
+        # server that is down is the breaker's job (it spaces the probes and parks callers off
+        # the network), so connect-phase retries are not charged: a restart with many callers
+        # in flight would otherwise drain the bucket and surface errors the breaker avoids.
+        if not c.connect_phase and not g.budget.try_spend():
             g.stats.incr("give_ups")
             g.stats.incr("budget_exhausted")
             self._give_up(

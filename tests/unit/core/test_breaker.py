@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 from core_fakes import FakeClock
 
-from poolguard.core.breaker import BreakerState, CircuitBreaker
+from poolguard.core.breaker import (
+    FIRST_OPEN_INTERVAL,
+    PROBE_POLL_INTERVAL,
+    BreakerState,
+    CircuitBreaker,
+)
 from poolguard.errors import CircuitOpenError, PoolguardError
 
 Change = tuple[BreakerState, BreakerState]
@@ -59,16 +64,17 @@ def test_a_success_resets_the_consecutive_count(clock: FakeClock) -> None:
 def test_fails_fast_while_open_without_calling_anything(clock: FakeClock) -> None:
     breaker, _ = make(clock, failures=2, reset=5.0)
     trip(breaker)
-    clock.advance(1.0)
+    clock.advance(0.05)
+    assert breaker.admission() == pytest.approx(FIRST_OPEN_INTERVAL - 0.05)
     with pytest.raises(CircuitOpenError) as info:
         breaker.before_call()
     err = info.value
     assert isinstance(err, PoolguardError)
     assert "db1" in str(err)
     assert "open" in str(err)
-    assert "next probe in 4.0s" in str(err)
+    assert "next probe in 0.2s" in str(err)
     assert "POOLGUARD_BREAKER_RESET" in str(err)
-    clock.advance(3.9)
+    clock.advance(0.19)
     with pytest.raises(CircuitOpenError):
         breaker.before_call()
     assert breaker.state is BreakerState.OPEN
@@ -106,21 +112,28 @@ def test_probe_success_closes(clock: FakeClock) -> None:
     assert breaker.state is BreakerState.CLOSED
 
 
-def test_probe_failure_reopens_for_another_reset_period(clock: FakeClock) -> None:
-    breaker, changes = make(clock, failures=2, reset=5.0)
+def test_open_interval_doubles_per_failed_probe_up_to_reset(clock: FakeClock) -> None:
+    # Short first, so a restart of a second or two is ridden out; a long outage settles at
+    # one probe per ``reset`` seconds.
+    breaker, changes = make(clock, failures=2, reset=1.0)
     trip(breaker)
-    clock.advance(5.0)
+    for interval in (0.25, 0.5, 1.0, 1.0):
+        assert breaker.admits_in() == pytest.approx(interval)
+        clock.advance(interval - 0.01)
+        with pytest.raises(CircuitOpenError):
+            breaker.before_call()
+        clock.advance(0.01)
+        breaker.before_call()  # the probe
+        assert breaker.state is BreakerState.HALF_OPEN
+        breaker.record_failure()  # one failure suffices in half-open
+        assert breaker.state is BreakerState.OPEN
+        assert changes[-1] == (BreakerState.HALF_OPEN, BreakerState.OPEN)
+    clock.advance(1.0)
     breaker.before_call()
-    clock.advance(0.5)
-    breaker.record_failure()  # one failure suffices in half-open
-    assert breaker.state is BreakerState.OPEN
-    assert changes[-1] == (BreakerState.HALF_OPEN, BreakerState.OPEN)
-    clock.advance(4.9)  # the reset period restarts at the probe's failure
-    with pytest.raises(CircuitOpenError):
-        breaker.before_call()
-    clock.advance(0.1)
-    breaker.before_call()  # next probe
-    assert breaker.state is BreakerState.HALF_OPEN
+    breaker.record_success()
+    assert breaker.state is BreakerState.CLOSED
+    trip(breaker)  # a success resets the interval to the first one
+    assert breaker.admits_in() == pytest.approx(FIRST_OPEN_INTERVAL)
 
 
 def test_stale_probe_slot_is_freed(clock: FakeClock) -> None:
@@ -177,21 +190,22 @@ def test_on_change_may_be_absent(clock: FakeClock) -> None:
 def test_admits_in(clock: FakeClock) -> None:
     breaker, _ = make(clock, failures=1, reset=5.0)
     assert breaker.admits_in() == 0.0  # closed
+    assert breaker.admission() is None
     breaker.record_failure()
-    assert breaker.admits_in() == 5.0
-    clock.advance(2.0)
-    assert breaker.admits_in() == 3.0
-    with pytest.raises(CircuitOpenError, match=r"next probe in 3\.0s"):
+    assert breaker.admits_in() == pytest.approx(0.25)
+    clock.advance(0.1)
+    assert breaker.admits_in() == pytest.approx(0.15)
+    with pytest.raises(CircuitOpenError, match=r"next probe in 0\.1s"):
         breaker.before_call()
-    clock.advance(3.0)
+    clock.advance(0.15)
     assert breaker.admits_in() == 0.0  # half-open with a free probe slot
-    breaker.before_call()  # the probe takes the slot
+    assert breaker.admission() is None  # the probe takes the slot
     clock.advance(1.0)
-    assert breaker.admits_in() == 4.0  # until the running probe goes stale
-    with pytest.raises(CircuitOpenError, match=r"half_open.*next probe in 4\.0s"):
-        breaker.before_call()
+    # Others poll for the running probe's outcome instead of waiting for it to go stale.
+    assert breaker.admits_in() == PROBE_POLL_INTERVAL
+    assert breaker.admission() == PROBE_POLL_INTERVAL
     clock.advance(4.0)
-    assert breaker.admits_in() == 0.0
+    assert breaker.admits_in() == 0.0  # the probe went stale: its slot is free again
     breaker.record_success()
     assert breaker.admits_in() == 0.0
     assert CircuitBreaker(None, 1.0).admits_in() == 0.0

@@ -189,12 +189,13 @@ def _half_open_guard(clock: FakeClock) -> Guard:
         "pool",
         "sql",
         _connect_failure,
-        policy=RetryPolicy(attempts=1),
+        # No retry window: callers that find the probe running fail fast instead of polling.
+        policy=RetryPolicy(attempts=1, timeout=None),
         breaker=CircuitBreaker(1, 5.0, clock=clock),
         clock=clock,
     )
     guard.breaker.record_failure()
-    clock.advance(5.0)
+    clock.advance(5.0)  # past the first open interval: half-open
     return guard
 
 

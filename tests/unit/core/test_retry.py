@@ -508,7 +508,14 @@ async def test_open_breaker_fails_fast_without_calling(front: Front, clock: Fake
 
 
 async def test_breaker_opening_mid_loop_stops_the_retries(front: Front, clock: FakeClock) -> None:
-    guard = make_guard(clock, attempts=10, breaker=CircuitBreaker(3, 30.0, clock=clock))
+    # Backoff delays shorter than the breaker's first open interval, and no time window to
+    # wait in: once the breaker opens, the loop fails fast instead of retrying.
+    guard = make_guard(
+        clock,
+        attempts=10,
+        backoff=Backoff(0.01, 0.1, 2.0, "none"),
+        breaker=CircuitBreaker(3, 30.0, clock=clock),
+    )
     fn, calls = failing(CONNECT)
     with pytest.raises(CircuitOpenError) as info:
         await front.call(guard, fn)
@@ -762,12 +769,14 @@ async def test_breaker_opened_by_a_failure_fails_fast_without_sleeping(
     with pytest.raises(CircuitOpenError) as info:
         await front.call(guard, fn)
     assert calls == [1, 2]
-    assert clock.sleeps == [0.1]  # slept after the 1st failure, not after the one that opened it
+    # Slept after the 1st failure, not after the one that opened it: with no deadline and no
+    # retry window there is nothing to wait for the probe in.
+    assert clock.sleeps == [0.1]
     err = info.value
     assert isinstance(err.__cause__, FakeDBError)
     assert err.attempts == 2
     assert [r.attempt for r in err.history] == [1, 2]
-    assert "next probe in 30.0s" in str(err)
+    assert "next probe in 0.2s" in str(err)  # the first open interval is short
     assert guard.stats.snapshot()["circuit_open_rejections"] == 1
 
 
@@ -784,3 +793,37 @@ async def test_breaker_reset_shorter_than_the_delay_lets_the_retry_probe(
     assert await front.call(guard, fn) == "ok"  # woke up half-open and was the probe
     assert calls == [1, 2]
     assert guard.breaker.state is BreakerState.CLOSED
+
+
+async def test_breaker_wait_within_the_retry_window_rides_out_a_restart(
+    front: Front, clock: FakeClock
+) -> None:
+    """Connect failures are retried until the window ends, parked behind the breaker."""
+    guard = make_guard(
+        clock,
+        attempts=3,  # connect-phase retries are bounded by time, not by this count
+        timeout=10.0,
+        breaker=CircuitBreaker(2, 5.0, clock=clock),
+    )
+    fn, calls = failing(CONNECT, CONNECT, CONNECT, CONNECT, CONNECT, "ok")
+    assert await front.call(guard, fn) == "ok"
+    assert calls == [1, 2, 3, 4, 5, 6]
+    snap = guard.stats.snapshot()
+    assert snap["circuit_open_rejections"] == 0
+    assert guard.breaker.state is BreakerState.CLOSED
+    # After the breaker opened (2nd failure) attempts were spaced by its growing interval.
+    assert clock.sleeps[1:4] == pytest.approx([0.25, 0.5, 1.0])
+
+
+async def test_breaker_wait_beyond_the_window_fails_fast(front: Front, clock: FakeClock) -> None:
+    guard = make_guard(clock, timeout=10.0, breaker=CircuitBreaker(1, 30.0, clock=clock))
+    guard.breaker.record_failure()
+    for _ in range(6):  # failed probes grow the open interval 0.25 -> 8 s, then capped at 30 s
+        clock.advance(60.0)
+        guard.breaker.before_call()
+        guard.breaker.record_failure()
+    fn, calls = failing("ok")
+    with pytest.raises(CircuitOpenError):
+        await front.call(guard, fn)  # the next probe (16 s away) does not fit in 10 s
+    assert calls == []
+    assert clock.sleeps == []
