@@ -26,11 +26,13 @@ from poolguard.config.settings import Settings
 from poolguard.core.backoff import Backoff, default_rng
 from poolguard.core.deadline import _deadline, current_deadline
 from poolguard.core.disposition import (
+    Action,
     Classification,
     Disposition,
     Operation,
     Position,
     Scope,
+    decide,
 )
 from poolguard.core.retry import Guard, RetryPolicy
 from poolguard.errors import (
@@ -85,6 +87,19 @@ Armed = tuple[Ticket, Limit]
 
 _POOL_ERRORS = (psycopg_pool.PoolClosed, psycopg_pool.TooManyRequests)
 
+# Resolving a lost COMMIT (``transaction(..., resolve_ambiguous=True)``, PostgreSQL >= 13).
+XID_SQL = "SELECT txid_current(), pg_backend_pid()"
+STATUS_SQL = "SELECT pg_xact_status(%s::text::xid8)"
+TERMINATE_SQL = "SELECT pg_terminate_backend(%s)"
+#: Pause between pg_xact_status polls while the old backend goes away.
+RESOLVE_POLL = 0.05
+#: Give up resolving after this long (also bounded by the caller's deadline).
+RESOLVE_TIMEOUT = 5.0
+
+
+class CommitAborted(Exception):
+    """Resolution found the lost COMMIT's transaction aborted: the unit may run again."""
+
 
 class Evicted(Exception):
     """Raised by the checkout check: psycopg_pool then discards the connection."""
@@ -98,6 +113,8 @@ def classify(exc: BaseException) -> Classification:
     """PostgreSQL's classification, plus psycopg_pool's own errors (final: not the server)."""
     if isinstance(exc, _POOL_ERRORS):
         return Classification(Disposition.FAIL, type(exc).__name__.lower())
+    if isinstance(exc, CommitAborted):
+        return Classification(Disposition.RETRY_TRANSACTION, "commit_lost_aborted")
     return pg.classify(exc)
 
 
@@ -369,7 +386,11 @@ class PoolRules:
 
         def unit_classify(exc: BaseException) -> Classification:
             c = classify(exc)
-            if c.disposition is Disposition.RETRY_TRANSACTION and pg.sqlstate(exc) not in allowed:
+            if (
+                c.disposition is Disposition.RETRY_TRANSACTION
+                and not isinstance(exc, CommitAborted)
+                and pg.sqlstate(exc) not in allowed
+            ):
                 return Classification(Disposition.FAIL, c.reason)
             return c
 
@@ -396,6 +417,22 @@ class PoolRules:
         t = self.settings.transaction_timeout
         conn._pg_txn_end = None if not t else time.monotonic() + t
 
+    @staticmethod
+    def outcome_unknown(was_in_transaction: bool, exc: BaseException) -> bool:
+        """Did this COMMIT failure lose the reply of a COMMIT that had work to apply?"""
+        if not was_in_transaction:
+            return False
+        if getattr(exc, "poolguard_cut", False):
+            return True
+        return decide(classify(exc), COMMIT_OF_UNIT) is Action.AMBIGUOUS
+
+    def resolved(self, status: object) -> bool | None:
+        """``pg_xact_status``: True committed, False aborted, None still in progress."""
+        if status in ("committed", "aborted"):
+            self.guard.stats.incr(f"ambiguous_resolved.{status}")
+            return status == "committed"
+        return None
+
     def commit_failed(self, conn: Any, was_in_transaction: bool, exc: Exception) -> Exception:
         """A cut during COMMIT of a transaction that did something is an ambiguous result."""
         if was_in_transaction and getattr(exc, "poolguard_cut", False):
@@ -418,6 +455,10 @@ class PoolRules:
             "idle": measures.get("pool_available", 0),
             "checked_out": self.checked_out,
             "waiting": measures.get("requests_waiting", 0),
+            "ambiguous_resolved": {
+                k: self.guard.stats.count(f"ambiguous_resolved.{k}")
+                for k in ("committed", "aborted")
+            },
             "psycopg_pool": measures,
         }
 

@@ -38,7 +38,13 @@ from poolguard.integrations.psycopg_pool._rules import (
     COMMIT_OF_UNIT,
     DEFAULT_RETRY_SQLSTATES,
     NORMAL,
+    RESOLVE_POLL,
+    RESOLVE_TIMEOUT,
+    STATUS_SQL,
+    TERMINATE_SQL,
     UNIT_OF_WORK,
+    XID_SQL,
+    CommitAborted,
     PoolRules,
     is_deadline_spent,
 )
@@ -248,12 +254,18 @@ class GuardedConnectionPool(psycopg_pool.ConnectionPool[GuardedConnection]):
         retry_on: Collection[str] = DEFAULT_RETRY_SQLSTATES,
         attempts: int | None = None,
         isolation_level: psycopg.IsolationLevel | None = None,
+        resolve_ambiguous: bool = False,
     ) -> T:
         """Run ``fn(conn)`` in one transaction and commit; re-run the whole unit on a fresh
         connection when the server rolled it back (40001, 40P01, 55P03) or the connection died
         before COMMIT. A lost COMMIT reply raises AmbiguousResultError (never re-run).
 
         ``fn`` may run more than once: keep side effects outside the database out of it.
+
+        ``resolve_ambiguous=True`` records ``txid_current()`` first (one round trip per attempt)
+        and, after a lost reply, asks the server (``pg_xact_status``, PostgreSQL >= 13):
+        committed → return normally; aborted → re-run; still in progress → terminate the old
+        backend, then ask again. Unknowable within 5 s or the deadline → AmbiguousResultError.
         """
         rules = self._pg
         guard = rules.unit_guard(retry_on, attempts)
@@ -262,7 +274,7 @@ class GuardedConnectionPool(psycopg_pool.ConnectionPool[GuardedConnection]):
             a.op = UNIT_OF_WORK
             conn = self._pg_acquire(None, breaker=False)
             try:
-                return self._pg_unit(conn, fn, a, isolation_level)
+                return self._pg_unit(conn, fn, a, isolation_level, resolve_ambiguous)
             finally:
                 self.putconn(conn)
 
@@ -280,6 +292,7 @@ class GuardedConnectionPool(psycopg_pool.ConnectionPool[GuardedConnection]):
         fn: Callable[[GuardedConnection], T],
         a: Attempts,
         isolation_level: psycopg.IsolationLevel | None,
+        resolve: bool,
     ) -> T:
         rules = self._pg
         rules.begin_unit(conn)
@@ -290,12 +303,20 @@ class GuardedConnectionPool(psycopg_pool.ConnectionPool[GuardedConnection]):
             local = rules.local_sql()
             if local is not None:
                 conn.execute(local)
+            # Recorded first, so the marker exists whatever the unit does before COMMIT.
+            marker = conn.execute(XID_SQL).fetchone() if resolve else None
             result = fn(conn)
             a.op = COMMIT_OF_UNIT
             began = not rules.usable(conn)  # libpq: a transaction is open, COMMIT has work
             try:
                 conn.commit()
             except Exception as exc:
+                if marker is not None and rules.outcome_unknown(began, exc):
+                    outcome = self._pg_resolve(marker)
+                    if outcome is True:
+                        return result
+                    if outcome is False:
+                        raise CommitAborted("the lost COMMIT was not applied") from exc
                 err = rules.commit_failed(conn, began, exc)
                 if err is exc:
                     raise
@@ -304,6 +325,24 @@ class GuardedConnectionPool(psycopg_pool.ConnectionPool[GuardedConnection]):
         finally:
             # The pool rolls back whatever is left (psycopg_pool's reset, bounded by CLEANUP).
             conn._pg_txn_end = None
+
+    def _pg_resolve(self, marker: Any) -> bool | None:
+        """The lost COMMIT's fate, asked on another connection; None when unknowable."""
+        xid, pid = marker
+        stop = time.monotonic() + RESOLVE_TIMEOUT
+        try:
+            while time.monotonic() < stop:
+                status = self.fetchval(STATUS_SQL, (xid,), idempotent=True)
+                found = self._pg.resolved(status)
+                if found is not None:
+                    return found
+                # "in progress": the COMMIT never arrived and the old backend still holds the
+                # transaction open; ending that backend aborts it.
+                self.execute(TERMINATE_SQL, (pid,), idempotent=True)
+                time.sleep(RESOLVE_POLL)
+        except Exception:
+            return None  # stay ambiguous; the check's own failure is not the caller's news
+        return None
 
     # -- observability --------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:

@@ -3,6 +3,7 @@ overrides; see that module for what each one changes and why)."""
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Awaitable, Callable, Collection
 from typing import Any, TypeVar
@@ -21,7 +22,13 @@ from poolguard.integrations.psycopg_pool._rules import (
     COMMIT_OF_UNIT,
     DEFAULT_RETRY_SQLSTATES,
     NORMAL,
+    RESOLVE_POLL,
+    RESOLVE_TIMEOUT,
+    STATUS_SQL,
+    TERMINATE_SQL,
     UNIT_OF_WORK,
+    XID_SQL,
+    CommitAborted,
     PoolRules,
     is_deadline_spent,
 )
@@ -244,12 +251,18 @@ class GuardedAsyncConnectionPool(psycopg_pool.AsyncConnectionPool[GuardedAsyncCo
         retry_on: Collection[str] = DEFAULT_RETRY_SQLSTATES,
         attempts: int | None = None,
         isolation_level: psycopg.IsolationLevel | None = None,
+        resolve_ambiguous: bool = False,
     ) -> T:
         """Run ``await fn(conn)`` in one transaction and commit; re-run the whole unit on a fresh
         connection when the server rolled it back (40001, 40P01, 55P03) or the connection died
         before COMMIT. A lost COMMIT reply raises AmbiguousResultError (never re-run).
 
         ``fn`` may run more than once: keep side effects outside the database out of it.
+
+        ``resolve_ambiguous=True`` records ``txid_current()`` first (one round trip per attempt)
+        and, after a lost reply, asks the server (``pg_xact_status``, PostgreSQL >= 13):
+        committed → return normally; aborted → re-run; still in progress → terminate the old
+        backend, then ask again. Unknowable within 5 s or the deadline → AmbiguousResultError.
         """
         rules = self._pg
         guard = rules.unit_guard(retry_on, attempts)
@@ -258,7 +271,7 @@ class GuardedAsyncConnectionPool(psycopg_pool.AsyncConnectionPool[GuardedAsyncCo
             a.op = UNIT_OF_WORK
             conn = await self._pg_acquire(None, breaker=False)
             try:
-                return await self._pg_unit(conn, fn, a, isolation_level)
+                return await self._pg_unit(conn, fn, a, isolation_level, resolve_ambiguous)
             finally:
                 await self.putconn(conn)
 
@@ -276,6 +289,7 @@ class GuardedAsyncConnectionPool(psycopg_pool.AsyncConnectionPool[GuardedAsyncCo
         fn: Callable[[GuardedAsyncConnection], Awaitable[T]],
         a: Attempts,
         isolation_level: psycopg.IsolationLevel | None,
+        resolve: bool,
     ) -> T:
         rules = self._pg
         rules.begin_unit(conn)
@@ -286,12 +300,20 @@ class GuardedAsyncConnectionPool(psycopg_pool.AsyncConnectionPool[GuardedAsyncCo
             local = rules.local_sql()
             if local is not None:
                 await conn.execute(local)
+            # Recorded first, so the marker exists whatever the unit does before COMMIT.
+            marker = await (await conn.execute(XID_SQL)).fetchone() if resolve else None
             result = await fn(conn)
             a.op = COMMIT_OF_UNIT
             began = not rules.usable(conn)  # libpq: a transaction is open, COMMIT has work
             try:
                 await conn.commit()
             except Exception as exc:
+                if marker is not None and rules.outcome_unknown(began, exc):
+                    outcome = await self._pg_resolve(marker)
+                    if outcome is True:
+                        return result
+                    if outcome is False:
+                        raise CommitAborted("the lost COMMIT was not applied") from exc
                 err = rules.commit_failed(conn, began, exc)
                 if err is exc:
                     raise
@@ -300,6 +322,24 @@ class GuardedAsyncConnectionPool(psycopg_pool.AsyncConnectionPool[GuardedAsyncCo
         finally:
             # The pool rolls back whatever is left (psycopg_pool's reset, bounded by CLEANUP).
             conn._pg_txn_end = None
+
+    async def _pg_resolve(self, marker: Any) -> bool | None:
+        """The lost COMMIT's fate, asked on another connection; None when unknowable."""
+        xid, pid = marker
+        stop = time.monotonic() + RESOLVE_TIMEOUT
+        try:
+            while time.monotonic() < stop:
+                status = await self.fetchval(STATUS_SQL, (xid,), idempotent=True)
+                found = self._pg.resolved(status)
+                if found is not None:
+                    return found
+                # "in progress": the COMMIT never arrived and the old backend still holds the
+                # transaction open; ending that backend aborts it.
+                await self.execute(TERMINATE_SQL, (pid,), idempotent=True)
+                await asyncio.sleep(RESOLVE_POLL)
+        except Exception:
+            return None  # stay ambiguous; the check's own failure is not the caller's news
+        return None
 
     # -- observability --------------------------------------------------------------------------
     def stats(self) -> dict[str, Any]:

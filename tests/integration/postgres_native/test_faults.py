@@ -303,6 +303,7 @@ def test_breaker_opens_on_a_dead_server_and_closes_when_it_returns(
     postgres_server: Any, fault_proxy: Any, make_pool: Any
 ) -> None:
     proxy = fault_proxy(postgres_server)
+    proxy.down()  # dead from the start: every background connect is refused
     pool = make_pool(
         proxy.url(postgres_server.url),
         wait=False,
@@ -310,17 +311,55 @@ def test_breaker_opens_on_a_dead_server_and_closes_when_it_returns(
         breaker_failures=2,
         breaker_reset=30,
     )
-    proxy.down()
     for _ in range(2):
         with pytest.raises(psycopg_pool.PoolTimeout):
             pool.fetchval("SELECT 1")
+    # Open now: a caller whose window cannot wait for the next probe fails fast, without
+    # queueing on the dead server (one that can wait would become the probe).
     started = time.monotonic()
-    with pytest.raises(poolguard.CircuitOpenError) as info:
+    with poolguard.deadline(0.1), pytest.raises(poolguard.CircuitOpenError) as info:
         pool.fetchval("SELECT 1")
-    assert time.monotonic() - started < 0.1  # failed fast, no queueing on a dead server
+    assert time.monotonic() - started < 0.1
     assert isinstance(info.value, psycopg.OperationalError)
     proxy.up()
     deadline = time.monotonic() + 5
     while pool.stats()["breaker"]["state"] != "closed" and time.monotonic() < deadline:
         time.sleep(0.05)  # a background reconnect that succeeds closes the breaker
     assert pool.fetchval("SELECT 1") == 1
+
+
+@pytest.mark.parametrize("fate", ["committed", "aborted"])
+def test_lost_commit_is_resolved_on_the_server_when_asked(
+    postgres_server: Any, fault_proxy: Any, make_pool: Any, fate: str
+) -> None:
+    """committed: the COMMIT applied, its reply lost -> resolved, returned, not re-run.
+    aborted: the backend died before the COMMIT reached it -> resolved, unit re-run once."""
+    proxy = fault_proxy(postgres_server)
+    pool = make_pool(proxy.url(postgres_server.url), query_timeout=0.3)
+    table = f"t_{uuid.uuid4().hex[:10]}"
+    pool.execute(f"CREATE TABLE {table} (id int PRIMARY KEY)")
+    calls = 0
+
+    def unit(conn: Any) -> str:
+        nonlocal calls
+        calls += 1
+        conn.execute(f"INSERT INTO {table} VALUES (1)")
+        if calls == 1:
+            pid = conn.info.backend_pid
+            if fate == "committed":
+                proxy.blackhole("downstream")  # the COMMIT goes out, its reply never returns
+            else:
+                proxy.blackhole("upstream")  # the COMMIT is held back...
+                kill = f"SELECT pg_terminate_backend({pid}, 5000)"  # ...and its session ends
+                threading.Timer(0.3, postgres_server.psql, args=(kill,)).start()
+            threading.Timer(1.2, proxy.clear).start()  # the network heals after the cut
+        return "done"
+
+    with poolguard.deadline(10):
+        assert pool.transaction(unit, resolve_ambiguous=True) == "done"
+    with psycopg.connect(postgres_server.url) as direct:
+        count = direct.execute(f"SELECT count(*) FROM {table}").fetchone()
+    assert count == (1,)
+    assert calls == (1 if fate == "committed" else 2)
+    resolved = pool.stats()["ambiguous_resolved"]
+    assert resolved == {"committed": 0, "aborted": 0, fate: 1}
