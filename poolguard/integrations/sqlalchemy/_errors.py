@@ -11,7 +11,6 @@ from typing import Any
 
 import sqlalchemy.exc as sa_exc
 
-from poolguard.backends import postgres as pg
 from poolguard.core.disposition import Action
 from poolguard.core.retry import GiveUp
 from poolguard.errors import (
@@ -31,8 +30,21 @@ _SERVER_TIMEOUTS: dict[str, tuple[type[PoolguardError], str]] = {
         TransactionTimeout,
         "raise POOLGUARD_IDLE_IN_TRANSACTION_TIMEOUT or do less between statements",
     ),
+    # PyMySQL's read_timeout (the socket-level second line behind the watchdog) fired.
+    "read_timeout": (QueryTimeout, "raise POOLGUARD_QUERY_TIMEOUT or make the query faster"),
     "connect_timeout": (ConnectTimeout, "raise POOLGUARD_CONNECT_TIMEOUT or check the network"),
 }
+
+
+def driver_error(exc: BaseException) -> BaseException:
+    """The driver's error under SQLAlchemy's and poolguard's wrappers (any dialect)."""
+    seen = 0
+    while isinstance(exc, (sa_exc.SQLAlchemyError, PoolguardError)) and seen < 5:
+        inner = getattr(exc, "orig", None) or exc.__cause__
+        if not isinstance(inner, BaseException):
+            break
+        exc, seen = inner, seen + 1
+    return exc
 
 
 def sa_dropin(
@@ -49,7 +61,7 @@ def sa_dropin(
     foreign: type[BaseException] = (
         sa_exc.TimeoutError if issubclass(base, PoolTimeout) else sa_exc.OperationalError
     )
-    driver = pg.driver_error(orig) if orig is not None else None
+    driver = driver_error(orig) if orig is not None else None
     return dropin(
         base,
         foreign,
@@ -99,7 +111,7 @@ def make_error(g: GiveUp) -> BaseException:
         cls, hint = timeout
         return sa_dropin(
             cls,
-            f"{g.pool}: {g.classification.reason.replace('_', ' ')} ({pg.driver_error(err)})",
+            f"{g.pool}: {g.classification.reason.replace('_', ' ')} ({driver_error(err)})",
             orig=err,
             attempts=g.attempts,
             history=g.history,

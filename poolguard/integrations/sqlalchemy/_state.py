@@ -1,9 +1,14 @@
-"""Per-engine state shared by the pool, the Connection subclass and run_transaction."""
+"""Per-engine state shared by the pool, the Connection subclass and run_transaction.
+
+``PgState`` predates MySQL support and kept its name; it is dialect-neutral, everything
+driver-specific goes through ``state.backend`` (see ``_backend.py``).
+"""
 
 from __future__ import annotations
 
 import asyncio
 import contextvars
+import functools
 import random
 import time
 from collections.abc import Callable
@@ -15,9 +20,9 @@ try:  # SQLAlchemy >= 2.1 names it await_; await_only is deprecated from 2.2
 except ImportError:  # pragma: no cover - SQLAlchemy 2.0
     from sqlalchemy.util import await_only
 
-from poolguard.backends import postgres as pg
 from poolguard.config.settings import Settings
 from poolguard.core.retry import Guard
+from poolguard.integrations.sqlalchemy._backend import PostgresBackend, SqlBackend
 
 #: Slack added to ``query_timeout`` before the client backstop cuts the socket, so that the
 #: server's ``statement_timeout`` (which keeps the connection usable) normally fires first.
@@ -34,6 +39,11 @@ LIFETIME_JITTER = 0.10
 in_statement_loop: contextvars.ContextVar[bool] = contextvars.ContextVar(
     "poolguard_in_statement_loop", default=False
 )
+
+
+@functools.cache
+def _default_backend() -> SqlBackend:
+    return PostgresBackend()
 
 
 def _greenlet_sleep(seconds: float) -> None:
@@ -57,6 +67,10 @@ class PgState:
     before this are validated at their next checkout (a POOL-scope disconnect was seen)."""
     waiting: int = 0
     server_version: int = 0
+    """PostgreSQL's numeric version (e.g. 150004), from the first connection."""
+    server_info: str = ""
+    """MySQL/MariaDB's version string (``10.11.6-MariaDB``): picks the timeout variables."""
+    backend: SqlBackend = field(default_factory=_default_backend)
     pool_ref: list[Any] = field(default_factory=list)
     """The current pool (engine.dispose() recreates it); a list so gauges follow it."""
     _uow_guards: dict[Any, Guard] = field(default_factory=dict)
@@ -76,4 +90,4 @@ class PgState:
         return self.settings.max_lifetime * random.uniform(1.0 - LIFETIME_JITTER, 1.0)
 
     def local_timeouts_sql(self) -> str | None:
-        return pg.local_timeouts_sql(self.settings, self.server_version) if self.pgbouncer else None
+        return self.backend.local_timeouts_sql(self)

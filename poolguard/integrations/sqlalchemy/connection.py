@@ -11,12 +11,14 @@ can only rewrite the exception, ``do_execute`` runs on a cursor bound to the dea
 and SQLAlchemy's FAQ recipe ("How do I retry a statement execution automatically?") is the same
 ``_execute_context`` override, which we follow and make safe:
 
-- only the *first* statement of a transaction (libpq reports the transaction IDLE) or an
+- only the *first* statement of a transaction (libpq reports the transaction IDLE; MySQL's
+  last reply had no ``SERVER_STATUS_IN_TRANS``) or an
   autocommit statement is retried, and only if it is a read, ``idempotent=True`` was set, or the
   failure happened before anything was sent (connect phase, "sending query failed");
 - the retry swaps a fresh DBAPI connection under the same ``RootTransaction``: nothing was
   done in the lost DBAPI transaction (psycopg's BEGIN is implicit, sent with the first
-  statement), so the caller's transaction object keeps its meaning;
+  statement; MySQL's transaction starts implicitly with it too), so the caller's transaction
+  object keeps its meaning;
 - not with connection characteristics set on this Connection (isolation level, read-only...),
   which a fresh DBAPI connection would not carry;
 - a mid-transaction failure is never retried here: it propagates, and ``run_transaction``
@@ -33,12 +35,10 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from psycopg.pq import TransactionStatus
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection
 from sqlalchemy.engine.base import OptionEngine
 
-from poolguard.backends import postgres as pg
 from poolguard.core.deadline import remaining
 from poolguard.core.disposition import Action, Operation, Position, decide
 from poolguard.core.retry import Attempts
@@ -51,7 +51,7 @@ from poolguard.integrations.sqlalchemy._state import (
     PgState,
     in_statement_loop,
 )
-from poolguard.integrations.sqlalchemy.pool import driver_of
+from poolguard.integrations.sqlalchemy.pool import driver_of, socket_of
 
 __all__ = ["GuardedConnection", "GuardedOptionEngine"]
 
@@ -82,8 +82,10 @@ class GuardedConnection(Connection):
         base = super()._execute_context
         if state is None:
             return base(dialect, constructor, statement, parameters, execution_options, *args, **kw)
-        position = self._pg_position()
-        op, swappable = self._pg_operation(position, statement, parameters, execution_options)
+        position = self._pg_position(state)
+        op, swappable = self._pg_operation(
+            state, position, statement, parameters, execution_options
+        )
         if not op.idempotent:
             self._pg_wrote = True
         if position is not Position.LATER:
@@ -93,7 +95,7 @@ class GuardedConnection(Connection):
 
         def attempt(attempts: Attempts) -> Any:
             if attempts.number > 1:
-                self._pg_reattach(swappable)
+                self._pg_reattach(state, swappable)
             conn = self._dbapi_connection or self._revalidate_connection()
             return self._pg_guarded(
                 state,
@@ -115,12 +117,12 @@ class GuardedConnection(Connection):
             in_statement_loop.reset(token)
 
     def _pg_operation(
-        self, position: Position, statement: Any, parameters: Any, options: Any
+        self, state: PgState, position: Position, statement: Any, parameters: Any, options: Any
     ) -> tuple[Operation, bool]:
         sql = getattr(statement, "string", statement)
         many = isinstance(parameters, list) and len(parameters) > 1
         idempotent = bool(options.get("idempotent")) or (
-            not many and isinstance(sql, str) and pg.is_idempotent(sql)
+            not many and isinstance(sql, str) and state.backend.is_idempotent(sql)
         )
         swappable = _CHARACTERISTICS.isdisjoint(self._execution_options)
         if not swappable:
@@ -129,29 +131,29 @@ class GuardedConnection(Connection):
             position = Position.LATER
         return Operation(position, idempotent=idempotent), swappable
 
-    def _pg_position(self) -> Position:
+    def _pg_position(self, state: PgState) -> Position:
         if self._nested_transaction is not None:
             return Position.LATER
         if self._is_autocommit_isolation():
             return Position.AUTOCOMMIT
         conn = self._dbapi_connection
-        if conn is None:
+        idle = None if conn is None else state.backend.is_idle(driver_of(conn))
+        if idle is None:
+            # No connection, or the driver no longer knows the transaction state (broken):
+            # assume earlier work of an open transaction may be lost.
             return Position.FIRST if self._transaction is None else Position.LATER
-        drv = driver_of(conn)
-        if drv.broken or drv.closed:
-            # libpq no longer knows the transaction state: assume earlier work may be lost.
-            return Position.FIRST if self._transaction is None else Position.LATER
-        if drv.info.transaction_status == TransactionStatus.IDLE:
-            return Position.FIRST
-        return Position.LATER
+        if idle and not state.backend.exact_transaction_status:
+            # MySQL: a read-only transaction is invisible in the status flags; a statement
+            # already ran in this transaction iff its start time is set (reset at its end).
+            started = self._transaction is not None and self._pg_txn_started is not None
+            return Position.LATER if started else Position.FIRST
+        return Position.FIRST if idle else Position.LATER
 
-    def _pg_reattach(self, swappable: bool) -> None:
+    def _pg_reattach(self, state: PgState, swappable: bool) -> None:
         """Before a retry: make sure a live, idle DBAPI connection sits under this Connection."""
         conn = self._dbapi_connection
         if conn is not None:
-            drv = driver_of(conn)
-            healthy = not (drv.broken or drv.closed)
-            if healthy and drv.info.transaction_status == TransactionStatus.IDLE:
+            if state.backend.is_idle(driver_of(conn)):
                 return
             self.invalidate()
         if not swappable:
@@ -196,7 +198,9 @@ class GuardedConnection(Connection):
         # arm/cancel inline rather than through backstop(): this runs for every statement
         ticket: Ticket | None = None
         if limit is not None:
-            ticket = watchdog().arm(driver_of(conn), limit[0])
+            fd = socket_of(state, conn)
+            if fd is not None:  # None: already closed, the call fails at once
+                ticket = watchdog().arm(fd, limit[0])
         try:
             if local_sql is not None:
                 cursor = conn.cursor()
@@ -250,7 +254,7 @@ class GuardedConnection(Connection):
                 raise _ambiguous(state, exc) from exc  # cut with the COMMIT in flight
             raise
         except sa_exc.DBAPIError as exc:
-            c = pg.classify(exc)
+            c = state.backend.classify(exc)
             if wrote and decide(c, Operation(Position.COMMIT)) is Action.AMBIGUOUS:
                 raise _ambiguous(state, exc) from exc
             raise
@@ -271,7 +275,7 @@ class GuardedConnection(Connection):
         except sa_exc.DBAPIError as exc:
             # Same when the connection died under the ROLLBACK (a restart between the last
             # statement and close()): SQLAlchemy has invalidated it; the work is rolled back.
-            if not pg.classify(exc).disconnect:
+            if not state.backend.classify(exc).disconnect:
                 raise
 
 
@@ -280,10 +284,10 @@ def _ambiguous(state: PgState, exc: BaseException) -> PoolguardError:
     return sa_dropin(
         AmbiguousResultError,
         f"{state.name}: the COMMIT was sent but its reply was lost"
-        f" ({pg.classify(exc).reason}): the transaction may or may not have been applied",
+        f" ({state.backend.classify(exc).reason}): the transaction may or may not have been"
+        " applied",
         orig=exc,
-        hint="run it through poolguard.run_transaction(..., resolve_ambiguous=True) to have"
-        " poolguard check the outcome on the server",
+        hint=state.backend.ambiguous_hint,
         invalidated=True,
     )
 

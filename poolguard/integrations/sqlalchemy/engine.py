@@ -21,14 +21,13 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.ext.asyncio import create_async_engine as sa_create_async_engine
 
-from poolguard.backends import postgres as pg
 from poolguard.config.settings import Settings
 from poolguard.config.urls import dialect_of, redact
-from poolguard.core.deadline import effective_timeout
 from poolguard.core.retry import Guard
-from poolguard.errors import ConfigError, ConnectTimeout
+from poolguard.errors import ConfigError
+from poolguard.integrations.sqlalchemy._backend import SqlBackend, backend_for
 from poolguard.integrations.sqlalchemy._errors import make_error
-from poolguard.integrations.sqlalchemy._state import PgState
+from poolguard.integrations.sqlalchemy._state import BACKSTOP_GRACE, PgState
 from poolguard.integrations.sqlalchemy.connection import GuardedConnection, GuardedOptionEngine
 from poolguard.integrations.sqlalchemy.pool import (
     GuardedAsyncQueuePool,
@@ -44,9 +43,10 @@ _NO_ACQUIRE_TIMEOUT = 1e9
 
 
 def create_engine(url: str | None = None, **overrides: Any) -> Engine:
-    """A ``sqlalchemy.Engine`` (``postgresql+psycopg``) configured from DATABASE_URL and
-    ``POOLGUARD_*``; keyword arguments override both. poolguard settings (``query_timeout=2``)
-    and SQLAlchemy arguments (``echo=True``, ``connect_args={...}``) may be mixed."""
+    """A ``sqlalchemy.Engine`` (``postgresql+psycopg``, ``mysql+pymysql`` or
+    ``mariadb+pymysql``) configured from DATABASE_URL and ``POOLGUARD_*``; keyword arguments
+    override both. poolguard settings (``query_timeout=2``) and SQLAlchemy arguments
+    (``echo=True``, ``connect_args={...}``) may be mixed."""
     settings, sa_kwargs = _split(url, overrides)
     state, kwargs = _prepare(settings, sa_kwargs, is_async=False)
     engine = sqlalchemy.create_engine(settings.sql_url(), **kwargs)
@@ -55,7 +55,7 @@ def create_engine(url: str | None = None, **overrides: Any) -> Engine:
 
 
 def create_async_engine(url: str | None = None, **overrides: Any) -> AsyncEngine:
-    """The asyncio twin of :func:`create_engine` (psycopg async underneath)."""
+    """The asyncio twin of :func:`create_engine` (psycopg async or aiomysql underneath)."""
     settings, sa_kwargs = _split(url, overrides)
     state, kwargs = _prepare(settings, sa_kwargs, is_async=True)
     engine = sa_create_async_engine(settings.sql_url(async_=True), **kwargs)
@@ -91,34 +91,26 @@ def _split(url: str | None, overrides: dict[str, Any]) -> tuple[Settings, dict[s
     settings = Settings.from_env(backend="sql", name=name, **mine)
     if settings.url is None:
         settings.sql_url()  # raises the ConfigError naming DATABASE_URL
-    if dialect_of(settings.sql_url()) != "postgresql":
-        raise ConfigError(
-            f"{redact(settings.sql_url())}: poolguard.create_engine supports PostgreSQL here;"
-            " MySQL/MariaDB engines come from poolguard's MySQL integration",
-            variable="DATABASE_URL",
-        )
     return settings, rest
 
 
 def _prepare(
     settings: Settings, sa_kwargs: dict[str, Any], *, is_async: bool
 ) -> tuple[PgState, dict[str, Any]]:
-    pgbouncer = pg.uses_pgbouncer(settings)
+    backend = backend_for(dialect_of(settings.sql_url()), backstop_grace=BACKSTOP_GRACE)
     name = settings.name or "default"
     guard = Guard.from_settings(
-        settings, name=name, backend="postgres", classify=pg.classify, make_error=make_error
+        settings, name=name, backend=backend.name, classify=backend.classify, make_error=make_error
     )
     state = PgState(
         settings=settings,
         guard=guard,
-        pgbouncer=pgbouncer,
+        pgbouncer=_uses_pgbouncer(backend, settings),
         is_async=is_async,
         redacted_url=redact(settings.sql_url()),
+        backend=backend,
     )
-    connect_args = pg.connect_params(settings)
-    if pgbouncer:
-        # Server-side prepared statements do not survive transaction pooling.
-        connect_args["prepare_threshold"] = None
+    connect_args = backend.connect_args(settings, is_async=is_async)
     connect_args.update(sa_kwargs.pop("connect_args", {}))
     kwargs: dict[str, Any] = {
         "poolclass": GuardedAsyncQueuePool if is_async else GuardedQueuePool,
@@ -132,6 +124,14 @@ def _prepare(
     }
     kwargs.update(sa_kwargs)
     return state, kwargs
+
+
+def _uses_pgbouncer(backend: SqlBackend, settings: Settings) -> bool:
+    if backend.name != "postgres":
+        return False
+    from poolguard.backends.postgres import uses_pgbouncer
+
+    return uses_pgbouncer(settings)
 
 
 def _install(engine: Engine, state: PgState) -> None:
@@ -160,18 +160,13 @@ def _gauges(state: PgState) -> dict[str, Any]:
 
 
 def _do_connect(state: PgState, dialect: Any, record: Any, cargs: Any, cparams: Any) -> Any:
-    timeout = effective_timeout(
-        state.settings.connect_timeout, what="connect", error=ConnectTimeout
-    )
-    if state.is_async:
-        cparams["async_creator_fn"] = functools.partial(pg.connect_async, timeout=timeout)
-        return None  # SQLAlchemy's async dialect connects (and adapts) with our creator
-    return pg.connect(*cargs, timeout=timeout, **cparams)
+    return state.backend.do_connect(state, cargs, cparams)
 
 
 def _handle_error(state: PgState, ctx: Any) -> None:
     # SQLAlchemy's psycopg dialect only calls a connection dead when psycopg says closed/broken;
-    # our classification also knows 57P01 (terminated), 25006 (failover to a standby), ...
-    c = pg.classify(ctx.original_exception)
+    # our classification also knows 57P01 (terminated), 25006 (failover to a standby), MySQL's
+    # 1290/1836 (read-only after a failover), ...
+    c = state.backend.classify(ctx.original_exception)
     if c.disconnect and not ctx.is_disconnect and not ctx.is_pre_ping:
         ctx.is_disconnect = True

@@ -28,7 +28,6 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, QueuePool
 from sqlalchemy.util import queue as sqla_queue
 
-from poolguard.backends import postgres as pg
 from poolguard.core.deadline import effective_timeout
 from poolguard.core.disposition import Operation, Scope
 from poolguard.errors import ConnectTimeout, PoolguardError, PoolTimeout
@@ -36,7 +35,14 @@ from poolguard.integrations.backstop import backstop
 from poolguard.integrations.sqlalchemy._errors import as_dropin, sa_dropin
 from poolguard.integrations.sqlalchemy._state import VALIDATE_TIMEOUT, PgState, in_statement_loop
 
-__all__ = ["GuardedAsyncQueuePool", "GuardedQueuePool", "driver_of", "install_pool_events"]
+__all__ = [
+    "GuardedAsyncQueuePool",
+    "GuardedQueuePool",
+    "driver_of",
+    "guard_io",
+    "install_pool_events",
+    "socket_of",
+]
 
 #: A checkout: nothing was sent to the server, so any failure may be retried.
 CHECKOUT = Operation(sent=False)
@@ -49,8 +55,19 @@ _FRESH = "poolguard.fresh"  # SQLAlchemy clears record.fresh *before* the checko
 
 
 def driver_of(dbapi_connection: Any) -> Any:
-    """The psycopg connection under SQLAlchemy's asyncio adapter (or the connection itself)."""
+    """The driver's connection under SQLAlchemy's asyncio adapter (or the connection itself)."""
     return getattr(dbapi_connection, "driver_connection", dbapi_connection)
+
+
+def socket_of(state: PgState, dbapi_connection: Any) -> int | None:
+    """The fd the backstop may cut (None: the connection is closed, nothing can hang on it)."""
+    return state.backend.fileno(driver_of(dbapi_connection))
+
+
+def guard_io(state: PgState, dbapi_connection: Any, seconds: float | None) -> Any:
+    """``backstop()`` on the connection's socket; no backstop once the socket is gone."""
+    fd = socket_of(state, dbapi_connection)
+    return backstop(-1 if fd is None else fd, None if fd is None else seconds)
 
 
 class _GuardedPoolMixin:
@@ -132,7 +149,7 @@ class _GuardedPoolMixin:
         if state is None:
             super()._invalidate(connection, exception, _checkin)  # type: ignore[misc]
             return
-        c = pg.classify(exception) if exception is not None else None
+        c = state.backend.classify(exception) if exception is not None else None
         if c is None or c.scope is Scope.POOL:
             state.suspect_before = time.time()
         reason = c.reason if c is not None else "invalidated"
@@ -197,21 +214,20 @@ def _on_connect(state: PgState, dbapi_connection: Any, record: Any) -> None:
     record.info[_LIFETIME] = state.lifetime()
     record.info[_FRESH] = True
     state.guard.stats.incr("connects")
-    drv = driver_of(dbapi_connection)
-    state.server_version = drv.info.server_version
-    setup = pg.session_setup_sql(state.settings, state.server_version)
-    if setup is not None and not state.pgbouncer:
+    setup = state.backend.setup_sql(state, driver_of(dbapi_connection))
+    if setup is not None:
         # Part of connecting: bounded like the connect itself (a server frozen right now).
         limit = effective_timeout(
             state.settings.connect_timeout, what="connect", error=ConnectTimeout
         )
-        with backstop(drv, limit):
+        with guard_io(state, dbapi_connection, limit):
             cursor = dbapi_connection.cursor()
             try:
                 cursor.execute(setup)
             finally:
                 cursor.close()
-            dbapi_connection.commit()
+            if state.backend.setup_commits:
+                dbapi_connection.commit()
 
 
 def _on_checkout(state: PgState, dbapi_connection: Any, record: Any) -> None:
@@ -237,18 +253,27 @@ def _validate(state: PgState, dbapi_connection: Any, age: float, idle: float) ->
     stats.incr("validations")
     try:
         timeout = effective_timeout(VALIDATE_TIMEOUT, what="checkout validation")
-        with backstop(driver_of(dbapi_connection), timeout):
-            cursor = dbapi_connection.cursor()
-            try:
-                cursor.execute(pg.PING_SQL)
-            finally:
-                cursor.close()
+        with guard_io(state, dbapi_connection, timeout):
+            _ping(state, dbapi_connection)
     except PoolguardError:
         raise
     except Exception as exc:
         stats.incr("validation_failures")
         stats.evict("validation", age, idle)
         raise sa_exc.DisconnectionError(f"validation failed: {type(exc).__name__}") from exc
+
+
+def _ping(state: PgState, dbapi_connection: Any) -> None:
+    sql = state.backend.ping_sql()
+    if sql is None:
+        # The driver's own ping (MySQL COM_PING): no statement, no parse, one round trip.
+        dbapi_connection.ping(False)
+        return
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(sql)
+    finally:
+        cursor.close()
 
 
 def _evict(state: PgState, reason: str, age: float, idle: float) -> None:
@@ -273,10 +298,10 @@ def _on_reset(state: PgState, dbapi_connection: Any, record: Any, reset_state: A
     # says, without a round trip, whether a ROLLBACK is needed at all.
     if reset_state.terminate_only or not reset_state.asyncio_safe:
         return
-    need = pg.needs_reset(driver_of(dbapi_connection))
+    need = state.backend.needs_reset(driver_of(dbapi_connection))
     if need is None:
         state.guard.stats.evict("disconnect")
         record.invalidate()
     elif need:
-        with backstop(driver_of(dbapi_connection), VALIDATE_TIMEOUT):
+        with guard_io(state, dbapi_connection, VALIDATE_TIMEOUT):
             dbapi_connection.rollback()

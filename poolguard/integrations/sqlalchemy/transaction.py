@@ -2,7 +2,8 @@
 
 The unit ``fn(session)`` runs inside one transaction. It is re-run from the start, on a fresh
 connection, when the server definitively rolled it back (serialization failure 40001, deadlock
-40P01, lock timeout 55P03 — configurable) or when the connection died *before* the COMMIT was
+40P01, lock timeout 55P03; MySQL deadlock 1213, lock wait timeout 1205 — configurable with
+``retry_on``) or when the connection died *before* the COMMIT was
 sent (the server rolls an unfinished transaction back). It is never re-run when the COMMIT
 itself was sent and its reply was lost: that raises :class:`~poolguard.AmbiguousResultError`
 (also a ``sqlalchemy.exc.OperationalError``), unless ``resolve_ambiguous=True``:
@@ -11,7 +12,8 @@ itself was sent and its reply was lost: that raises :class:`~poolguard.Ambiguous
     lost reply it asks a fresh connection for ``pg_xact_status(xid)``. ``committed`` → return
     normally; ``aborted`` → re-run; ``in progress`` (the COMMIT never arrived and the old backend
     still holds the transaction open) → ``pg_terminate_backend(pid)`` makes it ``aborted``.
-    This needs PostgreSQL >= 13 and costs one round trip per attempt (the xid query).
+    This needs PostgreSQL >= 13 and costs one round trip per attempt (the xid query). MySQL and
+    MariaDB have no equivalent: ``resolve_ambiguous=True`` raises ConfigError there.
 
 Everything runs under the engine's Guard (deadline, retry budget, breaker; backoff between
 attempts), with ``Operation(unit_of_work=True)``.
@@ -28,7 +30,6 @@ from sqlalchemy.engine import Connection, Engine
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, sessionmaker
 
-from poolguard.backends import postgres as pg
 from poolguard.core.disposition import Classification, Disposition, Operation, Position
 from poolguard.core.retry import Guard, RetryPolicy
 from poolguard.errors import AmbiguousResultError, PoolguardError
@@ -40,7 +41,9 @@ __all__ = ["DEFAULT_RETRY_SQLSTATES", "run_transaction", "run_transaction_async"
 
 T = TypeVar("T")
 
-DEFAULT_RETRY_SQLSTATES = frozenset(pg.RETRY_TRANSACTION_SQLSTATES)
+#: PostgreSQL's default ``retry_on`` (MySQL engines default to their errnos, "1213", "1205").
+DEFAULT_RETRY_SQLSTATES = frozenset({"40001", "40P01", "55P03"})
+RetryOn = Collection[str | int] | None
 UNIT_OF_WORK = Operation(Position.LATER, unit_of_work=True)
 
 _XID_SQL = text("SELECT txid_current(), pg_backend_pid()")
@@ -56,20 +59,24 @@ class _CommitAborted(Exception):
     """Resolution found the lost COMMIT's transaction aborted: the unit may run again."""
 
 
-def _unit_guard(state: PgState, retry_on: Collection[str], attempts: int | None) -> Guard:
-    """The engine's Guard, seen through this call's retryable SQLSTATEs and attempt count."""
-    key = (frozenset(retry_on), attempts)
+def _unit_guard(state: PgState, retry_on: RetryOn, attempts: int | None) -> Guard:
+    """The engine's Guard, seen through this call's retryable codes and attempt count."""
+    backend = state.backend
+    allowed = backend.retry_codes if retry_on is None else frozenset(str(code) for code in retry_on)
+    key = (allowed, attempts)
     cached = state._uow_guards.get(key)
     if cached is not None:
         return cached
     base = state.guard
-    allowed = frozenset(retry_on)
 
     def classify(exc: BaseException) -> Classification:
         if isinstance(exc, _CommitAborted):
             return Classification(Disposition.RETRY_TRANSACTION, "commit_lost_aborted")
-        c = pg.classify(exc)
-        if c.disposition is Disposition.RETRY_TRANSACTION and pg.sqlstate(exc) not in allowed:
+        c = backend.classify(exc)
+        if (
+            c.disposition is Disposition.RETRY_TRANSACTION
+            and backend.error_code(exc) not in allowed
+        ):
             return Classification(Disposition.FAIL, c.reason)
         return c
 
@@ -99,17 +106,22 @@ def run_transaction(
     target: sessionmaker[Any] | Session | Engine,
     fn: Callable[[Any], T],
     *,
-    retry_on: Collection[str] = DEFAULT_RETRY_SQLSTATES,
+    retry_on: RetryOn = None,
     resolve_ambiguous: bool = False,
     attempts: int | None = None,
 ) -> T:
     """Run ``fn(session)`` (or ``fn(connection)`` for an Engine) in one transaction, re-running
     the whole unit when that is safe; return what ``fn`` returned for the committed attempt.
 
+    ``retry_on``: the error codes that re-run the unit (SQLSTATEs for PostgreSQL, errnos for
+    MySQL, e.g. ``{"1213"}``); default: the backend's (see the module docstring).
+
     ``fn`` may run more than once: keep side effects outside the database out of it.
     """
     engine = _engine_of(target)
     state = guard_of(engine)
+    if resolve_ambiguous:
+        state.backend.check_resolve()
     guard = _unit_guard(state, retry_on, attempts)
 
     def attempt(_attempts: Any) -> T:
@@ -204,13 +216,15 @@ async def run_transaction_async(
     target: async_sessionmaker[Any] | AsyncSession,
     afn: Callable[[AsyncSession], Awaitable[T]],
     *,
-    retry_on: Collection[str] = DEFAULT_RETRY_SQLSTATES,
+    retry_on: RetryOn = None,
     resolve_ambiguous: bool = False,
     attempts: int | None = None,
 ) -> T:
     """The asyncio twin of :func:`run_transaction` for ``async_sessionmaker``/``AsyncSession``."""
     engine = _async_engine_of(target)
     state = guard_of(engine)
+    if resolve_ambiguous:
+        state.backend.check_resolve()
     guard = _unit_guard(state, retry_on, attempts)
 
     async def attempt(_attempts: Any) -> T:

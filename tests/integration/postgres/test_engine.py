@@ -215,9 +215,10 @@ def test_run_transaction_accepts_engine_session_and_maker(
         )
 
 
-def test_non_postgres_url_is_a_config_error() -> None:
+def test_unsupported_url_is_a_config_error() -> None:
+    # mysql:// is supported since the MySQL integration (tests/integration/mysql).
     with pytest.raises(poolguard.ConfigError):
-        poolguard.create_engine("mysql://u:p@localhost/db")
+        poolguard.create_engine("mssql+pyodbc://u:p@localhost/db")
 
 
 def test_wrong_password_fails_fast_without_leaking_it(

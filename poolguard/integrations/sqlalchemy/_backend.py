@@ -1,0 +1,293 @@
+"""Per-dialect adapters: what the SQLAlchemy integration asks of a database backend.
+
+The engine, pool, Connection subclass and ``run_transaction`` are dialect-neutral: everything
+that depends on the driver (classify an error, ping, read the transaction status without a round
+trip, find the socket the backstop cuts, connect under a client deadline, set server-side
+timeouts) goes through one :class:`SqlBackend`, chosen from the URL by :func:`backend_for`.
+Each adapter is a thin translation onto ``poolguard.backends.<db>``, which holds the knowledge.
+Backend modules are imported lazily, so a MySQL-only install never imports psycopg.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from poolguard.config.urls import Dialect
+from poolguard.core.deadline import effective_timeout
+from poolguard.core.disposition import Classification
+from poolguard.errors import ConfigError, ConnectTimeout
+
+if TYPE_CHECKING:
+    from poolguard.config.settings import Settings
+    from poolguard.integrations.sqlalchemy._state import PgState
+
+__all__ = ["MySQLBackend", "PostgresBackend", "SqlBackend", "backend_for"]
+
+
+class SqlBackend:
+    """The questions the integration asks; one subclass per dialect."""
+
+    name = "sql"
+    #: ``run_transaction``'s default ``retry_on`` (SQLSTATEs / errnos as text).
+    retry_codes: frozenset[str] = frozenset()
+    #: Does the on-connect setup statement open a transaction that must be committed?
+    setup_commits = False
+    #: Does :meth:`is_idle` see every open transaction (libpq: yes; MySQL's status flags miss
+    #: read-only ones, so the Connection also remembers that its transaction ran something)?
+    exact_transaction_status = True
+    ambiguous_hint = "make the unit idempotent, or check its outcome before running it again"
+
+    def classify(self, exc: BaseException) -> Classification:
+        raise NotImplementedError
+
+    def error_code(self, exc: BaseException) -> str | None:
+        """The server's error code (SQLSTATE, errno) as text, for ``retry_on``."""
+        raise NotImplementedError
+
+    def is_idempotent(self, sql: str) -> bool:
+        raise NotImplementedError
+
+    def connect_args(self, settings: Settings, *, is_async: bool) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def do_connect(self, state: PgState, cargs: Any, cparams: dict[str, Any]) -> Any:
+        """A connection (sync) or None after installing an ``async_creator_fn`` (asyncio)."""
+        raise NotImplementedError
+
+    def setup_sql(self, state: PgState, driver_conn: Any) -> str | None:
+        """Statement to run once on a new connection (records the server version first)."""
+        raise NotImplementedError
+
+    def ping_sql(self) -> str | None:
+        """SQL for the validation ping, or None to use the driver's ``ping()``."""
+        return None
+
+    def fileno(self, driver_conn: Any) -> int | None:
+        """The socket the backstop shuts down, or None when the connection is closed."""
+        raise NotImplementedError
+
+    def is_idle(self, driver_conn: Any) -> bool | None:
+        """True outside a transaction, False inside, None when the state is unknown (closed)."""
+        raise NotImplementedError
+
+    def needs_reset(self, driver_conn: Any) -> bool | None:
+        """False: nothing to undo; True: ROLLBACK; None: discard (broken or busy)."""
+        raise NotImplementedError
+
+    def local_timeouts_sql(self, state: PgState) -> str | None:
+        """Timeouts to set at each transaction start (PgBouncer transaction pooling)."""
+        return None
+
+    def check_resolve(self) -> None:
+        """Raise ConfigError when ``resolve_ambiguous`` cannot work on this backend."""
+
+
+def _connect_timeout(settings: Settings) -> float | None:
+    return effective_timeout(settings.connect_timeout, what="connect", error=ConnectTimeout)
+
+
+# --- PostgreSQL (psycopg 3) ---------------------------------------------------------------------
+
+
+class PostgresBackend(SqlBackend):
+    """psycopg 3, sync and async (the same driver serves both)."""
+
+    name = "postgres"
+    setup_commits = True
+    ambiguous_hint = (
+        "run it through poolguard.run_transaction(..., resolve_ambiguous=True) to have"
+        " poolguard check the outcome on the server"
+    )
+
+    def __init__(self) -> None:
+        from psycopg.pq import TransactionStatus
+
+        from poolguard.backends import postgres as pg
+
+        self.pg = pg
+        self.retry_codes = frozenset(pg.RETRY_TRANSACTION_SQLSTATES)
+        self._idle = TransactionStatus.IDLE
+
+    def classify(self, exc: BaseException) -> Classification:
+        return self.pg.classify(exc)
+
+    def is_idempotent(self, sql: str) -> bool:
+        return self.pg.is_idempotent(sql)
+
+    def needs_reset(self, driver_conn: Any) -> bool | None:
+        return self.pg.needs_reset(driver_conn)
+
+    def error_code(self, exc: BaseException) -> str | None:
+        return self.pg.sqlstate(exc)
+
+    def connect_args(self, settings: Settings, *, is_async: bool) -> dict[str, Any]:
+        params = self.pg.connect_params(settings)
+        if self.pg.uses_pgbouncer(settings):
+            # Server-side prepared statements do not survive transaction pooling.
+            params["prepare_threshold"] = None
+        return params
+
+    def do_connect(self, state: PgState, cargs: Any, cparams: dict[str, Any]) -> Any:
+        timeout = _connect_timeout(state.settings)
+        if state.is_async:
+            cparams["async_creator_fn"] = functools.partial(self.pg.connect_async, timeout=timeout)
+            return None  # SQLAlchemy's async dialect connects (and adapts) with our creator
+        return self.pg.connect(*cargs, timeout=timeout, **cparams)
+
+    def setup_sql(self, state: PgState, driver_conn: Any) -> str | None:
+        state.server_version = driver_conn.info.server_version
+        if state.pgbouncer:
+            return None
+        return self.pg.session_setup_sql(state.settings, state.server_version)
+
+    def ping_sql(self) -> str | None:
+        return self.pg.PING_SQL
+
+    def fileno(self, driver_conn: Any) -> int | None:
+        return driver_conn.fileno()  # type: ignore[no-any-return]
+
+    def is_idle(self, driver_conn: Any) -> bool | None:
+        if driver_conn.broken or driver_conn.closed:
+            return None
+        return bool(driver_conn.pgconn.transaction_status == self._idle)
+
+    def local_timeouts_sql(self, state: PgState) -> str | None:
+        if not state.pgbouncer:
+            return None
+        return self.pg.local_timeouts_sql(state.settings, state.server_version)
+
+
+# --- MySQL / MariaDB (PyMySQL sync, aiomysql async) --------------------------------------------
+
+
+class MySQLBackend(SqlBackend):
+    """PyMySQL (sync) and aiomysql (asyncio); MariaDB and MySQL alike."""
+
+    name = "mysql"
+    exact_transaction_status = False
+    ambiguous_hint = (
+        "make the unit idempotent (e.g. a unique key on a request id) and check before re-running"
+    )
+
+    def __init__(self, backstop_grace: float) -> None:
+        from poolguard.backends import mysql
+
+        self.my = mysql
+        self.retry_codes = frozenset(str(code) for code in mysql.RETRY_TRANSACTION_ERRNOS)
+        self.backstop_grace = backstop_grace
+
+    def classify(self, exc: BaseException) -> Classification:
+        return self.my.classify(exc)
+
+    def is_idempotent(self, sql: str) -> bool:
+        return self.my.is_idempotent(sql)
+
+    def needs_reset(self, driver_conn: Any) -> bool | None:
+        return self.my.needs_reset(driver_conn)
+
+    def fileno(self, driver_conn: Any) -> int | None:
+        return self.my.socket_fileno(driver_conn)
+
+    def error_code(self, exc: BaseException) -> str | None:
+        code = self.my.errno_of(exc)
+        return None if code is None else str(code)
+
+    def connect_args(self, settings: Settings, *, is_async: bool) -> dict[str, Any]:
+        return self.my.connect_params(
+            settings, is_async=is_async, backstop_grace=self.backstop_grace
+        )
+
+    def do_connect(self, state: PgState, cargs: Any, cparams: dict[str, Any]) -> Any:
+        timeout = _connect_timeout(state.settings)
+        keepalive = state.settings.tcp_keepalive
+        if state.is_async:
+            cparams["async_creator_fn"] = functools.partial(
+                _aiomysql_connect, timeout=timeout, keepalive=keepalive
+            )
+            return None
+        return _pymysql_connect(cargs, cparams, timeout=timeout, keepalive=keepalive)
+
+    def setup_sql(self, state: PgState, driver_conn: Any) -> str | None:
+        state.server_info = str(driver_conn.get_server_info())
+        return self.my.session_setup_sql(state.settings, state.server_info)
+
+    def is_idle(self, driver_conn: Any) -> bool | None:
+        inside = self.my.in_transaction(driver_conn)
+        return None if inside is None else not inside
+
+    def check_resolve(self) -> None:
+        raise ConfigError(
+            "resolve_ambiguous=True needs PostgreSQL (pg_xact_status): MySQL/MariaDB cannot"
+            " look up a transaction's outcome after a lost COMMIT; make the unit idempotent"
+            " (a unique key on a request id) and check before re-running instead"
+        )
+
+
+def _pymysql_connect(
+    cargs: Any, cparams: dict[str, Any], *, timeout: float | None, keepalive: float | None
+) -> Any:
+    """PyMySQL connect whose TCP connect *and* handshake reads are bounded by ``timeout``.
+
+    PyMySQL bounds the TCP connect by ``connect_timeout`` but reads the handshake under
+    ``read_timeout`` (unset = forever: a frozen server hangs the connect). So connect with the
+    read/write timeouts set to the connect budget, then restore the configured ones.
+    """
+    import pymysql
+
+    conn = pymysql.connect(*cargs, defer_connect=True, **cparams)
+    if timeout is not None:
+        saved = conn._read_timeout, conn._write_timeout
+        conn.connect_timeout = timeout
+        conn._read_timeout = conn._write_timeout = timeout
+        try:
+            conn.connect()
+        finally:
+            conn._read_timeout, conn._write_timeout = saved
+    else:
+        conn.connect()
+    if keepalive and conn._sock is not None:
+        from poolguard.backends.mysql import set_keepalive
+
+        set_keepalive(conn._sock, keepalive)
+    return conn
+
+
+async def _aiomysql_connect(
+    *args: Any, timeout: float | None, keepalive: float | None, **kwargs: Any
+) -> Any:
+    """aiomysql connect with the whole handshake under ``timeout`` (aiomysql bounds only the TCP
+    connect). aiomysql cancels cleanly: no server-side cancel to wait for."""
+    import aiomysql
+    import pymysql
+
+    from poolguard.backends.mysql import raw_socket, set_keepalive
+
+    async def open_() -> Any:
+        return await aiomysql.connect(*args, **kwargs)
+
+    try:
+        conn = await asyncio.wait_for(open_(), timeout)
+    except asyncio.TimeoutError:
+        raise pymysql.err.OperationalError(
+            2003, f"Can't connect to MySQL server (timed out after {timeout:.2f}s)"
+        ) from None
+    if keepalive:
+        sock = raw_socket(conn)
+        if sock is not None:
+            set_keepalive(sock, keepalive)
+    return conn
+
+
+_Factory = Callable[[float], SqlBackend]
+_FACTORIES: dict[Dialect, _Factory] = {
+    "postgresql": lambda _grace: PostgresBackend(),
+    "mysql": MySQLBackend,
+}
+
+
+def backend_for(dialect: Dialect, *, backstop_grace: float) -> SqlBackend:
+    """The adapter for a URL's dialect (``dialect_of(url)``)."""
+    return _FACTORIES[dialect](backstop_grace)
