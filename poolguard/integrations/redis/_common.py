@@ -160,6 +160,14 @@ def deadline_cap(timeout: float | None) -> float | None:
     return left if timeout is None else min(timeout, left)
 
 
+def handshake_timeout(command: float | None, connect: float | None) -> float | None:
+    """Read timeout of the connection handshake: the shorter of the command and connect
+    timeouts, capped by the deadline."""
+    bounds = [t for t in (command, connect) if t is not None]
+    timeout = min(bounds) if bounds else None
+    return timeout if current_deadline() is None else deadline_cap(timeout)
+
+
 def connect_timeout(configured: float | None) -> float | None:
     at = current_deadline()
     if at is None:

@@ -88,9 +88,9 @@ class _AsyncGuardedConnectionMixin:
             return
         policy = self.pg_policy
         self.socket_connect_timeout = c.connect_timeout(policy.connect_timeout)
-        # The handshake reads with socket_timeout: under a deadline, cap it (see sync.py).
+        # The handshake is part of connecting: connect timeout and deadline (see sync.py).
         configured = self.socket_timeout
-        handshake = configured if _deadline() is None else c.deadline_cap(configured)
+        handshake = c.handshake_timeout(configured, policy.connect_timeout)
         self.socket_timeout = handshake
         try:
             await super().connect_check_health(check_health, retry_socket_connect)  # type: ignore[misc]

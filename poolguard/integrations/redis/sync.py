@@ -92,10 +92,11 @@ class _GuardedConnectionMixin:
             return
         policy = self.pg_policy
         self.socket_connect_timeout = c.connect_timeout(policy.connect_timeout)
-        # The handshake (HELLO, AUTH, SELECT, CLIENT SETINFO) reads with the socket timeout:
-        # under a deadline it must not outlive it (a frozen server accepts TCP connections).
+        # The handshake (HELLO, AUTH, SELECT, CLIENT SETINFO) is part of connecting (DESIGN:
+        # "TCP + TLS + auth"): bounded by the connect timeout and the deadline, not only by the
+        # command timeout (a frozen server still accepts TCP connections).
         configured = self.socket_timeout
-        handshake = configured if _deadline() is None else c.deadline_cap(configured)
+        handshake = c.handshake_timeout(configured, policy.connect_timeout)
         if handshake != configured:
             self.socket_timeout = handshake
         try:
