@@ -226,6 +226,31 @@ class MySQLBackend(SqlBackend):
         )
 
 
+#: CR_CONN_HOST_ERROR: what a failed handshake is reported as (a connect-phase failure).
+_CONNECT_FAILED = 2003
+#: CR_SERVER_LOST: PyMySQL/aiomysql's "lost connection" while reading the handshake.
+_LOST = 2013
+
+
+def _handshake_failed(exc: Exception, timeout: float | None) -> Exception:
+    """A connection lost (or timed out) during the handshake is a failed *connect*, not a lost
+    query: report it as 2003 so it is retried as connect-phase (breaker-counted) and a timeout
+    surfaces as ConnectTimeout, not QueryTimeout."""
+    import pymysql
+
+    if not exc.args or exc.args[0] != _LOST:
+        return exc
+    why = (
+        f"handshake timed out after {timeout}s"
+        if "timed out" in str(exc)
+        else "connection lost during the handshake"
+    )
+    failed: Exception = pymysql.err.OperationalError(
+        _CONNECT_FAILED, f"Can't connect to MySQL server ({why})"
+    )
+    return failed
+
+
 def _pymysql_connect(
     cargs: Any, cparams: dict[str, Any], *, timeout: float | None, keepalive: float | None
 ) -> Any:
@@ -238,16 +263,16 @@ def _pymysql_connect(
     import pymysql
 
     conn = pymysql.connect(*cargs, defer_connect=True, **cparams)
+    saved = conn._read_timeout, conn._write_timeout
     if timeout is not None:
-        saved = conn._read_timeout, conn._write_timeout
         conn.connect_timeout = timeout
         conn._read_timeout = conn._write_timeout = timeout
-        try:
-            conn.connect()
-        finally:
-            conn._read_timeout, conn._write_timeout = saved
-    else:
+    try:
         conn.connect()
+    except pymysql.err.OperationalError as exc:
+        raise _handshake_failed(exc, timeout) from exc
+    finally:
+        conn._read_timeout, conn._write_timeout = saved
     if keepalive and conn._sock is not None:
         from poolguard.backends.mysql import set_keepalive
 
@@ -272,8 +297,10 @@ async def _aiomysql_connect(
         conn = await asyncio.wait_for(open_(), timeout)
     except asyncio.TimeoutError:
         raise pymysql.err.OperationalError(
-            2003, f"Can't connect to MySQL server (timed out after {timeout:.2f}s)"
+            _CONNECT_FAILED, f"Can't connect to MySQL server (timed out after {timeout:.2f}s)"
         ) from None
+    except pymysql.err.OperationalError as exc:
+        raise _handshake_failed(exc, timeout) from exc
     if keepalive:
         sock = raw_socket(conn)
         if sock is not None:
