@@ -28,26 +28,34 @@ import poolguard.redis
 
 POOL_SIZE = 10
 SOCKET_TIMEOUT = 5.0
+#: Same acquire timeout on both sides: asyncio keeps one timer per acquire in its heap, and the
+#: timeout decides how long a cancelled one stays there.
+ACQUIRE_TIMEOUT = 2.0
 PIPELINE_LENGTH = 100
 TARGET = 1.05
 
 
 def raw_sync(url: str) -> redis.Redis:
     pool = redis.BlockingConnectionPool.from_url(
-        url, max_connections=POOL_SIZE, socket_timeout=SOCKET_TIMEOUT
+        url, max_connections=POOL_SIZE, socket_timeout=SOCKET_TIMEOUT, timeout=ACQUIRE_TIMEOUT
     )
     return redis.Redis(connection_pool=pool)
 
 
 def raw_async(url: str) -> redis.asyncio.Redis:
     pool = redis.asyncio.BlockingConnectionPool.from_url(
-        url, max_connections=POOL_SIZE, socket_timeout=SOCKET_TIMEOUT
+        url, max_connections=POOL_SIZE, socket_timeout=SOCKET_TIMEOUT, timeout=ACQUIRE_TIMEOUT
     )
     return redis.asyncio.Redis(connection_pool=pool)
 
 
 def guarded_kwargs() -> dict[str, Any]:
-    return {"pool_size": POOL_SIZE, "max_overflow": 0, "query_timeout": SOCKET_TIMEOUT}
+    return {
+        "pool_size": POOL_SIZE,
+        "max_overflow": 0,
+        "query_timeout": SOCKET_TIMEOUT,
+        "acquire_timeout": ACQUIRE_TIMEOUT,
+    }
 
 
 def sync_ops(client: Any) -> dict[str, Callable[[], object]]:
