@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from poolguard._stats import stats
 from poolguard.core import Hooks, deadline, set_testing
 from poolguard.errors import (
     AmbiguousResultError,
@@ -17,13 +18,12 @@ from poolguard.errors import (
 )
 
 if TYPE_CHECKING:
-    from poolguard import redis
+    from poolguard import postgres, redis
     from poolguard.integrations.sqlalchemy import (
         create_async_engine,
         create_engine,
         run_transaction,
         run_transaction_async,
-        stats,
     )
 
 __version__ = "0.1.0"
@@ -34,12 +34,11 @@ _LAZY = {
     "create_engine": "poolguard.integrations.sqlalchemy",
     "run_transaction": "poolguard.integrations.sqlalchemy",
     "run_transaction_async": "poolguard.integrations.sqlalchemy",
-    "stats": "poolguard.integrations.sqlalchemy",
 }
 
 
 #: Submodules reachable as attributes (``poolguard.redis.from_url()``), imported on first use.
-_SUBMODULES = frozenset({"redis"})
+_SUBMODULES = frozenset({"postgres", "redis"})
 
 
 def __getattr__(name: str) -> Any:
@@ -69,6 +68,7 @@ __all__ = [
     "create_async_engine",
     "create_engine",
     "deadline",
+    "postgres",
     "redis",
     "run_transaction",
     "run_transaction_async",

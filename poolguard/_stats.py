@@ -1,0 +1,27 @@
+"""``poolguard.stats(obj)``: one entry point for every guarded pool, whatever wraps it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from poolguard.errors import ConfigError
+
+
+def stats(obj: Any) -> dict[str, Any]:
+    """Snapshot of the pool behind ``obj``: an Engine/AsyncEngine from ``create_engine()``, a
+    Redis client from ``poolguard.redis``, or a pool from ``poolguard.postgres``."""
+    if getattr(getattr(obj, "connection_pool", None), "pg_policy", None) is not None:
+        from poolguard.redis import stats as redis_stats
+
+        return redis_stats(obj)
+    if getattr(obj, "_pg", None) is not None and callable(getattr(obj, "stats", None)):
+        snapshot: dict[str, Any] = obj.stats()  # a poolguard.postgres pool
+        return snapshot
+    if hasattr(obj, "pool") or hasattr(obj, "sync_engine"):
+        from poolguard.integrations.sqlalchemy import stats as engine_stats
+
+        return engine_stats(obj)
+    raise ConfigError(
+        f"poolguard.stats() takes an engine from poolguard.create_engine(), a client from "
+        f"poolguard.redis or a pool from poolguard.postgres, not {type(obj).__name__}"
+    )
