@@ -137,3 +137,19 @@ def test_resolve_ambiguous_is_postgres_only(make_engine: Any, mysql_server: Any)
     engine = make_engine(mysql_server.url)
     with pytest.raises(poolguard.ConfigError, match="PostgreSQL"):
         poolguard.run_transaction(engine, lambda conn: None, resolve_ambiguous=True)
+
+
+async def test_async_validation_after_idle_uses_the_driver_ping(
+    make_async_engine: Any, mysql_server: Any
+) -> None:
+    engine = make_async_engine(mysql_server.url, pool_size=1, validate_idle=0.05)
+    async with engine.connect() as conn:
+        first = int((await conn.execute(text("SELECT CONNECTION_ID()"))).scalar())
+    kill(mysql_server, first)
+    time.sleep(0.1)
+    async with engine.connect() as conn:
+        assert int((await conn.execute(text("SELECT CONNECTION_ID()"))).scalar()) != first
+    snap = poolguard.stats(engine)
+    assert snap["validations"] == 1
+    assert snap["validation_failures"] == 1
+    assert snap["retries"] == 0
