@@ -299,6 +299,11 @@ def _on_reset(state: PgState, dbapi_connection: Any, record: Any, reset_state: A
     if reset_state.terminate_only or not reset_state.asyncio_safe:
         return
     need = state.backend.needs_reset(driver_of(dbapi_connection))
+    if need and reset_state.transaction_was_reset and not state.backend.exact_transaction_status:
+        # MySQL's flags cannot tell a clean connection from an open read snapshot, but
+        # SQLAlchemy can: its Connection just ended the transaction itself (measured: two
+        # ROLLBACKs per request without this, vanilla SQLAlchemy sends one).
+        need = False
     if need is None:
         state.guard.stats.evict("disconnect")
         record.invalidate()

@@ -153,3 +153,20 @@ async def test_async_validation_after_idle_uses_the_driver_ping(
     assert snap["validations"] == 1
     assert snap["validation_failures"] == 1
     assert snap["retries"] == 0
+
+
+def test_client_transaction_timeout_cuts_a_pymysql_socket(
+    make_engine: Any, mysql_server: Any
+) -> None:
+    # No server variable bounds a whole MySQL transaction: the watchdog does, on conn._sock.
+    engine = make_engine(mysql_server.url, transaction_timeout=0.6)
+    with engine.connect() as conn:
+        conn.execute(text("SELECT 1"))
+        started = time.monotonic()
+        with pytest.raises(poolguard.TransactionTimeout) as info:
+            conn.execute(text("SELECT SLEEP(2)"))
+        assert time.monotonic() - started < 0.6 + 0.5
+    assert isinstance(info.value, sqlalchemy.exc.OperationalError)
+    with engine.connect() as conn:  # the cut connection was discarded, not pooled
+        assert conn.execute(text("SELECT 1")).scalar() == 1
+    assert poolguard.stats(engine)["evictions"]["timeout"] == 1
