@@ -222,7 +222,11 @@ class Guard:
         ``sleep`` is replaceable because SQLAlchemy's asyncio layer runs sync code inside a
         greenlet, where the backoff must be ``await_only(asyncio.sleep(d))``, not ``time.sleep``.
         """
-        attempts = Attempts(self, op, timeout_error)
+        return self._loop(fn, Attempts(self, op, timeout_error), sleep)
+
+    def _loop(
+        self, fn: Callable[[Attempts], T], attempts: Attempts, sleep: Callable[[float], object]
+    ) -> T:
         while True:
             wait = attempts.begin()
             if wait:
@@ -266,6 +270,56 @@ class Guard:
             else:
                 attempts.succeeded()
                 return result
+
+    # -- the first pass without the loop, for per-statement hot paths -------------------------
+    def first_attempt(self) -> float | None:
+        """Admit a first attempt without building the loop; None: use :meth:`run_with`.
+
+        The same checks and bookkeeping as the first ``Attempts.begin()`` (budget credit,
+        request count, deadline, breaker) when they all pass, which is the common case; the
+        loop is only needed once something failed. Returns the start of the operation (its
+        retry window) or None when the deadline is spent or the breaker is not closed: then
+        :meth:`run_with` raises or waits exactly as it always does. After the attempt, call
+        ``guard.breaker.record_success()`` on success, or :meth:`resume_with` on an
+        ``Exception`` (outside the ``except`` block, so later errors do not chain to it).
+        """
+        at = _deadline.get()
+        if at is not None and at - self.clock() <= 0:
+            return None
+        breaker = self.breaker
+        if breaker.failures is not None and breaker._state is not BreakerState.CLOSED:
+            return None
+        started = self.clock()
+        self.budget.on_request()
+        self._count_request()
+        return started
+
+    def resume_with(
+        self,
+        fn: Callable[[Attempts], T],
+        failure: Exception,
+        started: float,
+        op: Operation = AUTOCOMMIT,
+        *,
+        timeout_error: type[PoolguardError] = QueryTimeout,
+        sleep: Callable[[float], object] = time.sleep,
+    ) -> T:
+        """Continue :meth:`run_with` after a first attempt admitted by :meth:`first_attempt`
+        failed with ``failure``: the same decision, backoff and further attempts (``fn`` sees
+        ``attempts.number`` 2, 3, ...), the request counted once."""
+        attempts = self._resumed(op, timeout_error, started)
+        delay = attempts.failed(failure)
+        if delay > 0:
+            sleep(delay)
+        return self._loop(fn, attempts, sleep)
+
+    def _resumed(
+        self, op: Operation, timeout_error: type[PoolguardError], started: float
+    ) -> Attempts:
+        attempts = Attempts(self, op, timeout_error)
+        attempts.number = 1
+        attempts._started = started
+        return attempts
 
     def run(self, fn: Callable[[], T], op: Operation = AUTOCOMMIT) -> T:
         return self.run_with(lambda _attempts: fn(), op)
