@@ -459,10 +459,11 @@ class Attempts:
 
     def _why_not_retry(self, c: Classification) -> tuple[str | None, str | None]:
         g = self.guard
-        if c.connect_phase and self._limit() is not None:
+        if c.connect_phase and g.policy.attempts > 1 and self._limit() is not None:
             # Nothing was sent: like HikariCP's connectionTimeout, connecting is retried until
-            # the deadline / retry window ends (spaced by backoff and the breaker, charged to
-            # the budget), so a server restart shorter than the window surfaces no error.
+            # the deadline / retry window ends (spaced by backoff and the breaker), so a server
+            # restart shorter than the window surfaces no error. ``attempts=1`` still means
+            # "no retries at all".
             return None, None
         if self.number >= g.policy.attempts:
             return (

@@ -45,7 +45,14 @@ def test_blackhole_on_connect_is_a_connect_timeout(
     make_engine: Any, fault_proxy: Any, postgres_server: Any
 ) -> None:
     proxy, engine = _proxied(
-        make_engine, fault_proxy, postgres_server, connect_timeout=0.4, retry_attempts=2
+        make_engine,
+        fault_proxy,
+        postgres_server,
+        connect_timeout=0.4,
+        retry_attempts=2,
+        # Connect failures are retried until the retry window ends (not counted against
+        # retry_attempts): a 0.6 s window leaves room for exactly one reconnect.
+        retry_timeout=0.6,
     )
     proxy.blackhole()
     started = time.monotonic()

@@ -827,3 +827,11 @@ async def test_breaker_wait_beyond_the_window_fails_fast(front: Front, clock: Fa
         await front.call(guard, fn)  # the next probe (16 s away) does not fit in 10 s
     assert calls == []
     assert clock.sleeps == []
+
+
+async def test_one_attempt_means_no_connect_retries_either(front: Front, clock: FakeClock) -> None:
+    guard = make_guard(clock, attempts=1, timeout=10.0)
+    fn, calls = failing(CONNECT, "ok")
+    with pytest.raises(FakeDBError):
+        await front.call(guard, fn)
+    assert calls == [1]
