@@ -236,8 +236,11 @@ class LocalServer(ABC):
         """SIGSTOP the server and all its children: connections stay open, nothing answers."""
         with self._lock:
             self._require_started()
-            self._signal_all(signal.SIGSTOP)
+            stopped = self._signal_all(signal.SIGSTOP)
             self._frozen = True
+        # SIGSTOP is delivered asynchronously: return only once every process is stopped, so
+        # a test that freezes and then talks to the server really meets a frozen one.
+        _wait_stopped(stopped)
 
     def thaw(self) -> None:
         """SIGCONT what :meth:`freeze` stopped."""
@@ -386,7 +389,7 @@ class LocalServer(ABC):
                 )
             time.sleep(POLL_INTERVAL)
 
-    def _signal_all(self, sig: int) -> None:
+    def _signal_all(self, sig: int) -> set[int]:
         """Signal the process group, and any child that left it (belt and braces)."""
         assert self._proc is not None
         pids = {self._proc.pid, *_descendants(self._proc.pid)}
@@ -395,6 +398,7 @@ class LocalServer(ABC):
         for pid in pids:
             with contextlib.suppress(ProcessLookupError, PermissionError):
                 os.kill(pid, sig)
+        return pids
 
     def _shutdown(self, *, graceful: bool) -> None:
         proc = self._proc
@@ -447,3 +451,24 @@ def url(scheme: str, user: str, password: str | None, host: str, port: int, path
     if password:
         auth += ":" + quote(password, safe="")
     return f"{scheme}://{auth}@{host}:{port}/{path}"
+
+
+#: How long freeze() waits for SIGSTOP to take effect on every process.
+FREEZE_SETTLE = 2.0
+
+
+def _proc_state(pid: int) -> str | None:
+    """The one-letter state from /proc (``T`` = stopped), or None when gone/unknown."""
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return None
+
+
+def _wait_stopped(pids: set[int]) -> None:
+    end = time.monotonic() + FREEZE_SETTLE
+    while time.monotonic() < end:
+        if all(_proc_state(pid) in ("T", "t", None, "Z") for pid in pids):
+            return
+        time.sleep(0.005)
