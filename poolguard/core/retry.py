@@ -197,6 +197,25 @@ class Guard:
             clock=clock,
         )
 
+    def derive(self, classify: Classifier, *, attempts: int | None = None) -> Guard:
+        """A Guard for another kind of operation on the same pool (e.g. whole units of work):
+        its own classifier (and attempt count), the same budget, breaker, stats and errors."""
+        policy = self.policy
+        if attempts is not None:
+            policy = RetryPolicy(attempts=attempts, backoff=policy.backoff, timeout=policy.timeout)
+        return Guard(
+            self.name,
+            self.backend,
+            classify,
+            policy=policy,
+            budget=self.budget,
+            breaker=self.breaker,
+            stats=self.stats,
+            make_error=self.make_error,
+            clock=self.clock,
+            rng=self.rng,
+        )
+
     def _breaker_changed(self, old: BreakerState, new: BreakerState) -> None:
         self.stats.breaker_changed(old.value, new.value)
 

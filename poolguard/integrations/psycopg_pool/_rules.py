@@ -34,7 +34,7 @@ from poolguard.core.disposition import (
     Scope,
     decide,
 )
-from poolguard.core.retry import Guard, RetryPolicy
+from poolguard.core.retry import Guard
 from poolguard.errors import (
     AmbiguousResultError,
     PoolguardError,
@@ -394,22 +394,7 @@ class PoolRules:
                 return Classification(Disposition.FAIL, c.reason)
             return c
 
-        base = self.guard
-        policy = base.policy
-        if attempts is not None:
-            policy = RetryPolicy(attempts=attempts, backoff=policy.backoff, timeout=policy.timeout)
-        guard = Guard(
-            base.name,
-            base.backend,
-            unit_classify,
-            policy=policy,
-            budget=base.budget,
-            breaker=base.breaker,
-            stats=base.stats,
-            make_error=base.make_error,
-            clock=base.clock,
-            rng=base.rng,
-        )
+        guard = self.guard.derive(unit_classify, attempts=attempts)
         self._unit_guards[key] = guard
         return guard
 

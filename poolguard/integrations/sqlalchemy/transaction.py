@@ -31,7 +31,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import Session, sessionmaker
 
 from poolguard.core.disposition import Classification, Disposition, Operation, Position
-from poolguard.core.retry import Guard, RetryPolicy
+from poolguard.core.retry import Guard
 from poolguard.errors import AmbiguousResultError, PoolguardError
 from poolguard.integrations.sqlalchemy._errors import as_dropin
 from poolguard.integrations.sqlalchemy._state import PgState
@@ -80,21 +80,7 @@ def _unit_guard(state: PgState, retry_on: RetryOn, attempts: int | None) -> Guar
             return Classification(Disposition.FAIL, c.reason)
         return c
 
-    policy = base.policy
-    if attempts is not None:
-        policy = RetryPolicy(attempts=attempts, backoff=policy.backoff, timeout=policy.timeout)
-    guard = Guard(
-        base.name,
-        base.backend,
-        classify,
-        policy=policy,
-        budget=base.budget,
-        breaker=base.breaker,
-        stats=base.stats,
-        make_error=base.make_error,
-        clock=base.clock,
-        rng=base.rng,
-    )
+    guard = base.derive(classify, attempts=attempts)
     state._uow_guards[key] = guard
     return guard
 
