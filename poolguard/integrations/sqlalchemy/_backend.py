@@ -110,6 +110,7 @@ class PostgresBackend(SqlBackend):
         self.pg = pg
         self.retry_codes = frozenset(pg.RETRY_TRANSACTION_SQLSTATES)
         self._idle = TransactionStatus.IDLE
+        self._unknown = TransactionStatus.UNKNOWN
 
     def classify(self, exc: BaseException) -> Classification:
         return self.pg.classify(exc)
@@ -150,9 +151,13 @@ class PostgresBackend(SqlBackend):
         return driver_conn.fileno()  # type: ignore[no-any-return]
 
     def is_idle(self, driver_conn: Any) -> bool | None:
-        if driver_conn.broken or driver_conn.closed:
-            return None
-        return bool(driver_conn.pgconn.transaction_status == self._idle)
+        # libpq reports UNKNOWN for a closed or broken connection (PQtransactionStatus), so
+        # one read of pgconn's int answers all three cases (conn.closed/.broken are
+        # properties reading the same pgconn).
+        status = driver_conn.pgconn.transaction_status
+        if status == self._idle:
+            return True
+        return None if status == self._unknown else False
 
     def local_timeouts_sql(self, state: PgState) -> str | None:
         if not state.pgbouncer:

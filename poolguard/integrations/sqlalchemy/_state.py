@@ -74,10 +74,20 @@ class PgState:
     pool_ref: list[Any] = field(default_factory=list)
     """The current pool (engine.dispose() recreates it); a list so gauges follow it."""
     _uow_guards: dict[Any, Guard] = field(default_factory=dict)
+    bounded: bool = False
+    """Is any statement-level timeout configured? If not (and no deadline is set), statements
+    and their ROLLBACKs run without a watchdog ticket: nothing would bound them anyway."""
 
     def __post_init__(self) -> None:
         if self.is_async:
             self.sleep = _greenlet_sleep
+        s = self.settings
+        self.bounded = bool(
+            s.query_timeout
+            or s.transaction_timeout
+            or s.idle_in_transaction_timeout
+            or s.lock_timeout
+        )
 
     @property
     def name(self) -> str:

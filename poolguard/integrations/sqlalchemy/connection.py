@@ -39,7 +39,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection
 from sqlalchemy.engine.base import OptionEngine
 
-from poolguard.core.deadline import remaining
+from poolguard.core.deadline import current_deadline
 from poolguard.core.disposition import Action, Operation, Position, decide
 from poolguard.core.retry import Attempts
 from poolguard.errors import AmbiguousResultError, PoolguardError, QueryTimeout, TransactionTimeout
@@ -79,36 +79,67 @@ class GuardedConnection(Connection):
         **kw: Any,
     ) -> Any:
         state: PgState | None = getattr(self.engine.pool, "_pg", None)
-        base = super()._execute_context
         if state is None:
-            return base(dialect, constructor, statement, parameters, execution_options, *args, **kw)
+            return super()._execute_context(
+                dialect, constructor, statement, parameters, execution_options, *args, **kw
+            )
+        call = (dialect, constructor, statement, parameters, execution_options, *args)
         position = self._pg_position(state)
-        op, swappable = self._pg_operation(
-            state, position, statement, parameters, execution_options
-        )
-        if not op.idempotent:
+        swappable = _CHARACTERISTICS.isdisjoint(self._execution_options)
+        idempotent = self._pg_idempotent(state, statement, parameters, execution_options)
+        if not idempotent:
             self._pg_wrote = True
         if position is not Position.LATER:
-            self._pg_txn_started = time.monotonic()
+            # The clock only matters for transaction_timeout; MySQL's position needs the mark.
+            self._pg_txn_started = time.monotonic() if state.settings.transaction_timeout else 0.0
         # PgBouncer: the transaction's timeouts go in before its first statement.
-        local_sql = state.local_timeouts_sql() if position is Position.FIRST else None
+        local_sql = (
+            state.local_timeouts_sql() if state.pgbouncer and position is Position.FIRST else None
+        )
+        # Fast path: most statements succeed at once, and the retry loop (an Attempts object, a
+        # closure) is only needed once one failed. first_attempt() does the loop's first checks
+        # and bookkeeping; a failure continues the very same loop through resume_with().
+        guard = state.guard
+        started = guard.first_attempt()
+        if started is not None:
+            try:
+                result = self._pg_attempt(state, local_sql, call, kw)
+            except Exception as exc:
+                failure: Exception | None = exc
+            else:
+                guard.breaker.record_success()
+                return result
+        else:
+            failure = None
+        # A fresh DBAPI connection would lack these characteristics (and SQLAlchemy refuses
+        # to set them inside a transaction): never move this Connection to another one.
+        op = Operation(position if swappable else Position.LATER, idempotent=idempotent)
+        return self._pg_retry(state, op, swappable, local_sql, call, kw, failure, started)
+
+    def _pg_retry(
+        self,
+        state: PgState,
+        op: Operation,
+        swappable: bool,
+        local_sql: str | None,
+        call: tuple[Any, ...],
+        kw: dict[str, Any],
+        failure: Exception | None,
+        started: float | None,
+    ) -> Any:
+        """The core retry loop (from its start, or resumed after a failed first attempt)."""
 
         def attempt(attempts: Attempts) -> Any:
             if attempts.number > 1:
                 self._pg_reattach(state, swappable)
-            conn = self._dbapi_connection or self._revalidate_connection()
-            return self._pg_guarded(
-                state,
-                conn,
-                lambda: base(
-                    dialect, constructor, statement, parameters, execution_options, *args, **kw
-                ),
-                local_sql,
-            )
+            return self._pg_attempt(state, local_sql, call, kw)
 
+        guard = state.guard
         token = in_statement_loop.set(True)
         try:
-            return state.guard.run_with(attempt, op, sleep=state.sleep)
+            if failure is None or started is None:
+                return guard.run_with(attempt, op, sleep=state.sleep)
+            return guard.resume_with(attempt, failure, started, op, sleep=state.sleep)
         except PoolguardError as exc:
             if isinstance(exc, sa_exc.SQLAlchemyError):
                 raise
@@ -116,20 +147,29 @@ class GuardedConnection(Connection):
         finally:
             in_statement_loop.reset(token)
 
-    def _pg_operation(
-        self, state: PgState, position: Position, statement: Any, parameters: Any, options: Any
-    ) -> tuple[Operation, bool]:
-        sql = getattr(statement, "string", statement)
-        many = isinstance(parameters, list) and len(parameters) > 1
-        idempotent = bool(options.get("idempotent")) or (
-            not many and isinstance(sql, str) and state.backend.is_idempotent(sql)
+    def _pg_attempt(
+        self, state: PgState, local_sql: str | None, call: tuple[Any, ...], kw: dict[str, Any]
+    ) -> Any:
+        conn = self._dbapi_connection
+        if conn is None:
+            # A checkout inside the statement: its failures are this statement's retry loop's
+            # to handle (counted once), not the pool's.
+            token = in_statement_loop.set(True)
+            try:
+                conn = self._revalidate_connection()
+            finally:
+                in_statement_loop.reset(token)
+        return self._pg_guarded(
+            state, conn, super()._execute_context, call, kw=kw, local_sql=local_sql
         )
-        swappable = _CHARACTERISTICS.isdisjoint(self._execution_options)
-        if not swappable:
-            # A fresh DBAPI connection would lack these characteristics (and SQLAlchemy refuses
-            # to set them inside a transaction): never move this Connection to another one.
-            position = Position.LATER
-        return Operation(position, idempotent=idempotent), swappable
+
+    def _pg_idempotent(self, state: PgState, statement: Any, parameters: Any, options: Any) -> bool:
+        if options.get("idempotent"):
+            return True
+        if isinstance(parameters, list) and len(parameters) > 1:
+            return False  # executemany
+        sql = getattr(statement, "string", statement)
+        return isinstance(sql, str) and state.backend.is_idempotent(sql)
 
     def _pg_position(self, state: PgState) -> Position:
         if self._nested_transaction is not None:
@@ -164,60 +204,68 @@ class GuardedConnection(Connection):
     # -- backstop -------------------------------------------------------------------------------
     def _pg_limit(self, state: PgState, *, cleanup: bool = False) -> Limit | None:
         settings = state.settings
+        at = current_deadline()
         if cleanup:
-            # A ROLLBACK must run even when the caller's deadline is spent; bound it anyway.
+            # A ROLLBACK must run even when the caller's deadline is spent; bound it anyway —
+            # when anything bounds this engine's calls. With no timeout and no deadline a
+            # statement may wait forever, and so may its ROLLBACK (no watchdog ticket per close).
+            if at is None and not state.bounded:
+                return None
             bound = (settings.query_timeout or VALIDATE_TIMEOUT) + BACKSTOP_GRACE
             return (bound, QueryTimeout, "rollback timeout")
+        if at is None and not state.bounded:
+            return None  # the common configuration: nothing to arm
         limits: list[Limit] = []
         if settings.query_timeout:
             limits.append((settings.query_timeout + BACKSTOP_GRACE, QueryTimeout, "query timeout"))
-        left = remaining()
-        if left is not None:
-            limits.append((left, QueryTimeout, "deadline"))
+        if at is not None:
+            limits.append((at - time.monotonic(), QueryTimeout, "deadline"))
         if settings.transaction_timeout and self._pg_txn_started is not None:
             spent = time.monotonic() - self._pg_txn_started
             limits.append(
                 (settings.transaction_timeout - spent, TransactionTimeout, "transaction timeout")
             )
-        return min(limits, key=lambda lim: lim[0]) if limits else None
+        return min(limits, key=_seconds) if limits else None
 
     def _pg_guarded(
         self,
         state: PgState,
         conn: Any,
-        call: Callable[[], Any],
-        local_sql: str | None = None,
+        fn: Callable[..., Any],
+        args: tuple[Any, ...] = (),
         *,
+        kw: dict[str, Any] | None = None,
+        local_sql: str | None = None,
         cleanup: bool = False,
     ) -> Any:
         limit = self._pg_limit(state, cleanup=cleanup)
-        if limit is not None and limit[0] <= 0:
+        if limit is None:
+            # Nothing bounds this call: no watchdog ticket to arm and cancel.
+            if local_sql is not None:
+                _run_sql(conn, local_sql)
+            return fn(*args, **kw) if kw else fn(*args)
+        if limit[0] <= 0:
             raise sa_dropin(
                 limit[1], f"{state.name}: {limit[2]} exceeded before the statement started"
             )
         # arm/cancel inline rather than through backstop(): this runs for every statement
         ticket: Ticket | None = None
-        if limit is not None:
-            fd = socket_of(state, conn)
-            if fd is not None:  # None: already closed, the call fails at once
-                ticket = watchdog().arm(fd, limit[0])
+        fd = socket_of(state, conn)
+        if fd is not None:  # None: already closed, the call fails at once
+            ticket = watchdog().arm(fd, limit[0])
         try:
             if local_sql is not None:
-                cursor = conn.cursor()
-                try:
-                    cursor.execute(local_sql)
-                finally:
-                    cursor.close()
-            result = call()
+                _run_sql(conn, local_sql)
+            result = fn(*args, **kw) if kw else fn(*args)
         except Exception as exc:
-            if ticket is not None and not ticket.cancel() and limit is not None:
+            if ticket is not None and not ticket.cancel():
                 raise self._pg_cut(state, limit, exc) from exc
             raise
         except BaseException:
             if ticket is not None:
                 ticket.cancel()
             raise
-        if ticket is not None and not ticket.cancel() and limit is not None:
+        if ticket is not None and not ticket.cancel():
             raise self._pg_cut(state, limit, None)
         return result
 
@@ -277,6 +325,18 @@ class GuardedConnection(Connection):
             # statement and close()): SQLAlchemy has invalidated it; the work is rolled back.
             if not state.backend.classify(exc).disconnect:
                 raise
+
+
+def _seconds(limit: Limit) -> float:
+    return limit[0]
+
+
+def _run_sql(conn: Any, sql: str) -> None:
+    cursor = conn.cursor()
+    try:
+        cursor.execute(sql)
+    finally:
+        cursor.close()
 
 
 def _ambiguous(state: PgState, exc: BaseException) -> PoolguardError:

@@ -55,8 +55,12 @@ _FRESH = "poolguard.fresh"  # SQLAlchemy clears record.fresh *before* the checko
 
 
 def driver_of(dbapi_connection: Any) -> Any:
-    """The driver's connection under SQLAlchemy's asyncio adapter (or the connection itself)."""
-    return getattr(dbapi_connection, "driver_connection", dbapi_connection)
+    """The driver's connection behind a pool's proxy (``_ConnectionFairy``) and SQLAlchemy's
+    asyncio adapter, or the connection itself."""
+    # Plain attribute reads: the fairy's own ``driver_connection`` is a chain of three
+    # properties and a dialect call, and this runs for every statement.
+    raw = getattr(dbapi_connection, "dbapi_connection", dbapi_connection)
+    return getattr(raw, "driver_connection", raw)
 
 
 def socket_of(state: PgState, dbapi_connection: Any) -> int | None:
