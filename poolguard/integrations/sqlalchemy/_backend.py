@@ -111,6 +111,7 @@ class PostgresBackend(SqlBackend):
         self.retry_codes = frozenset(pg.RETRY_TRANSACTION_SQLSTATES)
         self._idle = TransactionStatus.IDLE
         self._unknown = TransactionStatus.UNKNOWN
+        self._in_transaction = (TransactionStatus.INTRANS, TransactionStatus.INERROR)
 
     def classify(self, exc: BaseException) -> Classification:
         return self.pg.classify(exc)
@@ -119,7 +120,11 @@ class PostgresBackend(SqlBackend):
         return self.pg.is_idempotent(sql)
 
     def needs_reset(self, driver_conn: Any) -> bool | None:
-        return self.pg.needs_reset(driver_conn)
+        # backends.postgres.needs_reset, on the one libpq read (see is_idle): runs per return.
+        status = driver_conn.pgconn.transaction_status
+        if status == self._idle:
+            return False
+        return True if status in self._in_transaction else None
 
     def error_code(self, exc: BaseException) -> str | None:
         return self.pg.sqlstate(exc)

@@ -20,6 +20,7 @@ is the hook SQLAlchemy documents for pessimistic checkout handling: raising
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Any
 
@@ -86,12 +87,34 @@ class _GuardedPoolMixin:
 
     def connect(self) -> Any:
         state = self._pg
-        base_connect = super().connect  # type: ignore[misc]
         if state is None or in_statement_loop.get():
-            return base_connect()
+            return super().connect()  # type: ignore[misc]
+        # Fast path, as for statements: a checkout is one attempt of the core loop (counted,
+        # breaker-checked) but the loop itself is only built once that attempt failed.
+        guard = state.guard
+        started = guard.first_attempt()
+        if started is not None:
+            try:
+                fairy = super().connect()  # type: ignore[misc]
+            except Exception as exc:
+                failure: Exception | None = exc
+            else:
+                guard.breaker.record_success()
+                return fairy
+        else:
+            failure = None
+        return self._connect_retrying(state, failure, started)
+
+    def _connect_retrying(
+        self, state: PgState, failure: Exception | None, started: float | None
+    ) -> Any:
+        base_connect = super().connect  # type: ignore[misc]
+        guard = state.guard
         try:
-            return state.guard.run_with(
-                lambda _attempts: base_connect(), CHECKOUT, sleep=state.sleep
+            if failure is None or started is None:
+                return guard.run_with(lambda _attempts: base_connect(), CHECKOUT, sleep=state.sleep)
+            return guard.resume_with(
+                lambda _attempts: base_connect(), failure, started, CHECKOUT, sleep=state.sleep
             )
         except PoolguardError as exc:
             if isinstance(exc, sa_exc.SQLAlchemyError):
@@ -104,6 +127,14 @@ class _GuardedPoolMixin:
         timeout = effective_timeout(
             state.settings.acquire_timeout, what="connection checkout", error=PoolTimeout
         )
+        try:
+            # An idle connection is there: no wait to time (and no clock to read).
+            record: ConnectionPoolEntry = self._pool.get(False)
+        except sqla_queue.Empty:
+            pass
+        else:
+            state.guard.stats.record_wait(0.0)
+            return record
         started = time.monotonic()
         try:
             return self._get(state, timeout)
@@ -162,6 +193,14 @@ class _GuardedPoolMixin:
         if _checkin and getattr(connection, "is_valid", False):
             connection.invalidate(exception)
 
+    def _return_conn(self, record: ConnectionPoolEntry) -> None:
+        # The checkin rules as a method rather than a "checkin" listener: one call less per
+        # return, no event dispatch.
+        state = self._pg
+        if state is not None and record.dbapi_connection is not None:
+            _returned(state, record)
+        super()._return_conn(record)  # type: ignore[misc]
+
     def recreate(self) -> Any:
         new = super().recreate()  # type: ignore[misc]
         new._pg = self._pg
@@ -204,11 +243,12 @@ class GuardedAsyncQueuePool(_GuardedPoolMixin, AsyncAdaptedQueuePool):
 
 
 def install_pool_events(target: Any, state: PgState) -> None:
-    """connect / checkout / checkin / reset listeners implementing the pool rules of DESIGN."""
-    event.listen(target, "connect", lambda c, r: _on_connect(state, c, r))
-    event.listen(target, "checkout", lambda c, r, p: _on_checkout(state, c, r))
-    event.listen(target, "checkin", lambda c, r: _on_checkin(state, c, r))
-    event.listen(target, "reset", lambda c, r, s: _on_reset(state, c, r, s))
+    """connect / checkout / reset listeners implementing the pool rules of DESIGN (the checkin
+    rules are :meth:`_GuardedPoolMixin._return_conn`)."""
+    # partial, not lambda: called in C, one Python frame less per event.
+    event.listen(target, "connect", functools.partial(_on_connect, state))
+    event.listen(target, "checkout", functools.partial(_on_checkout, state))
+    event.listen(target, "reset", functools.partial(_on_reset, state))
 
 
 def _on_connect(state: PgState, dbapi_connection: Any, record: Any) -> None:
@@ -234,7 +274,7 @@ def _on_connect(state: PgState, dbapi_connection: Any, record: Any) -> None:
                 dbapi_connection.commit()
 
 
-def _on_checkout(state: PgState, dbapi_connection: Any, record: Any) -> None:
+def _on_checkout(state: PgState, dbapi_connection: Any, record: Any, proxy: Any) -> None:
     info = record.info
     now = time.monotonic()
     if info.pop(_FRESH, False) or _BORN not in info:
@@ -285,9 +325,7 @@ def _evict(state: PgState, reason: str, age: float, idle: float) -> None:
     raise sa_exc.DisconnectionError(f"evicted ({reason})")
 
 
-def _on_checkin(state: PgState, dbapi_connection: Any, record: Any) -> None:
-    if dbapi_connection is None:
-        return
+def _returned(state: PgState, record: Any) -> None:
     now = time.monotonic()
     record.info[_RETURNED] = now
     lifetime = record.info.get(_LIFETIME)
