@@ -159,6 +159,8 @@ class GuardedConnection(Connection):
                 conn = self._revalidate_connection()
             finally:
                 in_statement_loop.reset(token)
+        if local_sql is None and not state.bounded and current_deadline() is None:
+            return super()._execute_context(*call, **kw)  # unbounded: see _pg_limit
         return self._pg_guarded(
             state, conn, super()._execute_context, call, kw=kw, local_sql=local_sql
         )
@@ -315,7 +317,10 @@ class GuardedConnection(Connection):
             super()._rollback_impl()
             return
         try:
-            self._pg_guarded(state, conn, super()._rollback_impl, cleanup=True)
+            if state.bounded or current_deadline() is not None:
+                self._pg_guarded(state, conn, super()._rollback_impl, cleanup=True)
+            else:
+                super()._rollback_impl()  # nothing bounds it: no watchdog (see _pg_limit)
         except PoolguardError:
             # The server did not answer the ROLLBACK: it rolls back by itself when the (now
             # closed) connection goes away. Nothing was committed, so this is not an error.

@@ -29,7 +29,7 @@ from sqlalchemy import exc as sa_exc
 from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, QueuePool
 from sqlalchemy.util import queue as sqla_queue
 
-from poolguard.core.deadline import effective_timeout
+from poolguard.core.deadline import current_deadline, effective_timeout
 from poolguard.core.disposition import Operation, Scope
 from poolguard.errors import ConnectTimeout, PoolguardError, PoolTimeout
 from poolguard.integrations.backstop import backstop
@@ -124,9 +124,9 @@ class _GuardedPoolMixin:
     def _do_get(self) -> ConnectionPoolEntry:
         state = self._pg
         assert state is not None
-        timeout = effective_timeout(
-            state.settings.acquire_timeout, what="connection checkout", error=PoolTimeout
-        )
+        timeout = state.settings.acquire_timeout
+        if current_deadline() is not None:
+            timeout = effective_timeout(timeout, what="connection checkout", error=PoolTimeout)
         try:
             # An idle connection is there: no wait to time (and no clock to read).
             record: ConnectionPoolEntry = self._pool.get(False)
