@@ -134,12 +134,13 @@ class _GuardedPoolMixin:
             pass
         else:
             state.guard.stats.record_wait(0.0)
-            return record
+            return _vetted(state, record)
         started = time.monotonic()
         try:
-            return self._get(state, timeout)
+            record = self._get(state, timeout)
         finally:
             state.guard.stats.record_wait(time.monotonic() - started)
+        return _vetted(state, record)
 
     def _get(self, state: PgState, timeout: float | None) -> ConnectionPoolEntry:
         # QueuePool._do_get with a per-call timeout (SQLAlchemy's is a pool-wide attribute).
@@ -243,11 +244,10 @@ class GuardedAsyncQueuePool(_GuardedPoolMixin, AsyncAdaptedQueuePool):
 
 
 def install_pool_events(target: Any, state: PgState) -> None:
-    """connect / checkout / reset listeners implementing the pool rules of DESIGN (the checkin
-    rules are :meth:`_GuardedPoolMixin._return_conn`)."""
+    """connect / reset listeners implementing the pool rules of DESIGN (the checkout rules are
+    :func:`_vetted`, the checkin rules :meth:`_GuardedPoolMixin._return_conn`)."""
     # partial, not lambda: called in C, one Python frame less per event.
     event.listen(target, "connect", functools.partial(_on_connect, state))
-    event.listen(target, "checkout", functools.partial(_on_checkout, state))
     event.listen(target, "reset", functools.partial(_on_reset, state))
 
 
@@ -274,7 +274,29 @@ def _on_connect(state: PgState, dbapi_connection: Any, record: Any) -> None:
                 dbapi_connection.commit()
 
 
-def _on_checkout(state: PgState, dbapi_connection: Any, record: Any, proxy: Any) -> None:
+def _vetted(state: PgState, record: ConnectionPoolEntry) -> ConnectionPoolEntry:
+    """The checkout rules, applied to a record as it leaves the pool's queue.
+
+    This was a "checkout" listener; as a step of ``_do_get`` it costs no event dispatch and
+    keeps SQLAlchemy's checkout on its fast path (measured: checkout + close 23.4 -> ~20 us).
+    The outcomes are the listener's: a connection evicted or failing validation is
+    invalidated here and ``get_connection()`` (next in SQLAlchemy's checkout) reconnects the
+    record in place; any other error returns the invalidated record to the pool and raises.
+    """
+    dbapi_connection = record.dbapi_connection
+    if dbapi_connection is None:
+        return record  # reconnected by get_connection(): fresh, nothing to check
+    try:
+        _on_checkout(state, dbapi_connection, record)
+    except sa_exc.DisconnectionError as exc:
+        record.invalidate(exc)
+    except BaseException as exc:
+        record._checkin_failed(exc, _fairy_was_created=False)  # type: ignore[attr-defined]
+        raise
+    return record
+
+
+def _on_checkout(state: PgState, dbapi_connection: Any, record: Any) -> None:
     info = record.info
     now = time.monotonic()
     if info.pop(_FRESH, False) or _BORN not in info:
