@@ -1,21 +1,28 @@
 """The guarded SQLAlchemy pool: acquire timeout, connect retries, validation, eviction, stats.
 
 :class:`GuardedQueuePool` (sync) and :class:`GuardedAsyncQueuePool` (asyncio) are SQLAlchemy's
-own QueuePools with four changes, each small:
+own QueuePools with these changes, each small:
 
 - ``connect()`` (checkout) runs under the core retry loop as a *before-send* operation: a
   refused connection, a connect timeout or "the database system is starting up" is retried with
-  backoff within the deadline, and counts towards the circuit breaker;
+  backoff within the deadline, and counts towards the circuit breaker. The loop is only built
+  once the first attempt failed (``Guard.first_attempt`` / ``resume_with``): a checkout that
+  succeeds costs one admission check;
 - ``_do_get()`` waits ``min(acquire_timeout, deadline)`` and raises a :class:`PoolTimeout` that
-  is also ``sqlalchemy.exc.TimeoutError`` and states the pool's numbers;
+  is also ``sqlalchemy.exc.TimeoutError`` and states the pool's numbers; it then applies the
+  checkout rules (lifetime, idle time, validation: :func:`_vetted`) to the record it hands out;
+- ``_return_conn()`` applies the checkin rules (lifetime also enforced on return);
 - ``_invalidate()`` (SQLAlchemy calls it on every disconnect) no longer drops *every* older
   connection: a POOL-scope error (server restart, failover) marks them suspect, so they are
   validated at their next checkout; a CONNECTION-scope error condemns that connection only;
 - ``stats()``.
 
-Lifetime, idle time and validation are pool events (:func:`install_pool_events`), because that
-is the hook SQLAlchemy documents for pessimistic checkout handling: raising
-``DisconnectionError`` from ``checkout`` makes the pool replace the connection in place.
+The checkout and checkin rules were ``checkout`` / ``checkin`` listeners (the hook SQLAlchemy
+documents for pessimistic checkout handling); as pool methods they cost no event dispatch and
+keep SQLAlchemy's checkout on its fast path, with the same outcome: a connection that fails is
+invalidated and reconnected in place. ``connect`` (session setup) and ``reset`` (ROLLBACK on
+return only when libpq / the server status says a transaction is open) remain listeners
+(:func:`install_pool_events`).
 """
 
 from __future__ import annotations
