@@ -25,8 +25,16 @@ and SQLAlchemy's FAQ recipe ("How do I retry a statement execution automatically
   re-runs the whole unit.
 
 Every statement, commit and rollback also runs under the client backstop
-(``min(query_timeout + grace, deadline, transaction deadline)``), and a lost COMMIT reply of a
-transaction that wrote raises :class:`~poolguard.AmbiguousResultError`.
+(``min(query_timeout + grace, deadline, transaction deadline)``; a ROLLBACK gets
+``(query_timeout or VALIDATE_TIMEOUT) + grace`` even past the deadline) whenever a statement
+timeout or a deadline is configured; with neither, nothing bounds a statement, so no watchdog
+ticket is armed for it or its ROLLBACK. A lost COMMIT reply of a transaction that wrote raises
+:class:`~poolguard.AmbiguousResultError`.
+
+Cost: a statement that succeeds runs one admission check of the core loop
+(``Guard.first_attempt``) and SQLAlchemy's own ``_execute_context``; the retry loop (an
+``Attempts``, a closure) is built only after a failure (``Guard.resume_with``), with the same
+decisions, counting and breaker accounting as if it had run from the start.
 """
 
 from __future__ import annotations
