@@ -12,29 +12,10 @@ import psycopg
 import psycopg_pool
 
 from poolguard.backends import postgres as pg
-from poolguard.core.disposition import Action
-from poolguard.core.retry import GiveUp
-from poolguard.errors import (
-    AmbiguousResultError,
-    ConnectTimeout,
-    PoolguardError,
-    PoolTimeout,
-    QueryTimeout,
-    TransactionTimeout,
-    dropin,
-)
+from poolguard.errors import PoolguardError, PoolTimeout, dropin
+from poolguard.integrations._giveup import error_factory
 
 __all__ = ["as_dropin", "make_error", "pg_dropin"]
-
-#: Server-side timeouts reported as poolguard timeouts (reason → class, what to tune).
-_SERVER_TIMEOUTS: dict[str, tuple[type[PoolguardError], str]] = {
-    "statement_timeout": (QueryTimeout, "raise POOLGUARD_QUERY_TIMEOUT or make the query faster"),
-    "idle_in_transaction_timeout": (
-        TransactionTimeout,
-        "raise POOLGUARD_IDLE_IN_TRANSACTION_TIMEOUT or do less between statements",
-    ),
-    "connect_timeout": (ConnectTimeout, "raise POOLGUARD_CONNECT_TIMEOUT or check the network"),
-}
 
 
 def _foreign(base: type[PoolguardError], orig: BaseException | None) -> type[BaseException]:
@@ -76,32 +57,10 @@ def as_dropin(exc: PoolguardError) -> PoolguardError:
     )
 
 
-def make_error(g: GiveUp) -> BaseException:
-    """The Guard's error factory for the pool's statements and units of work."""
-    err = g.error
-    if isinstance(err, PoolguardError):
-        return as_dropin(err)
-    if g.action is Action.AMBIGUOUS:
-        return pg_dropin(
-            AmbiguousResultError,
-            f"{g.pool}: the outcome is unknown ({g.classification.reason}): the statement may"
-            " have been applied, so it was not retried",
-            orig=err,
-            attempts=g.attempts,
-            history=g.history,
-            hint="make it idempotent and pass idempotent=True, or check before re-running",
-        )
-    timeout = _SERVER_TIMEOUTS.get(g.classification.reason)
-    if timeout is not None:
-        cls, hint = timeout
-        return pg_dropin(
-            cls,
-            f"{g.pool}: {g.classification.reason.replace('_', ' ')} ({pg.driver_error(err)})",
-            orig=err,
-            attempts=g.attempts,
-            history=g.history,
-            hint=hint,
-        )
-    if g.attempts > 1 and hasattr(err, "add_note"):
-        err.add_note(f"poolguard: gave up after {g.attempts} attempts: {g.why}")
-    return err
+#: The Guard's error factory for the pool's statements and units of work.
+make_error = error_factory(
+    pg_dropin,
+    as_dropin=as_dropin,
+    driver_error=pg.driver_error,
+    ambiguous_hint="make it idempotent and pass idempotent=True, or check before re-running",
+)

@@ -11,29 +11,8 @@ from typing import Any
 
 import sqlalchemy.exc as sa_exc
 
-from poolguard.core.disposition import Action
-from poolguard.core.retry import GiveUp
-from poolguard.errors import (
-    AmbiguousResultError,
-    ConnectTimeout,
-    PoolguardError,
-    PoolTimeout,
-    QueryTimeout,
-    TransactionTimeout,
-    dropin,
-)
-
-#: Server-side timeouts reported as poolguard timeouts (reason → class, what to tune).
-_SERVER_TIMEOUTS: dict[str, tuple[type[PoolguardError], str]] = {
-    "statement_timeout": (QueryTimeout, "raise POOLGUARD_QUERY_TIMEOUT or make the query faster"),
-    "idle_in_transaction_timeout": (
-        TransactionTimeout,
-        "raise POOLGUARD_IDLE_IN_TRANSACTION_TIMEOUT or do less between statements",
-    ),
-    # PyMySQL's read_timeout (the socket-level second line behind the watchdog) fired.
-    "read_timeout": (QueryTimeout, "raise POOLGUARD_QUERY_TIMEOUT or make the query faster"),
-    "connect_timeout": (ConnectTimeout, "raise POOLGUARD_CONNECT_TIMEOUT or check the network"),
-}
+from poolguard.errors import PoolguardError, PoolTimeout, dropin
+from poolguard.integrations._giveup import error_factory
 
 
 def driver_error(exc: BaseException) -> BaseException:
@@ -90,34 +69,11 @@ def as_dropin(exc: PoolguardError) -> PoolguardError:
     )
 
 
-def make_error(g: GiveUp) -> BaseException:
-    """The Guard's error factory for statements and checkouts (see core ``GiveUp``)."""
-    err = g.error
-    if isinstance(err, PoolguardError):
-        return as_dropin(err)
-    if g.action is Action.AMBIGUOUS:
-        return sa_dropin(
-            AmbiguousResultError,
-            f"{g.pool}: the outcome is unknown ({g.classification.reason}): the statement may"
-            " have been applied, so it was not retried",
-            orig=err,
-            attempts=g.attempts,
-            history=g.history,
-            hint="make it idempotent and pass execution_options(idempotent=True), or check",
-            invalidated=True,
-        )
-    timeout = _SERVER_TIMEOUTS.get(g.classification.reason)
-    if timeout is not None:
-        cls, hint = timeout
-        return sa_dropin(
-            cls,
-            f"{g.pool}: {g.classification.reason.replace('_', ' ')} ({driver_error(err)})",
-            orig=err,
-            attempts=g.attempts,
-            history=g.history,
-            hint=hint,
-            invalidated=g.classification.disconnect,
-        )
-    if g.attempts > 1 and hasattr(err, "add_note"):
-        err.add_note(f"poolguard: gave up after {g.attempts} attempts: {g.why}")
-    return err
+#: The Guard's error factory for statements and checkouts (see ``integrations/_giveup.py``).
+make_error = error_factory(
+    sa_dropin,
+    as_dropin=as_dropin,
+    driver_error=driver_error,
+    ambiguous_hint="make it idempotent and pass execution_options(idempotent=True), or check",
+    marks_invalidated=True,
+)
