@@ -91,9 +91,7 @@ class GuardedConnection(Connection):
             return super()._execute_context(
                 dialect, constructor, statement, parameters, execution_options, *args, **kw
             )
-        call = (dialect, constructor, statement, parameters, execution_options, *args)
         position = self._pg_position(state)
-        swappable = _CHARACTERISTICS.isdisjoint(self._execution_options)
         idempotent = self._pg_idempotent(state, statement, parameters, execution_options)
         if not idempotent:
             self._pg_wrote = True
@@ -104,6 +102,7 @@ class GuardedConnection(Connection):
         local_sql = (
             state.local_timeouts_sql() if state.pgbouncer and position is Position.FIRST else None
         )
+        call = (dialect, constructor, statement, parameters, execution_options, *args)
         # Fast path: most statements succeed at once, and the retry loop (an Attempts object, a
         # closure) is only needed once one failed. first_attempt() does the loop's first checks
         # and bookkeeping; a failure continues the very same loop through resume_with().
@@ -111,7 +110,16 @@ class GuardedConnection(Connection):
         started = guard.first_attempt()
         if started is not None:
             try:
-                result = self._pg_attempt(state, local_sql, call, kw)
+                if (
+                    local_sql is None
+                    and self._dbapi_connection is not None
+                    and not state.bounded
+                    and current_deadline() is None
+                ):
+                    # Nothing to arm, nothing to reconnect: SQLAlchemy's own execution.
+                    result = super()._execute_context(*call, **kw)
+                else:
+                    result = self._pg_attempt(state, local_sql, call, kw)
             except Exception as exc:
                 failure: Exception | None = exc
             else:
@@ -121,6 +129,7 @@ class GuardedConnection(Connection):
             failure = None
         # A fresh DBAPI connection would lack these characteristics (and SQLAlchemy refuses
         # to set them inside a transaction): never move this Connection to another one.
+        swappable = _CHARACTERISTICS.isdisjoint(self._execution_options)
         op = Operation(position if swappable else Position.LATER, idempotent=idempotent)
         return self._pg_retry(state, op, swappable, local_sql, call, kw, failure, started)
 
