@@ -27,6 +27,7 @@ if TYPE_CHECKING:
         ServerUnavailable,
         free_port,
     )
+    from poolguard.testing.workload import StreamResult, stream_during
 
 _WHERE = {
     "DeafListener": "poolguard.testing.proxy",
@@ -39,7 +40,9 @@ _WHERE = {
     "ServerError": "poolguard.testing.servers",
     "ServerStartError": "poolguard.testing.servers",
     "ServerUnavailable": "poolguard.testing.servers",
+    "StreamResult": "poolguard.testing.workload",
     "free_port": "poolguard.testing.servers",
+    "stream_during": "poolguard.testing.workload",
 }
 
 __all__ = [
@@ -53,7 +56,9 @@ __all__ = [
     "ServerError",
     "ServerStartError",
     "ServerUnavailable",
+    "StreamResult",
     "free_port",
+    "stream_during",
 ]
 
 

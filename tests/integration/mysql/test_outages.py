@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -13,6 +12,7 @@ import sqlalchemy
 from sqlalchemy import text
 
 import poolguard
+from poolguard.testing import stream_during
 
 pytestmark = [pytest.mark.mysql, pytest.mark.chaos, pytest.mark.slow]
 
@@ -34,17 +34,6 @@ def server() -> Iterator[Any]:
         yield started
 
 
-def _read_stream(engine: Any, stop: threading.Event, ok: list[float], errors: list[Any]) -> None:
-    while not stop.is_set():
-        try:
-            with poolguard.deadline(10), engine.connect() as conn:
-                assert conn.execute(text("SELECT 1")).scalar() == 1
-            ok.append(time.monotonic())
-        except Exception as exc:  # pragma: no cover - the assertion below reports it
-            errors.append(exc)
-        time.sleep(0.01)
-
-
 @pytest.mark.parametrize(
     "breaker",
     [
@@ -58,30 +47,19 @@ def test_restart_with_downtime_surfaces_no_error(
     server: Any, make_engine: Any, breaker: int | None
 ) -> None:
     engine = make_engine(server.url, **RIDE_THROUGH, breaker_failures=breaker)
-    stop = threading.Event()
-    ok: list[float] = []
-    errors: list[Any] = []
-    threads = [
-        threading.Thread(target=_read_stream, args=(engine, stop, ok, errors)) for _ in range(2)
-    ]
-    for t in threads:
-        t.start()
-    time.sleep(0.3)
-    restarted_at = time.monotonic()
-    server.restart(downtime=DOWNTIME)
-    back_at = time.monotonic()
-    time.sleep(0.5)
-    stop.set()
-    for t in threads:
-        t.join()
-    assert errors == []
-    assert any(t < restarted_at for t in ok)
-    assert any(t > back_at for t in ok)
+
+    def read() -> None:
+        with poolguard.deadline(10), engine.connect() as conn:
+            assert conn.execute(text("SELECT 1")).scalar() == 1
+
+    result = stream_during(lambda: server.restart(downtime=DOWNTIME), read)
+    assert result.errors == []
+    assert result.spans_fault()
     snap = poolguard.stats(engine)
     assert snap["retries"] >= 1
     assert snap["give_ups"] == 0
     print(
-        f"\nsync restart (breaker {breaker}): {len(ok)} reads ok, 0 errors,"
+        f"\nsync restart (breaker {breaker}): {len(result.ok)} reads ok, 0 errors,"
         f" retries {snap['retries_by_reason']}, breaker opened {snap['breaker']['opened']}x"
     )
 

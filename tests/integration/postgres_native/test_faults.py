@@ -16,7 +16,7 @@ import psycopg_pool
 import pytest
 
 import poolguard
-from poolguard.testing import DeafListener
+from poolguard.testing import DeafListener, stream_during
 
 pytestmark = [pytest.mark.postgres, pytest.mark.chaos, pytest.mark.slow]
 
@@ -25,37 +25,17 @@ GRACE = 0.5
 DOWNTIME = 1.5
 
 
-def _read_stream(pool: Any, stop: threading.Event, ok: list[float], errors: list[Any]) -> None:
-    while not stop.is_set():
-        try:
-            with poolguard.deadline(10):
-                assert pool.fetchval("SELECT 1") == 1
-            ok.append(time.monotonic())
-        except Exception as exc:  # pragma: no cover - the assertion below reports it
-            errors.append(exc)
-        time.sleep(0.01)
-
-
 def test_restart_with_downtime_surfaces_no_error(dedicated_server: Any, make_pool: Any) -> None:
     server = dedicated_server("postgres")
     pool = make_pool(server.url)
-    stop = threading.Event()
-    ok: list[float] = []
-    errors: list[Any] = []
-    threads = [threading.Thread(target=_read_stream, args=(pool, stop, ok, errors)) for _ in "ab"]
-    for t in threads:
-        t.start()
-    time.sleep(0.3)
-    restarted_at = time.monotonic()
-    server.restart(downtime=DOWNTIME)
-    back_at = time.monotonic()
-    time.sleep(0.5)
-    stop.set()
-    for t in threads:
-        t.join()
-    assert errors == []
-    assert any(t < restarted_at for t in ok)
-    assert any(t > back_at for t in ok)
+
+    def read() -> None:
+        with poolguard.deadline(10):
+            assert pool.fetchval("SELECT 1") == 1
+
+    result = stream_during(lambda: server.restart(downtime=DOWNTIME), read)
+    assert result.errors == []
+    assert result.spans_fault()
     snap = pool.stats()
     assert snap["give_ups"] == 0
     assert snap["disconnects"] >= 1
