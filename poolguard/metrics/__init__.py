@@ -1,0 +1,1 @@
+"""Metrics adapters over ``poolguard.stats()`` snapshots (optional extras)."""
