@@ -8,7 +8,6 @@ from __future__ import annotations
 import math
 import random
 import socket
-import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
@@ -19,7 +18,7 @@ import redis.exceptions as rex
 
 from poolguard.backends import redis as backend
 from poolguard.config.settings import Settings
-from poolguard.core.deadline import current_deadline
+from poolguard.core.deadline import current_deadline, effective_timeout
 from poolguard.core.disposition import Action, Operation
 from poolguard.core.retry import GiveUp, Guard, default_error
 from poolguard.core.stats import Hooks
@@ -147,17 +146,12 @@ def pipeline_timeout(
     return deadline_cap(timeout)
 
 
+# The caller's deadline caps each timeout (core ``effective_timeout``); the error raised when the
+# deadline is already spent is the redis-py drop-in of the matching poolguard timeout.
+
+
 def deadline_cap(timeout: float | None) -> float | None:
-    at = current_deadline()
-    if at is None:
-        return timeout
-    left = at - time.monotonic()
-    if left <= 0:
-        raise QueryTimeoutError(
-            "redis: the deadline was spent before the command could be sent",
-            hint="raise the poolguard.deadline() budget",
-        )
-    return left if timeout is None else min(timeout, left)
+    return effective_timeout(timeout, what="redis command", error=QueryTimeoutError)
 
 
 def handshake_timeout(command: float | None, connect: float | None) -> float | None:
@@ -169,29 +163,11 @@ def handshake_timeout(command: float | None, connect: float | None) -> float | N
 
 
 def connect_timeout(configured: float | None) -> float | None:
-    at = current_deadline()
-    if at is None:
-        return configured
-    left = at - time.monotonic()
-    if left <= 0:
-        raise ConnectTimeoutError(
-            "redis: the deadline was spent before a connection could be opened",
-            hint="raise the poolguard.deadline() budget",
-        )
-    return left if configured is None else min(configured, left)
+    return effective_timeout(configured, what="redis connect", error=ConnectTimeoutError)
 
 
 def acquire_timeout(configured: float | None) -> float | None:
-    at = current_deadline()
-    if at is None:
-        return configured
-    left = at - time.monotonic()
-    if left <= 0:
-        raise PoolTimeoutError(
-            "redis: the deadline was spent before a pooled connection was free",
-            hint="raise the poolguard.deadline() budget",
-        )
-    return left if configured is None else min(configured, left)
+    return effective_timeout(configured, what="redis connection checkout", error=PoolTimeoutError)
 
 
 # -- per-pool policy -----------------------------------------------------------------------
