@@ -24,7 +24,7 @@ from psycopg_pool.base import AttemptWithBackoff
 from poolguard.backends import postgres as pg
 from poolguard.config.settings import Settings
 from poolguard.core.backoff import Backoff, default_rng
-from poolguard.core.deadline import _deadline, current_deadline
+from poolguard.core.deadline import _deadline, current_deadline, effective_timeout
 from poolguard.core.disposition import (
     Action,
     Classification,
@@ -41,9 +41,13 @@ from poolguard.errors import (
     PoolTimeout,
     QueryTimeout,
     TransactionTimeout,
+    dropin_class,
 )
 from poolguard.integrations.backstop import Ticket, watchdog
 from poolguard.integrations.psycopg_pool._errors import pg_dropin
+
+#: Raised when the deadline is spent before a checkout: also psycopg_pool's PoolTimeout.
+_POOL_TIMEOUT = dropin_class(PoolTimeout, psycopg_pool.PoolTimeout)
 
 __all__ = [
     "ARMED",
@@ -318,18 +322,14 @@ class PoolRules:
     # -- acquiring ------------------------------------------------------------------------------
     def acquire_wait(self, timeout: float | None) -> float:
         """``min(timeout or acquire_timeout, deadline)`` for one checkout."""
-        at = _deadline.get()
-        if at is None:  # the common case, first
+        if _deadline.get() is None:  # the common case, first
             return self.default_wait if timeout is None else timeout
-        left = at - time.monotonic()
-        if left <= 0:
-            raise pg_dropin(
-                PoolTimeout,
-                f"{self.name}: deadline exceeded before the connection checkout could start",
-                hint="raise the poolguard.deadline() budget",
-            )
         configured = timeout if timeout is not None else self.settings.acquire_timeout
-        return left if configured is None else min(configured, left)
+        bound = effective_timeout(
+            configured, what=f"{self.name} connection checkout", error=_POOL_TIMEOUT
+        )
+        assert bound is not None  # a deadline is set, so the bound is finite
+        return bound
 
     def breaker_check(self) -> None:
         try:

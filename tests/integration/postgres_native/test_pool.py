@@ -87,6 +87,18 @@ def test_deadline_bounds_the_acquire(postgres_server: Any, make_pool: Any) -> No
         assert time.monotonic() - started <= 0.2 + GRACE
 
 
+def test_spent_deadline_fails_the_checkout_before_waiting(
+    postgres_server: Any, make_pool: Any
+) -> None:
+    pool = make_pool(postgres_server.url)
+    with poolguard.deadline(0.01):
+        time.sleep(0.02)
+        with pytest.raises(psycopg_pool.PoolTimeout) as info, pool.connection():
+            pass
+    assert isinstance(info.value, poolguard.PoolTimeout)
+    assert "deadline exceeded" in str(info.value)
+
+
 def test_fresh_connections_are_not_pinged_idle_ones_are(
     postgres_server: Any, make_pool: Any
 ) -> None:
