@@ -1,5 +1,5 @@
-"""Fixtures for the MySQL/MariaDB integration tests: guarded engines that clean up after
-themselves, and helpers to find and KILL exactly this test's server sessions.
+"""Helpers for the MySQL/MariaDB integration tests to find and KILL exactly this test's
+server sessions (the engine factories are in ``tests/integration/conftest.py``).
 
 MariaDB has no client-chosen ``application_name``, so tests kill by ``CONNECTION_ID()``.
 """
@@ -7,62 +7,9 @@ MariaDB has no client-chosen ``application_name``, so tests kill by ``CONNECTION
 from __future__ import annotations
 
 import threading
-from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
-import pytest
-from sqlalchemy import Engine, text
-from sqlalchemy.ext.asyncio import AsyncEngine
-
-import poolguard
-
-#: Defaults that keep fault tests fast: short timeouts, more attempts, no breaker surprises.
-FAST: dict[str, Any] = {
-    "connect_timeout": 1.0,
-    "acquire_timeout": 2.0,
-    "retry_backoff_initial": 0.02,
-    "retry_backoff_max": 0.2,
-    "breaker_failures": None,
-    "retry_budget": None,
-}
-
-EngineFactory = Callable[..., Engine]
-AsyncEngineFactory = Callable[..., AsyncEngine]
-
-
-@pytest.fixture
-def make_engine() -> Iterator[EngineFactory]:
-    """``make_engine(url, **overrides)``: a poolguard Engine, disposed at teardown."""
-    engines: list[Engine] = []
-
-    def make(url: str, **overrides: Any) -> Engine:
-        engine = poolguard.create_engine(url, **{**FAST, **overrides})
-        engines.append(engine)
-        return engine
-
-    yield make
-    for engine in engines:
-        engine.dispose()
-
-
-@pytest.fixture
-async def make_async_engine() -> AsyncIterator[AsyncEngineFactory]:
-    engines: list[AsyncEngine] = []
-
-    def make(url: str, **overrides: Any) -> AsyncEngine:
-        engine = poolguard.create_async_engine(url, **{**FAST, **overrides})
-        engines.append(engine)
-        return engine
-
-    yield make
-    for engine in engines:
-        await engine.dispose()
-
-
-@pytest.fixture(autouse=True)
-def _no_backoff_surprises() -> Iterator[None]:
-    yield
-    poolguard.set_testing(False)
+from sqlalchemy import text
 
 
 def connection_id(conn: Any) -> int:
