@@ -1,6 +1,8 @@
 """The ``poolguard`` command line: ``poolguard check`` validates configuration and backends.
 
-Exit codes: 0 every backend answered, 1 a backend failed, 2 the configuration is invalid.
+Exit codes: 0 every backend answered, 1 a backend failed or nothing is configured, 2 the
+configuration is invalid. Local throw-away servers are started only with ``--local``: a
+deploy-time check that found no URL must fail, not report on servers the app will never use.
 Nothing printed ever contains a password: URLs go through ``redact`` and every string of the
 report is scrubbed of the configured passwords as a second line of defense.
 """
@@ -36,14 +38,14 @@ def _parser() -> argparse.ArgumentParser:
         help="validate the configuration and connect to every configured backend",
         description="Reads DATABASE_URL, REDIS_URL and POOLGUARD_* like the app does, connects "
         "to each backend and reports version, latency, timeouts and warnings. Exit codes: "
-        "0 ok, 1 a backend failed, 2 invalid configuration.",
+        "0 ok, 1 a backend failed or nothing is configured, 2 invalid configuration.",
     )
     check.add_argument("--json", action="store_true", help="print JSON for machines")
     check.add_argument(
         "--local",
         action="store_true",
         help="start local PostgreSQL, MariaDB and Redis (poolguard.testing) and check those "
-        "(the default when no URL is configured)",
+        "instead of the configured URLs",
     )
     check.add_argument(
         "--name",
@@ -95,12 +97,29 @@ def check(
     op_timeout = parse_duration("--timeout", timeout)
     if op_timeout <= 0:
         raise ConfigError("--timeout must be more than 0s", variable="--timeout")
-    targets = [] if local else targets_from_env(environ, names)
-    if targets:
-        return _finish(targets, op_timeout, "env", [])
-    notes = [] if local else ["no DATABASE_URL or REDIS_URL set: checking local servers"]
-    with local_targets(environ) as started:
-        return _finish(started, op_timeout, "local", notes)
+    if local:
+        with local_targets(environ) as started:
+            return _finish(started, op_timeout, "local", [])
+    targets = targets_from_env(environ, names)
+    if not targets:
+        return _nothing_configured()
+    return _finish(targets, op_timeout, "env", [])
+
+
+NOTHING_CONFIGURED = (
+    "nothing is configured: neither DATABASE_URL nor REDIS_URL is set (set them as the app"
+    " sees them, or run `poolguard check --local` to try throw-away local servers)"
+)
+
+
+def _nothing_configured() -> dict[str, object]:
+    return {
+        "ok": False,
+        "exit_code": EXIT_BACKEND_FAILED,
+        "mode": "env",
+        "notes": [NOTHING_CONFIGURED],
+        "backends": [],
+    }
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -111,6 +130,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as exc:
         return _config_error(exc, args.json)
     _emit(result, args.json)
+    if not result["backends"] and not result["ok"]:
+        print(f"poolguard: {NOTHING_CONFIGURED}", file=sys.stderr)
     code = result["exit_code"]
     assert isinstance(code, int)
     return code

@@ -75,6 +75,8 @@ def render_text(result: dict[str, Any]) -> str:
     failed = sum(1 for b in backends if not b["ok"])
     total = len(backends)
     verdict = "all OK" if not failed else f"{failed} of {total} FAILED"
+    if not total:
+        verdict = "nothing checked"
     lines = [f"poolguard check: {total} backend{'s' if total != 1 else ''}, {verdict}"]
     lines += [f"note: {note}" for note in result.get("notes") or []]
     for backend in backends:

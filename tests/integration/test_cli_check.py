@@ -301,11 +301,17 @@ def test_local_mode_starts_and_stops_servers() -> None:
     assert all(b["ok"] for b in result["backends"])
 
 
-@pytest.mark.postgres
-@pytest.mark.mysql
-@pytest.mark.redis
-@pytest.mark.slow
-def test_no_url_at_all_means_local() -> None:
-    proc = run_check(env=_clean_env())
-    assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert "note: no DATABASE_URL or REDIS_URL set: checking local servers" in proc.stdout
+@pytest.mark.parametrize("as_json", [False, True])
+def test_no_url_at_all_fails_instead_of_checking_local_servers(as_json: bool) -> None:
+    # A deploy-time check with no URL must not report "all OK" on throw-away local servers.
+    proc = run_check(*(["--json"] if as_json else []), env=_clean_env())
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "nothing is configured" in proc.stderr
+    assert "--local" in proc.stderr
+    if as_json:
+        result = json.loads(proc.stdout)
+        assert (result["ok"], result["exit_code"], result["backends"]) == (False, 1, [])
+        assert "nothing is configured" in result["notes"][0]
+    else:
+        assert proc.stdout.startswith("poolguard check: 0 backends, nothing checked")
+        assert "all OK" not in proc.stdout
