@@ -214,6 +214,8 @@ class PoolStats:
         snap["breaker"] = {
             "state": self.breaker_state,
             "opened": counts.get("breaker.open", 0),
+            # Calls that waited (off the network) for a probe's outcome instead of failing fast.
+            "waits": counts.get("breaker_waits", 0),
         }
         snap["acquire_wait_ms"] = {
             "count": len(waits),

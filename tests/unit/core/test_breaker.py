@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import contextvars
+from collections.abc import Callable
+from typing import TypeVar
+
 import pytest
 from core_fakes import FakeClock
 
@@ -14,6 +18,12 @@ from poolguard.core.breaker import (
 from poolguard.errors import CircuitOpenError, PoolguardError
 
 Change = tuple[BreakerState, BreakerState]
+T = TypeVar("T")
+
+
+def elsewhere(fn: Callable[[], T]) -> T:
+    """Call ``fn`` as another caller would: in a fresh context, holding no probe."""
+    return contextvars.Context().run(fn)
 
 
 def make(
@@ -89,8 +99,29 @@ def test_half_open_admits_exactly_one_probe(clock: FakeClock) -> None:
     assert changes[-1] == (BreakerState.OPEN, BreakerState.HALF_OPEN)
     for _ in range(5):
         with pytest.raises(CircuitOpenError, match="half_open"):
-            breaker.before_call()
+            elsewhere(breaker.before_call)
     assert breaker.state is BreakerState.HALF_OPEN
+
+
+def test_the_probe_holder_is_not_made_to_wait_on_its_own_probe(clock: FakeClock) -> None:
+    # A unit of work admitted as the probe then checks out and runs statements, each asking
+    # the breaker again from the same context: those nested calls belong to the probe.
+    breaker, _ = make(clock, failures=1, reset=5.0)
+    trip(breaker)
+    clock.advance(5.0)
+    probe_ctx = contextvars.copy_context()
+    probe_ctx.run(breaker.before_call)  # the unit of work takes the probe
+    for _ in range(3):
+        assert probe_ctx.run(breaker.admission) is None  # its nested checkout / statements
+        assert probe_ctx.run(breaker.admits_in) == 0.0
+    assert elsewhere(breaker.admission) == PROBE_POLL_INTERVAL  # everyone else still polls
+    # A child task of the operation inherits its context, hence the probe.
+    assert probe_ctx.copy().run(breaker.admission) is None
+    probe_ctx.run(breaker.record_failure)  # the probe failed: open again
+    clock.advance(10.0)
+    elsewhere(breaker.before_call)  # a new probe, taken by another caller
+    # The old holder's context remembers an id that is over: it waits like anyone else.
+    assert probe_ctx.run(breaker.admission) == PROBE_POLL_INTERVAL
 
 
 def test_probe_success_closes(clock: FakeClock) -> None:
@@ -142,14 +173,14 @@ def test_stale_probe_slot_is_freed(clock: FakeClock) -> None:
     breaker, _ = make(clock, failures=1, reset=2.0)
     trip(breaker)
     clock.advance(2.0)
-    breaker.before_call()  # probe 1, never reports
+    elsewhere(breaker.before_call)  # probe 1, never reports
     clock.advance(1.9)
     with pytest.raises(CircuitOpenError):
-        breaker.before_call()
+        elsewhere(breaker.before_call)
     clock.advance(0.1)
-    breaker.before_call()  # probe 2 admitted
+    elsewhere(breaker.before_call)  # probe 2 admitted
     with pytest.raises(CircuitOpenError):
-        breaker.before_call()
+        elsewhere(breaker.before_call)
     breaker.record_success()
     assert breaker.state is BreakerState.CLOSED
 
@@ -199,7 +230,7 @@ def test_admits_in(clock: FakeClock) -> None:
         breaker.before_call()
     clock.advance(0.15)
     assert breaker.admits_in() == 0.0  # half-open with a free probe slot
-    assert breaker.admission() is None  # the probe takes the slot
+    assert elsewhere(breaker.admission) is None  # the probe takes the slot
     clock.advance(1.0)
     # Others poll for the running probe's outcome instead of waiting for it to go stale.
     assert breaker.admits_in() == PROBE_POLL_INTERVAL

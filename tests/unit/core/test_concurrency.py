@@ -9,7 +9,7 @@ from __future__ import annotations
 import asyncio
 import sys
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Awaitable, Callable, Iterator
 
 import pytest
 from core_fakes import FakeClock
@@ -254,6 +254,65 @@ async def test_one_probe_through_guard_arun_from_tasks() -> None:
     assert calls == 1
     assert sorted(outcomes) == ["fast"] * (THREADS - 1) + ["ok"]
     assert guard.breaker.state is BreakerState.CLOSED
+
+
+def test_the_probe_holders_nested_calls_go_through_others_wait() -> None:
+    # run_transaction admitted as the half-open probe runs its checkout and statements through
+    # the same Guard: they must not wait on the probe their own operation holds (that stalled
+    # units of work for the probe's stale time, 10 s by default, on a healthy server).
+    clock = FakeClock()
+    guard = _half_open_guard(clock)
+    others: list[str] = []
+
+    def another_caller() -> None:
+        try:
+            others.append(guard.run(lambda: "other"))
+        except CircuitOpenError:
+            others.append("fast")
+
+    def unit_of_work() -> str:
+        t = threading.Thread(target=another_caller)  # a new thread is another caller
+        t.start()
+        t.join(10)
+        statement = guard.run(lambda: "row")  # nested: same thread, same operation
+        return guard.run(lambda: statement + "s")
+
+    assert guard.run(unit_of_work) == "rows"
+    assert others == ["fast"]
+    assert clock.sleeps == []
+    assert guard.breaker.state is BreakerState.CLOSED
+
+
+async def test_the_probe_holders_nested_awaits_go_through_other_tasks_wait() -> None:
+    clock = FakeClock()
+    guard = _half_open_guard(clock)
+    go = asyncio.Event()
+
+    async def another_caller() -> str:  # created before the probe: it does not hold it
+        await go.wait()
+        try:
+            return await guard.arun(_value("other"))
+        except CircuitOpenError:
+            return "fast"
+
+    other = asyncio.create_task(another_caller())
+
+    async def unit_of_work() -> str:
+        go.set()
+        outcome = await other  # the probe has not reported yet: the other task fails fast
+        child = await asyncio.create_task(guard.arun(_value("row")))  # a child task: same op
+        statement = await guard.arun(_value("s"))
+        return child + statement + outcome
+
+    assert await guard.arun(unit_of_work) == "rowsfast"
+    assert guard.breaker.state is BreakerState.CLOSED
+
+
+def _value(value: str) -> Callable[[], Awaitable[str]]:
+    async def fn() -> str:
+        return value
+
+    return fn
 
 
 @pytest.mark.usefixtures("testing_mode")
