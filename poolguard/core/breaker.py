@@ -24,7 +24,7 @@ statements, each asking the breaker again. Those nested calls run in the probe h
 context (same thread, same asyncio task, or SQLAlchemy's greenlet sharing the task's context),
 so the probe's id is kept in a :class:`contextvars.ContextVar` and a caller carrying the running
 probe's id is admitted. Without that the unit waited on its own probe until the probe went stale
-(``reset``, 10 s by default) — measured as 5–10 s stalls through a 1.5 s PostgreSQL restart,
+(``reset``, 10 s by default) — measured as 5-10 s stalls through a 1.5 s PostgreSQL restart,
 and every other caller waited with it. Ids are never reused, so a context that held an earlier
 probe (a thread's context outlives the operation) is not admitted by a later one.
 
