@@ -1,0 +1,1 @@
+"""A FastAPI app on poolguard (app.py) and the chaos driver that proves it (chaos.py)."""
