@@ -342,11 +342,23 @@ def _ping(state: PgState, dbapi_connection: Any) -> None:
         # The driver's own ping (MySQL COM_PING): no statement, no parse, one round trip.
         dbapi_connection.ping(False)
         return
+    # The ping must not open a transaction: psycopg (autocommit off) sends BEGIN before any
+    # statement, which left a validated connection INTRANS, so its next statement, really the
+    # first of its transaction, was judged mid-transaction and a read that then met a killed
+    # backend surfaced instead of being retried (~15 in 11,000 reads, measured, because
+    # every disconnect marks the older connections suspect and so validated). The BEGIN also
+    # cost a round trip. SQLAlchemy's own psycopg ``do_ping`` toggles autocommit the same way
+    # (client-side only: no round trip).
+    autocommit = dbapi_connection.autocommit
+    if not autocommit:
+        dbapi_connection.autocommit = True
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute(sql)
     finally:
         cursor.close()
+        if not autocommit and not dbapi_connection.closed:
+            dbapi_connection.autocommit = False
 
 
 def _evict(state: PgState, reason: str, age: float, idle: float) -> None:
