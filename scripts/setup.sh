@@ -17,6 +17,7 @@ missing=()
 have_pg || missing+=(postgresql)
 { have mariadbd || have mysqld; } || missing+=(mariadb-server)
 have redis-server || missing+=(redis-server)
+have redis-sentinel || missing+=(redis-sentinel)
 have pgbouncer || missing+=(pgbouncer)
 
 if [ ${#missing[@]} -gt 0 ]; then

@@ -3,9 +3,42 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+
+_INTEGRATION = Path(__file__).resolve().parent / "integration"
+
+
+def _in_ci() -> bool:
+    return os.environ.get("CI", "").strip().lower() in {"1", "true", "yes"}
+
+
+def _fail_skip_in_ci(report: pytest.TestReport | pytest.CollectReport, path: Path) -> None:
+    """Under CI=true a skipped integration test is a failure: a missing server package,
+    binary (redis-sentinel, say) or test extra must be installed by .ci/run, not skipped."""
+    skipped = report.skipped and not hasattr(report, "wasxfail")
+    if skipped and _in_ci() and _INTEGRATION in path.parents:
+        report.outcome = "failed"
+        report.longrepr = (
+            f"skipped under CI=true (every integration test must run): {report.longrepr}"
+        )
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo[None]) -> Iterator[None]:
+    report = yield
+    _fail_skip_in_ci(report, Path(str(item.path)))
+    return report
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_make_collect_report(collector: pytest.Collector) -> Iterator[None]:
+    report = yield  # a module-level importorskip() skips the whole module at collection
+    _fail_skip_in_ci(report, Path(str(collector.path)))
+    return report
 
 
 @pytest.fixture(scope="session")
