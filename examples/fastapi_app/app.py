@@ -14,7 +14,8 @@ engine and ``redis.Redis``) and as an ``async def`` (on the async engine and ``r
 Each request runs under one ``poolguard.deadline`` (``APP_DEADLINE``, default 5 s): retries,
 reconnects and waits for a pool slot all fit in it. Errors the backends could not hide become a
 503 with the error's class name; a transfer whose COMMIT reply was lost and could not be
-resolved answers 503 with ``"outcome": "unknown"`` (the client must look the id up, not resend).
+resolved answers 503 with ``"outcome": "unknown"`` (the client must look the id up, not resend);
+a transfer id already in the ledger answers 409 (``"outcome": "duplicate"``).
 
 The app talks to its backends through a :class:`Stack`; :func:`poolguard_stack` is the real one.
 ``chaos.py`` builds a second one from plain SQLAlchemy and redis-py to compare the two.
@@ -35,7 +36,7 @@ from fastapi import APIRouter, FastAPI, HTTPException, Request
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, Field
 from sqlalchemy import Engine, ForeignKey, String, func, select
-from sqlalchemy.exc import SQLAlchemyError
+from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
 from starlette.types import ASGIApp, Receive, Scope, Send
@@ -196,6 +197,14 @@ def ambiguous(request: Request, exc: Exception) -> JSONResponse:
     )
 
 
+def duplicate(request: Request, exc: Exception) -> JSONResponse:
+    """The transfer id is already in the ledger: it was applied before, not again."""
+    return JSONResponse(
+        {"error": type(exc).__name__, "outcome": "duplicate", "detail": "transfer id exists"},
+        status_code=409,
+    )
+
+
 def create_app(
     make_stack: Callable[[], Stack] = poolguard_stack, *, deadline: float = DEADLINE
 ) -> FastAPI:
@@ -215,6 +224,7 @@ def create_app(
     app.add_middleware(DeadlineMiddleware, seconds=deadline)
     # AmbiguousResultError is also an OperationalError: the more specific handler wins.
     app.add_exception_handler(poolguard.AmbiguousResultError, ambiguous)
+    app.add_exception_handler(IntegrityError, duplicate)
     for error in (poolguard.PoolguardError, SQLAlchemyError, redis.exceptions.RedisError):
         app.add_exception_handler(error, unavailable)
     app.include_router(_sync_routes())

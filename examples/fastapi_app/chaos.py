@@ -178,7 +178,9 @@ class Call:
     error: str  # "" on 200, else the app's error class name or the client's exception
     detail: str = ""  # the first line of the app's error message
     transfer_id: str | None = None
-    outcome: str = ""  # transfers: "committed", "failed" (app says not applied), "unknown"
+    # transfers: "committed", "failed" (the app says: not applied), "unknown", "duplicate" (the
+    # id was already stored: clients never resend, so the unit of work ran again after a commit)
+    outcome: str = ""
 
     @property
     def ok(self) -> bool:
@@ -251,6 +253,7 @@ def ledger_violations(report: RunReport) -> list[str]:
     invented = stored.keys() - sent
     for what, ids in (
         ("stored more than once", doubled),
+        ("re-run after their commit (409 duplicate)", report.transfers("duplicate")),
         ("acknowledged but not stored", lost),
         ("reported failed but stored", failed_but_stored),
         ("stored but never sent", invented),
@@ -336,8 +339,8 @@ def _plan(rng: random.Random, mode: str) -> _Request:
 def _outcome(status: int, body: Any) -> str:
     if status == 200:
         return "committed"
-    if isinstance(body, dict) and body.get("outcome") == "unknown":
-        return "unknown"
+    if isinstance(body, dict) and body.get("outcome") in ("unknown", "duplicate"):
+        return str(body["outcome"])
     if status == 503 and isinstance(body, dict) and "error" in body:
         return "failed"  # the app says the unit of work was not applied
     return "unknown"  # no answer, or an unexpected one: it may or may not have happened

@@ -11,8 +11,6 @@ not run here: ``python -m fastapi_app.chaos`` (from examples/) prints both side 
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -23,7 +21,6 @@ pytest.importorskip(
 pytest.importorskip("httpx", reason="the chaos driver needs httpx (test extra)")
 pytest.importorskip("uvicorn", reason="the chaos driver needs uvicorn (test extra)")
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[3] / "examples"))
 from fastapi_app import chaos
 
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.chaos, pytest.mark.slow]
