@@ -5,21 +5,25 @@ marks, and answers the questions both pools ask: which limit bounds this wait on
 (backstop), does this checkout need a ping, what does this error mean for the pool, which
 drop-in error to raise. The two pool classes only do the I/O, each in its own colour.
 
-Per-connection state lives in attributes of the connection object (psycopg_pool does the same
-with ``_created_at`` / ``_expire_at``): ``_pg_rules``, ``_pg_mode``, ``_pg_returned`` (None while
-the connection was never handed out: fresh connections are not pinged) and ``_pg_txn_end``.
+Per-connection state lives in attributes poolguard sets on the connection object (declared on
+the connection classes): ``_pg_rules``, ``_pg_mode``, ``_pg_created`` and ``_pg_expires`` (set
+when the connection is configured), ``_pg_returned`` (None while the connection was never handed
+out: fresh connections are not pinged) and ``_pg_txn_end``. poolguard reads none of
+psycopg_pool's private connection attributes (``_created_at`` only exists from psycopg_pool 3.3,
+``_expire_at`` is psycopg_pool's business); a connection to discard is closed, which every
+psycopg_pool version replaces when it comes back.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import random
 import time
 from collections.abc import Callable, Collection
 from typing import Any
 
 import psycopg_pool
 from psycopg.pq import TransactionStatus
-from psycopg_pool.base import AttemptWithBackoff
 
 from poolguard.backends import postgres as pg
 from poolguard.config.settings import Settings
@@ -71,6 +75,9 @@ VALIDATE_TIMEOUT = 1.0
 #: psycopg_pool wants numbers where poolguard settings may say "off".
 NO_ACQUIRE_TIMEOUT = 1e9
 NO_MAX_IDLE = 86400.0  # also the period of psycopg_pool's ShrinkPool task: keep it finite
+#: Max-lifetime jitter at checkout: ``max_lifetime * uniform(1 - JITTER, 1)``, the same -5%..0
+#: psycopg_pool applies to its own expiry on return (each keeps its own draw).
+LIFETIME_JITTER = 0.05
 
 DEFAULT_RETRY_SQLSTATES = frozenset(pg.RETRY_TRANSACTION_SQLSTATES)
 #: A unit of work (``pool.transaction``): statements are never retried alone, the unit is.
@@ -122,15 +129,21 @@ def classify(exc: BaseException) -> Classification:
     return pg.classify(exc)
 
 
-class Reconnect(AttemptWithBackoff):
+class Reconnect:
     """psycopg_pool's reconnect schedule, with poolguard's backoff instead of 1 s, 2 s, 4 s...
 
     psycopg_pool waits a full second before the first reconnect and doubles from there, so a
     pool emptied by a 2 s restart could stay empty for 3-7 s after the server came back.
+
+    It quacks like psycopg_pool's private attempt object (``delay``, ``update_delay``,
+    ``time_to_give_up``) rather than subclassing it: that class was renamed once already
+    (``ConnectionAttempt`` in 3.2.0, ``AttemptWithBackoff`` from 3.2.1).
     """
 
     def __init__(self, *, timeout: float, backoff: Backoff) -> None:
-        super().__init__(timeout=timeout)
+        self.timeout = timeout
+        self.delay = 0.0
+        self.give_up_at = 0.0
         self._backoff = backoff
         self._failures = 0
 
@@ -140,6 +153,9 @@ class Reconnect(AttemptWithBackoff):
         self._failures += 1
         delay = self._backoff.delay(self._failures, default_rng)
         self.delay = max(0.0, min(delay, self.give_up_at - now))
+
+    def time_to_give_up(self, now: float) -> bool:
+        return self.give_up_at > 0.0 and now >= self.give_up_at
 
 
 @dataclasses.dataclass
@@ -255,12 +271,12 @@ class PoolRules:
         :class:`Evicted` (lifetime, idle) or ``_DeadlineSpent``."""
         now = time.monotonic()
         returned = conn._pg_returned
-        suspect = conn._created_at < self.suspect_before
+        suspect = conn._pg_created < self.suspect_before
         if returned is None and not suspect:
             return None  # fresh: it just proved the server answers
-        age = now - conn._created_at
+        age = now - conn._pg_created
         idle = 0.0 if returned is None else now - returned
-        if conn._expire_at <= now:
+        if conn._pg_expires <= now:
             self.evict(conn, "lifetime", age, idle)
         s = self.settings
         if s.max_idle and idle >= s.max_idle:
@@ -276,7 +292,7 @@ class PoolRules:
 
     def evict(self, conn: Any, reason: str, age: float, idle: float) -> None:
         self.guard.stats.evict(reason, age, idle)
-        conn._expire_at = float("-inf")  # psycopg_pool closes expired connections on return
+        discard(conn)
         raise Evicted(reason)
 
     def validation_failed(self, conn: Any, exc: Exception) -> None:
@@ -284,8 +300,8 @@ class PoolRules:
         stats = self.guard.stats
         stats.incr("validation_failures")
         idle = 0.0 if conn._pg_returned is None else now - conn._pg_returned
-        stats.evict("validation", now - conn._created_at, idle)
-        conn._expire_at = float("-inf")
+        stats.evict("validation", now - conn._pg_created, idle)
+        discard(conn)
         self.observe(exc)
 
     # -- connecting -----------------------------------------------------------------------------
@@ -294,10 +310,18 @@ class PoolRules:
         self.last_connect_error = None
         self.guard.breaker.record_success()
         self.server_version = conn.info.server_version
+        conn._pg_created = now = time.monotonic()
+        conn._pg_expires = now + self.lifetime()
         conn._pg_rules = self
         conn._pg_mode = NORMAL
         conn._pg_returned = None
         conn._pg_txn_end = None
+
+    def lifetime(self) -> float:
+        """A jittered max lifetime for one new connection (so they do not expire together)."""
+        if not self.settings.max_lifetime:
+            return float("inf")
+        return self.settings.max_lifetime * random.uniform(1.0 - LIFETIME_JITTER, 1.0)
 
     def connect_failed(self, exc: BaseException) -> None:
         self.guard.stats.incr("connect_failures")
@@ -343,7 +367,8 @@ class PoolRules:
         why = ""
         if self.last_connect_error is not None:
             # A checkout that starved while connects fail is a client-visible connect failure:
-            # it feeds the breaker (a background reconnect that succeeds closes it again).
+            # it feeds the breaker (a background reconnect that succeeds closes it again). The
+            # headline is what cannot be reached, not the pool's size.
             self.guard.breaker.record_failure()
             reason = classify(self.last_connect_error).reason
             why = f"; the pool cannot connect to {self.redacted_url} ({reason})"
@@ -446,6 +471,12 @@ class PoolRules:
             },
             "psycopg_pool": measures,
         }
+
+
+def discard(conn: Any) -> None:
+    """Close ``conn`` so that psycopg_pool replaces it when it comes back (public API only: a
+    closed connection is discarded by every psycopg_pool version, sync and async)."""
+    conn.pgconn.finish()
 
 
 def is_deadline_spent(exc: BaseException) -> bool:

@@ -51,6 +51,8 @@ class GuardedConnection(pg.DeadlineConnection):
 
     _pg_rules: PoolRules | None = None
     _pg_mode: int = NORMAL
+    _pg_created: float = 0.0
+    _pg_expires: float = float("inf")
     _pg_returned: float | None = None
     _pg_txn_end: float | None = None
     _pg_isolation: bool = False
@@ -91,6 +93,8 @@ class GuardedAsyncConnection(pg.DeadlineAsyncConnection):
 
     _pg_rules: PoolRules | None = None
     _pg_mode: int = NORMAL
+    _pg_created: float = 0.0
+    _pg_expires: float = float("inf")
     _pg_returned: float | None = None
     _pg_txn_end: float | None = None
     _pg_isolation: bool = False

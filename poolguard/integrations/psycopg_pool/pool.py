@@ -26,7 +26,6 @@ from typing import Any, TypeVar
 
 import psycopg
 import psycopg_pool
-from psycopg_pool.base import AttemptWithBackoff
 
 from poolguard.backends import postgres as pg
 from poolguard.core.retry import Attempts
@@ -99,7 +98,9 @@ class GuardedConnectionPool(psycopg_pool.ConnectionPool[GuardedConnection]):
         if self._pg_user_configure is not None:
             self._pg_user_configure(conn)
 
-    def _add_connection(self, attempt: AttemptWithBackoff | None, growing: bool = False) -> None:
+    def _add_connection(self, attempt: Any, growing: bool = False) -> None:
+        # ``attempt``: None for a first try, else the Reconnect scheduled after a failure
+        # (psycopg_pool only calls its delay/update_delay/time_to_give_up).
         if attempt is None:
             attempt = self._pg.reconnect_attempt(self.reconnect_timeout)
         super()._add_connection(attempt, growing)

@@ -10,7 +10,6 @@ from typing import Any, TypeVar
 
 import psycopg
 import psycopg_pool
-from psycopg_pool.base import AttemptWithBackoff
 
 from poolguard.backends import postgres as pg
 from poolguard.core.retry import Attempts
@@ -84,9 +83,9 @@ class GuardedAsyncConnectionPool(psycopg_pool.AsyncConnectionPool[GuardedAsyncCo
         if self._pg_user_configure is not None:
             await self._pg_user_configure(conn)
 
-    async def _add_connection(
-        self, attempt: AttemptWithBackoff | None, growing: bool = False
-    ) -> None:
+    async def _add_connection(self, attempt: Any, growing: bool = False) -> None:
+        # ``attempt``: None for a first try, else the Reconnect scheduled after a failure
+        # (psycopg_pool only calls its delay/update_delay/time_to_give_up).
         if attempt is None:
             attempt = self._pg.reconnect_attempt(self.reconnect_timeout)
         await super()._add_connection(attempt, growing)

@@ -19,6 +19,22 @@ pytestmark = pytest.mark.postgres
 GRACE = 0.5
 
 
+class _Rendezvous:
+    """One round of ``asyncio.Barrier`` (Python >= 3.11 only; poolguard supports 3.10)."""
+
+    def __init__(self, parties: int) -> None:
+        import asyncio
+
+        self._left = parties
+        self._all_arrived = asyncio.Event()
+
+    async def wait(self) -> None:
+        self._left -= 1
+        if self._left <= 0:
+            self._all_arrived.set()
+        await self._all_arrived.wait()
+
+
 def _table(pool: Any) -> str:
     name = f"t_{uuid.uuid4().hex[:10]}"
     pool.execute(f"CREATE TABLE {name} (id int PRIMARY KEY, v int NOT NULL)")
@@ -136,6 +152,7 @@ def test_max_idle_and_lifetime_are_enforced_at_checkout(
     pid = pool.fetchval("SELECT pg_backend_pid()")
     time.sleep(0.4)
     assert pool.fetchval("SELECT pg_backend_pid()") != pid
+    assert pool.stats()["evictions"]["lifetime"] == 1  # poolguard's own jittered expiry
 
 
 def test_backstop_bounds_queries_on_a_handed_out_connection(
@@ -315,7 +332,7 @@ async def test_async_serialization_failures_rerun_the_unit(
     table = f"t_{uuid.uuid4().hex[:10]}"
     await pool.execute(f"CREATE TABLE {table} (id int PRIMARY KEY, v int NOT NULL)")
     await pool.execute(f"INSERT INTO {table} VALUES (1, 0)")
-    barrier = asyncio.Barrier(3)
+    barrier = _Rendezvous(3)
     calls = [0, 0, 0]
 
     async def worker(index: int) -> None:
