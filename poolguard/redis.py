@@ -197,7 +197,12 @@ def stats(client: Any) -> dict[str, Any]:
     policy = getattr(pool, "pg_policy", None)
     if policy is None:
         raise TypeError("poolguard.redis.stats() needs a client made by poolguard.redis.from_url")
-    snapshot: dict[str, Any] = policy.guard.stats.snapshot()
+    counters = policy.guard.stats
+    snapshot: dict[str, Any] = counters.snapshot()
+    # Redis-only counters: pub/sub connections lost, and resubscriptions (each one a gap in
+    # at-most-once delivery).
+    for key in ("pubsub_drops", "resubscribes"):
+        snapshot[key] = counters.count(key)
     return snapshot
 
 

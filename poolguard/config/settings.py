@@ -151,12 +151,17 @@ class Settings:
 
 #: Defaults that differ for the Redis client (Redis is expected to answer in milliseconds).
 REDIS_DEFAULTS: dict[str, object] = {
-    "pool_size": 10,
+    # redis-py's from_url allows 100 connections; a pubsub() holds one for its whole life,
+    # and the pool opens connections only when they are needed, so the bound costs nothing.
+    "pool_size": 100,
     "max_overflow": 0,
     "acquire_timeout": 2.0,
     "connect_timeout": 2.0,
     "query_timeout": 5.0,
     "validate_idle": 1.0,
+    # How long a call keeps retrying once the server is known (a server that never answered
+    # fails at once): rides out a restart of a second or two, reports an outage in <= 3 s.
+    "retry_timeout": 3.0,
     "backend": "redis",
 }
 

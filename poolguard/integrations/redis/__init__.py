@@ -32,20 +32,46 @@ def _prepare(
 ) -> dict[str, Any]:
     url = settings.redis_url()
     options = _url_parts(url)
-    plain = options.pop("connection_class", default_class)
-    guarded = classes.get(plain)
-    if guarded is None:  # pragma: no cover - redis-py grew a connection class
-        raise TypeError(f"poolguard does not know redis-py connection class {plain!r}")
+    c.check_retry_options(options, " (in the URL's query string)")
+    # As in redis-py's ConnectionPool.from_url: a connection_class keyword beats the URL's.
+    plain = redis_kwargs.pop("connection_class", None) or options.get("connection_class")
+    options.pop("connection_class", None)
+    guarded = classes.get(plain or default_class)
+    if guarded is None:
+        from poolguard.errors import ConfigError
+
+        raise ConfigError(
+            f"connection_class={plain!r} cannot be guarded: poolguard wraps redis-py's "
+            "Connection, SSLConnection and UnixDomainSocketConnection",
+            variable="connection_class",
+        )
     unix = "path" in options
     kwargs = c.pool_kwargs(settings, unix)
+    kwargs.update(redis_kwargs)  # redis-py keywords (decode_responses, ...) over poolguard's
+    # And what the URL says wins over keywords, as in redis-py's from_url
+    # (``from_url("redis://h/0", db=1)`` uses db 0).
     kwargs.update(options)
-    kwargs.update(redis_kwargs)  # explicit redis-py keywords win (decode_responses, ...)
     kwargs["connection_class"] = guarded
     return kwargs
 
 
 def _label(settings: Settings) -> str:
     return f"redis pool {settings.name or 'redis'!r} ({redact(settings.redis_url())})"
+
+
+#: poolguard's own keywords of ``from_url`` that configure ``client.pubsub()`` (not redis-py).
+PUBSUB_KEYWORDS = ("pubsub_reconnect", "on_resubscribe")
+
+
+def _pubsub_options(redis_kwargs: dict[str, Any]) -> dict[str, Any]:
+    return {k: redis_kwargs.pop(k) for k in PUBSUB_KEYWORDS if k in redis_kwargs}
+
+
+def _finish(client: Any, pubsub: dict[str, Any]) -> Any:
+    client.auto_close_connection_pool = True  # the client owns the pool it was built with
+    client.pg_pubsub_reconnect = bool(pubsub.get("pubsub_reconnect", False))
+    client.pg_on_resubscribe = pubsub.get("on_resubscribe")
+    return client
 
 
 def build_client(
@@ -56,17 +82,15 @@ def build_client(
 
     from poolguard.integrations.redis import sync
 
+    redis_kwargs = dict(redis_kwargs)
+    pubsub = _pubsub_options(redis_kwargs)
     kwargs = _prepare(settings, redis_kwargs, sync.CONNECTION_CLASSES, Connection)
     client_only = {k: kwargs.pop(k) for k in ("single_connection_client",) if k in kwargs}
     pool_holder: list[Any] = []
-    label = _label(settings)
-    guard = c.build_guard(settings, label, lambda: pool_holder[0].pg_gauges(), hooks)
-    policy = c.Policy(guard, settings, label)
+    policy = c.build_policy(settings, _label(settings), lambda: pool_holder[0].pg_gauges(), hooks)
     pool = sync.GuardedBlockingConnectionPool(poolguard_policy=policy, **kwargs)
     pool_holder.append(pool)
-    client = sync.GuardedRedis(connection_pool=pool, **client_only)
-    client.auto_close_connection_pool = True  # the client owns the pool it was built with
-    return client
+    return _finish(sync.GuardedRedis(connection_pool=pool, **client_only), pubsub)
 
 
 def build_async_client(
@@ -77,17 +101,15 @@ def build_async_client(
 
     from poolguard.integrations.redis import asyncio as aio
 
+    redis_kwargs = dict(redis_kwargs)
+    pubsub = _pubsub_options(redis_kwargs)
     kwargs = _prepare(settings, redis_kwargs, aio.CONNECTION_CLASSES, Connection)
     client_only = {k: kwargs.pop(k) for k in ("single_connection_client",) if k in kwargs}
     pool_holder: list[Any] = []
-    label = _label(settings)
-    guard = c.build_guard(settings, label, lambda: pool_holder[0].pg_gauges(), hooks)
-    policy = c.Policy(guard, settings, label)
+    policy = c.build_policy(settings, _label(settings), lambda: pool_holder[0].pg_gauges(), hooks)
     pool = aio.AsyncGuardedBlockingConnectionPool(poolguard_policy=policy, **kwargs)
     pool_holder.append(pool)
-    client = aio.AsyncGuardedRedis(connection_pool=pool, **client_only)
-    client.auto_close_connection_pool = True
-    return client
+    return _finish(aio.AsyncGuardedRedis(connection_pool=pool, **client_only), pubsub)
 
 
 # -- Sentinel --------------------------------------------------------------------------------
@@ -196,6 +218,8 @@ def build_sentinel_client(
         pool_class = sync.GuardedSentinelPool
         conn_class = sync.GuardedSentinelConnection
         client_class = sync.GuardedRedis
+    redis_kwargs = dict(redis_kwargs)
+    pubsub = _pubsub_options(redis_kwargs)
     kwargs = c.pool_kwargs(settings, unix=False)
     kwargs.update(redis_kwargs)
     if kwargs.pop("ssl", False):
@@ -203,13 +227,11 @@ def build_sentinel_client(
     manager = sentinel_class(sentinels, sentinel_kwargs=_sentinel_kwargs(settings, sentinel_kwargs))
     label = _sentinel_label(settings, service_name, sentinels)
     pool_holder: list[Any] = []
-    guard = c.build_guard(settings, label, lambda: pool_holder[0].pg_gauges(), hooks)
-    policy = c.Policy(guard, settings, label)
+    policy = c.build_policy(settings, label, lambda: pool_holder[0].pg_gauges(), hooks)
     pool = pool_class(
         service_name, manager, poolguard_policy=policy, connection_class=conn_class, **kwargs
     )
     pool_holder.append(pool)
-    client = client_class(connection_pool=pool)
-    client.auto_close_connection_pool = True
+    client = _finish(client_class(connection_pool=pool), pubsub)
     client.pg_sentinel = manager  # kept for closing and inspection
     return client

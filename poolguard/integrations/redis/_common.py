@@ -5,13 +5,15 @@ Nothing here does I/O. The adapters (``sync.py``, ``asyncio.py``) differ only in
 
 from __future__ import annotations
 
+import logging
 import math
 import random
 import socket
+import time
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import redis.exceptions as rex
@@ -19,12 +21,13 @@ import redis.exceptions as rex
 from poolguard.backends import redis as backend
 from poolguard.config.settings import Settings
 from poolguard.core.deadline import current_deadline, effective_timeout
-from poolguard.core.disposition import Action, Operation
-from poolguard.core.retry import GiveUp, Guard, default_error
+from poolguard.core.disposition import Action, Disposition, Operation
+from poolguard.core.retry import GiveUp, Guard, RetryPolicy, default_error
 from poolguard.core.stats import Hooks
 from poolguard.errors import (
     AmbiguousResultError,
     CircuitOpenError,
+    ConfigError,
     ConnectTimeout,
     PoolguardError,
     PoolTimeout,
@@ -173,7 +176,7 @@ def acquire_timeout(configured: float | None) -> float | None:
 # -- per-pool policy -----------------------------------------------------------------------
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True, eq=False)
 class Policy:
     """Everything a guarded pool and its connections need, built once per pool."""
 
@@ -181,6 +184,26 @@ class Policy:
     settings: Settings
     label: str
     """Pool name plus redacted address, for messages."""
+    first_guard: Guard | None = None
+    """The Guard used until the server has answered once (see :func:`first_contact_guard`)."""
+    answered: bool = False
+    """Set by the first successful connect; never reset."""
+    on_answer: list[Callable[[], None]] = field(default_factory=list)
+
+    @property
+    def entry_guard(self) -> Guard:
+        """The Guard a new operation starts with: cold until the server has answered once."""
+        if self.answered or self.first_guard is None:
+            return self.guard
+        return self.first_guard
+
+    def mark_answered(self) -> None:
+        """A connection completed its handshake: from now on connect failures are retried."""
+        if self.answered:
+            return
+        self.answered = True
+        for callback in self.on_answer:
+            callback()
 
     @property
     def connect_timeout(self) -> float | None:
@@ -228,6 +251,41 @@ def build_guard(
         hooks=hooks,
         gauges=gauges,
     )
+
+
+def first_contact_guard(guard: Guard) -> Guard:
+    """The Guard of a pool whose server has never answered: one attempt, no waiting.
+
+    redis-py fails at once when nothing listens; riding out a *restart* (retrying connects for
+    the retry window, waiting for the breaker's probe) only makes sense once the server is
+    known to exist. Before that, a wrong URL or a server that is not running is reported after
+    one connect attempt instead of after the whole retry window (measured 8-9 s before).
+    Budget, breaker and stats are the pool's own; a retry window of 0 makes an open breaker
+    fail fast instead of parking the caller until its next probe.
+    """
+    policy = RetryPolicy(attempts=1, backoff=guard.policy.backoff, timeout=0.0)
+    return Guard(
+        guard.name,
+        guard.backend,
+        backend.classify,
+        policy=policy,
+        budget=guard.budget,
+        breaker=guard.breaker,
+        stats=guard.stats,
+        make_error=guard.make_error,
+        clock=guard.clock,
+        rng=guard.rng,
+    )
+
+
+def build_policy(
+    settings: Settings,
+    label: str,
+    gauges: Callable[[], dict[str, Any]],
+    hooks: Hooks | None = None,
+) -> Policy:
+    guard = build_guard(settings, label, gauges, hooks)
+    return Policy(guard, settings, label, first_guard=first_contact_guard(guard))
 
 
 COMMAND_ATTR = "_poolguard_command"
@@ -325,19 +383,242 @@ def pool_kwargs(settings: Settings, unix: bool) -> dict[str, Any]:
     return kwargs
 
 
+#: redis-py keywords that configure redis-py's own retry layer. poolguard keeps that layer off
+#: (``Retry(NoBackoff(), 0)``) because its Guard is the one retry loop and knows which commands
+#: may run twice: values asking for that same "no redis-py retry" are accepted (and dropped),
+#: values that would make redis-py re-send commands are refused with the reason.
+RETRY_KEYWORDS = ("retry", "retry_on_timeout", "retry_on_error")
+
+_RETRY_HINT = (
+    "poolguard already retries what is safe: connection errors before a command was sent, "
+    "LOADING/BUSY/MASTERDOWN/TRYAGAIN replies, and lost replies of reads and idempotent writes; "
+    "tune it with retry_attempts= / retry_timeout= (POOLGUARD_REDIS_RETRY_*) and vouch for a "
+    "command with poolguard.redis.idempotent()"
+)
+
+
+def retry_conflict(name: str, value: Any) -> str | None:
+    """Why redis-py's ``name=value`` conflicts with poolguard's retries; None if compatible."""
+    if name == "retry":
+        if value is None:
+            return None
+        get_retries = getattr(value, "get_retries", None)
+        if get_retries is None:
+            return f"retry={value!r} is not a redis.retry.Retry"
+        retries = get_retries()
+        if retries == 0:
+            return None  # exactly what poolguard configures in redis-py
+        times = "forever" if retries < 0 else f"up to {retries} time(s)"
+        return (
+            f"retry=Retry(..., {retries}) would make redis-py re-send a command {times} after a "
+            "timeout or a lost reply, even one that may already have run (INCR applied twice); "
+            f"for the same number of safe retries pass retry_attempts={max(retries, 0) + 1}"
+        )
+    if name == "retry_on_timeout":
+        if not value:
+            return None
+        return (
+            "retry_on_timeout=True would make redis-py re-send a command whose reply timed "
+            "out: a non-idempotent write (INCR, LPUSH, EVAL...) may then be applied twice"
+        )
+    if name == "retry_on_error":
+        if not value:
+            return None
+        return (
+            f"retry_on_error={value!r} would make redis-py re-send commands after those "
+            "errors whether or not they may already have run"
+        )
+    return None
+
+
+def check_retry_options(options: dict[str, Any], where: str = "") -> None:
+    """Refuse conflicting redis-py retry options; drop the compatible ones (poolguard's own
+    ``Retry(NoBackoff(), 0)`` is set by :func:`pool_kwargs`). ``where`` names the source."""
+    for name in RETRY_KEYWORDS:
+        if name not in options:
+            continue
+        why = retry_conflict(name, options[name])
+        if why is not None:
+            raise ConfigError(f"{why}{where}; refused ({_RETRY_HINT})", variable=name)
+        del options[name]
+
+
+def check_set_retry(retry: Any) -> None:
+    """``client.set_retry(retry)`` / ``pool.set_retry(retry)``: the same rule as ``retry=``."""
+    why = retry_conflict("retry", retry)
+    if why is not None:
+        raise ConfigError(f"set_retry(): {why} ({_RETRY_HINT})", variable="retry")
+
+
 def split_overrides(overrides: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any]]:
     """(poolguard Settings fields, redis-py keyword arguments) from ``from_url(**overrides)``."""
     from poolguard.config.fields import ENV_FIELDS
 
     ours = {k: v for k, v in overrides.items() if k in ENV_FIELDS or k in ("url", "name")}
     theirs = {k: v for k, v in overrides.items() if k not in ours}
-    for forbidden in ("retry", "retry_on_timeout", "retry_on_error", "connection_pool"):
-        if forbidden in theirs:
-            from poolguard.errors import ConfigError
-
-            raise ConfigError(
-                f"{forbidden}= is managed by poolguard (its retries are idempotency-aware); "
-                "use the POOLGUARD_REDIS_RETRY_* settings instead",
-                variable=forbidden,
-            )
+    check_retry_options(theirs)
+    if "connection_pool" in theirs:
+        raise ConfigError(
+            "connection_pool= cannot be guarded: poolguard builds the pool (bounded, validated, "
+            "with its own retry loop); pass pool settings such as pool_size= instead",
+            variable="connection_pool",
+        )
     return ours, theirs
+
+
+def pool_timeout_error(label: str, waited: float, size: int) -> BaseException:
+    """PoolTimeout (also a redis-py ConnectionError) that says which setting raises the limit."""
+    return PoolTimeoutError(
+        f"{label}: no connection became free in {waited:.3f}s (all {size} in use)",
+        hint=(
+            "raise the pool: pool_size= (or max_connections=) in from_url, or "
+            "POOLGUARD_REDIS_POOL_SIZE; each pubsub() holds one connection until close(); "
+            "or wait longer: acquire_timeout= / POOLGUARD_REDIS_ACQUIRE_TIMEOUT"
+        ),
+    )
+
+
+# -- pub/sub ---------------------------------------------------------------------------------
+
+log = logging.getLogger("poolguard.redis")
+
+#: A pub/sub reconnect under ``get_message(timeout=t)`` gets ``max(t, floor)`` (never more than
+#: the connect timeout): ``get_message()`` polls with ``timeout=0``, yet connecting, the
+#: handshake and re-sending SUBSCRIBE take a few round trips.
+RECONNECT_FLOOR = 0.25
+
+
+class SubscriptionLost(PoolguardError):
+    """A pub/sub connection dropped: messages published until it is back are lost."""
+
+
+#: What pub/sub raises by default: also the ``redis.exceptions.ConnectionError`` redis-py raises.
+SubscriptionLostError: type[SubscriptionLost] = dropin_class(SubscriptionLost, rex.ConnectionError)
+
+
+@dataclass(frozen=True, slots=True)
+class ResubscribeGap:
+    """Handed to ``on_resubscribe``: what was resubscribed and how long nothing was received."""
+
+    channels: tuple[Any, ...]
+    patterns: tuple[Any, ...]
+    shard_channels: tuple[Any, ...]
+    seconds: float
+    """From the loss being noticed to SUBSCRIBE being sent again: messages published then are
+    lost (Redis pub/sub is at-most-once)."""
+    error: BaseException | None
+    """What dropped the connection, if known."""
+
+
+class PubSubState:
+    """Loss bookkeeping of one PubSub (the sync and asyncio adapters share it)."""
+
+    __slots__ = ("error", "failures", "lost_at", "previous_delay", "wait")
+
+    def __init__(self) -> None:
+        self.lost_at: float | None = None
+        self.error: BaseException | None = None
+        self.failures = 0
+        self.previous_delay: float | None = None
+        self.wait: float | None = None
+        """The running read's timeout (None: blocking); bounds a reconnect made for it."""
+
+    def lost(self, exc: BaseException | None) -> None:
+        if self.lost_at is None:
+            self.lost_at = time.monotonic()
+            self.error = exc
+
+    def resubscribed(self, pubsub: Any) -> ResubscribeGap:
+        now = time.monotonic()
+        gap = ResubscribeGap(
+            tuple(pubsub.channels),
+            tuple(pubsub.patterns),
+            tuple(getattr(pubsub, "shard_channels", ())),
+            now - (self.lost_at if self.lost_at is not None else now),
+            self.error,
+        )
+        self.lost_at = self.error = self.previous_delay = None
+        self.failures = 0
+        return gap
+
+    def reconnect_budget(self, connect_timeout: float | None) -> float | None:
+        """How long a reconnect made for the running read may take."""
+        if self.wait is None:
+            return connect_timeout
+        budget = max(self.wait, RECONNECT_FLOOR)
+        return budget if connect_timeout is None else min(budget, connect_timeout)
+
+    def backoff(self, guard: Guard) -> float:
+        """Pause of a blocking ``listen()`` between failed reconnects (opt-in mode)."""
+        self.failures += 1
+        delay = guard.policy.backoff.delay(self.failures, guard.rng, self.previous_delay)
+        self.previous_delay = delay
+        return max(delay, 0.01)
+
+
+def pubsub_dropped(guard: Guard, state: PubSubState, exc: BaseException) -> None:
+    """A subscribed connection failed: the gap in delivery starts now."""
+    if state.lost_at is None:
+        guard.stats.incr("pubsub_drops")
+    state.lost(exc)
+
+
+def pubsub_admit(guard: Guard) -> None:
+    """Raise CircuitOpenError while the breaker keeps callers off a server known to be down.
+
+    A pub/sub reconnect is one attempt, never a wait: the caller's timeout is what matters.
+    """
+    wait = guard.breaker.admission()
+    if wait is not None:
+        guard.stats.incr("circuit_open_rejections")
+        raise guard.breaker.open_error(guard.breaker.state, wait)
+
+
+def pubsub_connect_failed(guard: Guard, exc: BaseException) -> None:
+    """Tell the breaker what a failed reconnect says about the server."""
+    if guard.classify(exc).connect_phase:
+        guard.breaker.record_failure()
+
+
+def is_outage(exc: BaseException) -> bool:
+    """A failure opt-in reconnection rides out (transport, connect, breaker, timeouts); auth
+    errors and other permanent failures are raised whatever the mode."""
+    if isinstance(exc, CircuitOpenError | ConnectTimeout | QueryTimeout):
+        return True
+    return isinstance(exc, TRANSPORT_ERRORS) and (
+        backend.classify(exc).disposition is not Disposition.FAIL
+    )
+
+
+def subscription_lost(
+    label: str, exc: BaseException, pubsub: Any, *, reconnecting: bool
+) -> BaseException:
+    """The ConnectionError pub/sub raises by default, saying what was lost and what comes next."""
+    n_channels = len(pubsub.channels) + len(getattr(pubsub, "shard_channels", ()))
+    n_patterns = len(pubsub.patterns)
+    what = "reconnecting failed" if reconnecting else "the connection was lost"
+    return SubscriptionLostError(
+        f"{label}: pub/sub {what} ({type(exc).__name__}: {exc}); messages published until it "
+        f"is back are lost (at-most-once); the next get_message()/listen() reconnects and "
+        f"resubscribes {n_channels} channel(s) and {n_patterns} pattern(s)",
+        hint="from_url(..., pubsub_reconnect=True) resubscribes transparently and reports each "
+        "gap to on_resubscribe",
+    )
+
+
+def report_resubscribe(
+    guard: Guard, label: str, gap: ResubscribeGap, callback: Callable[[ResubscribeGap], Any] | None
+) -> None:
+    """Make the at-most-once gap visible: a counter, a warning and the caller's callback."""
+    guard.stats.incr("resubscribes")
+    log.warning(
+        "%s: pub/sub resubscribed %d channel(s), %d pattern(s) after %.3fs without a "
+        "connection; messages published meanwhile were lost",
+        label,
+        len(gap.channels) + len(gap.shard_channels),
+        len(gap.patterns),
+        gap.seconds,
+        extra={"reason": "resubscribe", "backend": "redis", "pool": guard.name},
+    )
+    if callback is not None:
+        callback(gap)

@@ -10,9 +10,10 @@ owned by one task while checked out, so this is not shared state.
 
 from __future__ import annotations
 
+import asyncio
 import select
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis.asyncio
@@ -22,10 +23,10 @@ import redis.asyncio.sentinel
 import redis.exceptions as rex
 
 from poolguard.backends import redis as backend
-from poolguard.core.deadline import current_deadline
+from poolguard.core.deadline import current_deadline, deadline
 from poolguard.core.disposition import Disposition
 from poolguard.core.retry import Attempts
-from poolguard.errors import CircuitOpenError, PoolguardError
+from poolguard.errors import PoolguardError
 from poolguard.integrations.redis import _common as c
 
 __all__ = [
@@ -106,6 +107,8 @@ class _AsyncGuardedConnectionMixin:
         self.pg_expires = policy.expiry(now)
         self.pg_poll = _poller(self)
         policy.guard.stats.incr("connects")
+        if not policy.answered:
+            policy.mark_answered()
 
     async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
         await super().send_packed_command(command, check_health)  # type: ignore[misc]
@@ -142,13 +145,24 @@ CONNECTION_CLASSES: dict[type[Any], type[Any]] = {
 class AsyncGuardedBlockingConnectionPool(aconn.BlockingConnectionPool):
     def __init__(self, *, poolguard_policy: c.Policy, **kwargs: Any) -> None:
         self.pg_policy = poolguard_policy
-        self.pg_guard = poolguard_policy.guard
+        # First-contact Guard until the server has answered once (see sync.py).
+        self.pg_guard = poolguard_policy.entry_guard
+        poolguard_policy.on_answer.append(self._pg_answered)
         self.pg_suspect_before = 0.0
         self._pg_max_idle = poolguard_policy.max_idle
         self._pg_validate_idle = poolguard_policy.validate_idle
         thresholds = [t for t in (self._pg_max_idle, self._pg_validate_idle) if t is not None]
         self._pg_idle_threshold = min(thresholds, default=float("inf"))
         super().__init__(poolguard_policy=poolguard_policy, **kwargs)
+
+    def _pg_answered(self) -> None:
+        self.pg_guard = self.pg_policy.guard
+
+    def set_retry(self, retry: Any) -> None:
+        """Accepts a ``Retry`` with 0 retries (the one in place), refuses one that re-sends."""
+        c.check_set_retry(retry)
+        self.connection_kwargs["retry"] = retry
+        super().set_retry(retry)
 
     @property
     def timeout(self) -> float | None:
@@ -166,11 +180,9 @@ class AsyncGuardedBlockingConnectionPool(aconn.BlockingConnectionPool):
             conn = await _blocking_get_connection(self)
         except rex.ConnectionError as exc:
             if str(exc) == backend.ACQUIRE_TIMEOUT_MESSAGE and not backend.is_connect_phase(exc):
-                raise c.PoolTimeoutError(
-                    f"{self.pg_policy.label}: no connection became free in "
-                    f"{time.monotonic() - start:.3f}s (all {self.max_connections} in use)",
-                    hint="raise POOLGUARD_REDIS_POOL_SIZE or POOLGUARD_REDIS_ACQUIRE_TIMEOUT",
-                ) from exc
+                waited = time.monotonic() - start
+                label = self.pg_policy.label
+                raise c.pool_timeout_error(label, waited, self.max_connections) from exc
             raise
         now = _monotonic()
         self.pg_guard.stats.record_wait(now - start)
@@ -259,6 +271,14 @@ class AsyncGuardedBlockingConnectionPool(aconn.BlockingConnectionPool):
 class AsyncGuardedRedis(redis.asyncio.Redis):
     """A ``redis.asyncio.Redis`` whose commands are retried by poolguard, and only when safe."""
 
+    #: Defaults of ``pubsub()`` (``async_from_url(pubsub_reconnect=..., on_resubscribe=...)``).
+    pg_pubsub_reconnect: bool = False
+    pg_on_resubscribe: Callable[[c.ResubscribeGap], Any] | None = None
+
+    def set_retry(self, retry: Any) -> None:
+        c.check_set_retry(retry)  # before redis-py stores it in the connection kwargs
+        super().set_retry(retry)
+
     async def execute_command(self, *args: Any, **options: Any) -> Any:
         if self.single_connection_client:
             await self.initialize()
@@ -332,9 +352,20 @@ class AsyncGuardedRedis(redis.asyncio.Redis):
             self.connection_pool, self.response_callbacks, transaction, shard_hint, idempotent
         )
 
-    def pubsub(self, **kwargs: Any) -> AsyncGuardedPubSub:
+    def pubsub(
+        self,
+        *,
+        reconnect: bool | None = None,
+        on_resubscribe: Callable[[c.ResubscribeGap], Any] | None = None,
+        **kwargs: Any,
+    ) -> AsyncGuardedPubSub:
+        """redis-py's ``pubsub()`` with poolguard's ``reconnect``/``on_resubscribe`` (sync.py)."""
         return AsyncGuardedPubSub(
-            self.connection_pool, event_dispatcher=self._event_dispatcher, **kwargs
+            self.connection_pool,
+            event_dispatcher=self._event_dispatcher,
+            reconnect=self.pg_pubsub_reconnect if reconnect is None else reconnect,
+            on_resubscribe=on_resubscribe or self.pg_on_resubscribe,
+            **kwargs,
         )
 
 
@@ -495,27 +526,81 @@ async def _watch_connection_lost(conn: Any) -> bool:
 
 
 class AsyncGuardedPubSub(redis.asyncio.client.PubSub):
-    """Reconnects and resubscribes through the Guard; messages published meanwhile are lost."""
+    """The asyncio twin of ``sync.GuardedPubSub``: drops raise (or, opt-in, are ridden out and
+    reported); a reconnect is one attempt bounded by the read's timeout, behind the breaker."""
+
+    def __init__(
+        self,
+        connection_pool: Any,
+        *,
+        reconnect: bool = False,
+        on_resubscribe: Callable[[c.ResubscribeGap], Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self.pg_reconnect = reconnect
+        self.pg_on_resubscribe = on_resubscribe
+        self.pg_state = c.PubSubState()
+        super().__init__(connection_pool, **kwargs)
+
+    async def connect(self) -> None:
+        conn: Any = self.connection
+        if conn is not None and not conn.is_connected:
+            await self._pg_reconnect(conn)  # redis-py would reconnect here unbounded
+        await super().connect()
+
+    async def parse_response(self, block: bool = True, timeout: float = 0) -> Any:
+        state = self.pg_state
+        state.wait = None if block else timeout
+        start = _monotonic()
+        try:
+            conn: Any = self.connection
+            if conn is not None and not conn.is_connected:
+                await self._pg_reconnect(conn)  # before redis-py's own, unbounded reconnect
+            return await super().parse_response(block=block, timeout=timeout)
+        except c.SubscriptionLost:
+            if not self.pg_reconnect:
+                raise
+            # Opt-in: stay quiet, but never spin (see sync.py).
+            guard = self.connection_pool.pg_guard  # type: ignore[attr-defined]
+            pause = state.backoff(guard) if block else timeout - (_monotonic() - start)
+            if pause > 0:
+                await asyncio.sleep(pause)
+            return None
 
     async def _execute(self, conn: Any, command: Any, *args: Any, **kwargs: Any) -> Any:
-        pool: Any = self.connection_pool
-
-        async def attempt(attempts: Attempts) -> Any:
-            if not conn.is_connected:
-                await conn.connect()  # redis-py's on_connect callback resubscribes
-                pool.pg_guard.stats.incr("resubscribes")
-            try:
-                return await command(*args, **kwargs)
-            except c.TRANSPORT_ERRORS:
-                await conn.disconnect(nowait=True)
-                raise
-
+        if not conn.is_connected:
+            await self._pg_reconnect(conn)
         try:
-            return await pool.pg_guard.arun_with(
-                attempt, c.op(sent=True, idempotent=True), timeout_error=c.QueryTimeoutError
-            )
-        except CircuitOpenError as exc:
-            raise c.wrap_circuit(exc) from exc
+            return await command(*args, **kwargs)
+        except c.TRANSPORT_ERRORS as exc:
+            await conn.disconnect(nowait=True)
+            pool: Any = self.connection_pool
+            c.pubsub_dropped(pool.pg_guard, self.pg_state, exc)
+            pool.pg_mark_suspect(exc)
+            raise c.subscription_lost(pool.pg_policy.label, exc, self, reconnecting=False) from exc
+
+    async def _pg_reconnect(self, conn: Any) -> None:
+        """One reconnect (redis-py's connect callback resubscribes), bounded by the read."""
+        pool: Any = self.connection_pool
+        guard = pool.pg_guard
+        state = self.pg_state
+        state.lost(None)
+        try:
+            c.pubsub_admit(guard)
+            with deadline(state.reconnect_budget(pool.pg_policy.connect_timeout)):
+                await conn.disconnect(nowait=True)
+                await conn.connect()
+        except c.SubscriptionLost:
+            raise  # the resubscription itself failed: already reported
+        except Exception as exc:
+            c.pubsub_connect_failed(guard, exc)
+            if not c.is_outage(exc):
+                raise
+            label = pool.pg_policy.label
+            raise c.subscription_lost(label, exc, self, reconnecting=True) from exc
+        guard.breaker.record_success()
+        gap = state.resubscribed(self)
+        c.report_resubscribe(guard, pool.pg_policy.label, gap, self.pg_on_resubscribe)
 
 
 class AsyncGuardedSentinelConnection(

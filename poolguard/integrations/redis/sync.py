@@ -16,7 +16,9 @@ The hook points, chosen from redis-py 8.1's source:
   ``validate_idle`` or older than the last transport failure.
 - ``GuardedPipeline.execute`` replays a pipeline only when every command is idempotent (or the
   caller vouches), never after a WATCH, never a partially applied non-transactional pipeline.
-- ``GuardedPubSub._execute`` reconnects and resubscribes through the same loop.
+- ``GuardedPubSub`` (``parse_response``/``_execute``): a dropped subscription raises a
+  ``ConnectionError`` at once (or, opt-in, is ridden out and reported); a reconnect is one
+  attempt bounded by the read's timeout, behind the pool's breaker.
 """
 
 # redis-py's internals (execute helpers, parse_url, pools) carry no annotations.
@@ -25,7 +27,7 @@ The hook points, chosen from redis-py 8.1's source:
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import redis
@@ -35,10 +37,10 @@ import redis.exceptions as rex
 import redis.sentinel
 
 from poolguard.backends import redis as backend
-from poolguard.core.deadline import current_deadline
+from poolguard.core.deadline import current_deadline, deadline
 from poolguard.core.disposition import Disposition
 from poolguard.core.retry import Attempts
-from poolguard.errors import CircuitOpenError, PoolguardError
+from poolguard.errors import PoolguardError
 from poolguard.integrations.redis import _common as c
 
 __all__ = [
@@ -115,6 +117,8 @@ class _GuardedConnectionMixin:
         self.pg_born = self.pg_checked = self.pg_last_used = now
         self.pg_expires = policy.expiry(now)
         policy.guard.stats.incr("connects")
+        if not policy.answered:
+            policy.mark_answered()
 
     def send_packed_command(self, command: Any, check_health: bool = True) -> None:
         super().send_packed_command(command, check_health)  # type: ignore[misc]
@@ -155,7 +159,10 @@ class GuardedBlockingConnectionPool(redis.connection.BlockingConnectionPool):
 
     def __init__(self, *, poolguard_policy: c.Policy, **kwargs: Any) -> None:
         self.pg_policy = poolguard_policy
-        self.pg_guard = poolguard_policy.guard
+        # Until the server has answered once, operations start on the first-contact Guard
+        # (one attempt, no breaker wait); the first successful connect swaps in the pool's.
+        self.pg_guard = poolguard_policy.entry_guard
+        poolguard_policy.on_answer.append(self._pg_answered)
         self.pg_suspect_before = 0.0
         # Plain attributes: read on every checkout, so no property or settings lookups.
         self._pg_max_idle = poolguard_policy.max_idle
@@ -163,6 +170,17 @@ class GuardedBlockingConnectionPool(redis.connection.BlockingConnectionPool):
         thresholds = [t for t in (self._pg_max_idle, self._pg_validate_idle) if t is not None]
         self._pg_idle_threshold = min(thresholds, default=float("inf"))
         super().__init__(poolguard_policy=poolguard_policy, **kwargs)
+
+    def _pg_answered(self) -> None:
+        self.pg_guard = self.pg_policy.guard
+
+    def set_retry(self, retry: Any) -> None:
+        """redis-py's API, for the retry layer poolguard keeps off: a ``Retry`` with 0 retries
+        is accepted (it is the one in place); one that re-sends commands is refused."""
+        c.check_set_retry(retry)
+        self.connection_kwargs["retry"] = retry
+        for conn in list(getattr(self, "_connections", ())):
+            conn.retry = retry
 
     # redis-py reads ``self.timeout`` once per get_connection: make it deadline-aware.
     @property
@@ -199,13 +217,8 @@ class GuardedBlockingConnectionPool(redis.connection.BlockingConnectionPool):
         return conn
 
     def _pool_timeout(self, start: float) -> BaseException:
-        size = self.max_connections
-        return c.PoolTimeoutError(
-            f"{self.pg_policy.label}: no connection became free in "
-            f"{time.monotonic() - start:.3f}s (all {size} in use)",
-            hint="raise POOLGUARD_REDIS_POOL_SIZE or POOLGUARD_REDIS_ACQUIRE_TIMEOUT, "
-            "or find what holds connections",
-        )
+        waited = time.monotonic() - start
+        return c.pool_timeout_error(self.pg_policy.label, waited, self.max_connections)
 
     def _pg_checkout(self, conn: AnyConnection, now: float) -> None:
         idle = now - conn.pg_last_used
@@ -269,6 +282,14 @@ class GuardedBlockingConnectionPool(redis.connection.BlockingConnectionPool):
 
 class GuardedRedis(redis.Redis):
     """A ``redis.Redis`` whose commands are retried by poolguard, and only when safe."""
+
+    #: Defaults of ``pubsub()`` (``from_url(pubsub_reconnect=..., on_resubscribe=...)``).
+    pg_pubsub_reconnect: bool = False
+    pg_on_resubscribe: Callable[[c.ResubscribeGap], Any] | None = None
+
+    def set_retry(self, retry: Any) -> None:
+        c.check_set_retry(retry)  # before redis-py stores it in the connection kwargs
+        super().set_retry(retry)
 
     def execute_command(self, *args: Any, **options: Any) -> Any:
         # The hot path: one dict get for the command, one ContextVar get for the override.
@@ -341,9 +362,22 @@ class GuardedRedis(redis.Redis):
             self.connection_pool, self.response_callbacks, transaction, shard_hint, idempotent
         )
 
-    def pubsub(self, **kwargs: Any) -> GuardedPubSub:
+    def pubsub(
+        self,
+        *,
+        reconnect: bool | None = None,
+        on_resubscribe: Callable[[c.ResubscribeGap], Any] | None = None,
+        **kwargs: Any,
+    ) -> GuardedPubSub:
+        """redis-py's ``pubsub()``; ``reconnect=True`` resubscribes transparently after a drop
+        and reports each gap to ``on_resubscribe`` (defaults: ``from_url``'s
+        ``pubsub_reconnect`` / ``on_resubscribe``)."""
         return GuardedPubSub(
-            self.connection_pool, event_dispatcher=self._event_dispatcher, **kwargs
+            self.connection_pool,
+            event_dispatcher=self._event_dispatcher,
+            reconnect=self.pg_pubsub_reconnect if reconnect is None else reconnect,
+            on_resubscribe=on_resubscribe or self.pg_on_resubscribe,
+            **kwargs,
         )
 
 
@@ -516,28 +550,81 @@ def _watch_connection_lost(conn: Any) -> bool:
 
 
 class GuardedPubSub(redis.client.PubSub):
-    """Reconnects and resubscribes through the Guard; messages published meanwhile are lost."""
+    """redis-py's PubSub whose reads honour their timeout and whose drops are never hidden.
+
+    By default a dropped connection raises :class:`~._common.SubscriptionLost` (also the
+    ``ConnectionError`` redis-py raises) at once; the next ``get_message()``/``listen()``
+    reconnects and resubscribes, as in redis-py. With ``reconnect=True`` the reads ride the
+    outage out instead (``get_message`` returns None when its timeout ends, ``listen`` keeps
+    waiting) and every resubscription is reported to ``on_resubscribe``. Either way a
+    reconnect is one attempt bounded by the read's timeout, behind the pool's breaker, and the
+    channels are resubscribed once (redis-py's connect callback).
+    """
+
+    def __init__(
+        self,
+        connection_pool: Any,
+        *,
+        reconnect: bool = False,
+        on_resubscribe: Callable[[c.ResubscribeGap], Any] | None = None,
+        **kwargs: Any,
+    ) -> None:
+        self.pg_reconnect = reconnect
+        self.pg_on_resubscribe = on_resubscribe
+        self.pg_state = c.PubSubState()
+        super().__init__(connection_pool, **kwargs)
+
+    def parse_response(self, block: bool = True, timeout: float = 0) -> Any:
+        state = self.pg_state
+        state.wait = None if block else timeout
+        start = _monotonic()
+        try:
+            return super().parse_response(block=block, timeout=timeout)
+        except c.SubscriptionLost:
+            if not self.pg_reconnect:
+                raise
+            # Opt-in: stay quiet, but never spin: a read that gives up waits out its timeout
+            # (or, blocking, a backoff) before the caller's loop asks again.
+            guard = self.connection_pool.pg_guard
+            pause = state.backoff(guard) if block else timeout - (_monotonic() - start)
+            if pause > 0:
+                time.sleep(pause)
+            return None
 
     def _execute(self, conn: Any, command: Any, *args: Any, **kwargs: Any) -> Any:
-        pool: Any = self.connection_pool
-
-        def attempt(attempts: Attempts) -> Any:
-            if conn._sock is None or conn.should_reconnect():
-                conn.disconnect()
-                conn.connect()  # redis-py's on_connect callback resubscribes every channel
-                pool.pg_guard.stats.incr("resubscribes")
-            try:
-                return command(*args, **kwargs)
-            except c.TRANSPORT_ERRORS:
-                conn.disconnect()  # pub/sub reads use disconnect_on_error=False
-                raise
-
+        if conn._sock is None or conn.should_reconnect():
+            self._pg_reconnect(conn)
         try:
-            return pool.pg_guard.run_with(
-                attempt, c.op(sent=True, idempotent=True), timeout_error=c.QueryTimeoutError
-            )
-        except CircuitOpenError as exc:
-            raise c.wrap_circuit(exc) from exc
+            return command(*args, **kwargs)
+        except c.TRANSPORT_ERRORS as exc:
+            conn.disconnect()  # pub/sub reads use disconnect_on_error=False
+            pool: Any = self.connection_pool
+            c.pubsub_dropped(pool.pg_guard, self.pg_state, exc)
+            pool.pg_mark_suspect(exc)
+            raise c.subscription_lost(pool.pg_policy.label, exc, self, reconnecting=False) from exc
+
+    def _pg_reconnect(self, conn: Any) -> None:
+        """One reconnect (redis-py's connect callback resubscribes), bounded by the read."""
+        pool: Any = self.connection_pool
+        guard = pool.pg_guard
+        state = self.pg_state
+        state.lost(None)
+        try:
+            c.pubsub_admit(guard)
+            with deadline(state.reconnect_budget(pool.pg_policy.connect_timeout)):
+                conn.disconnect()
+                conn.connect()
+        except c.SubscriptionLost:
+            raise  # the resubscription itself failed: already reported
+        except Exception as exc:
+            c.pubsub_connect_failed(guard, exc)
+            if not c.is_outage(exc):
+                raise
+            label = pool.pg_policy.label
+            raise c.subscription_lost(label, exc, self, reconnecting=True) from exc
+        guard.breaker.record_success()
+        gap = state.resubscribed(self)
+        c.report_resubscribe(guard, pool.pg_policy.label, gap, self.pg_on_resubscribe)
 
 
 class GuardedSentinelConnection(_GuardedConnectionMixin, redis.sentinel.SentinelManagedConnection):

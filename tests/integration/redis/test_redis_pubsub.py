@@ -1,18 +1,30 @@
-"""Pub/sub: subscriptions come back after CLIENT KILL and restarts (at-most-once meanwhile)."""
+"""Pub/sub through drops and restarts: a read honours its timeout, a lost subscription is never
+hidden (ConnectionError by default, on_resubscribe when opted in), channels are resubscribed
+exactly once, and delivery resumes. Sync and asyncio, several subscribers at once."""
 
 from __future__ import annotations
 
 import asyncio
+import threading
 import time
+from collections import Counter
 from typing import Any
 
 import pytest
 import redis
 from redis_helpers import admin, in_background, kill_by_name
 
+import poolguard.redis
+from poolguard.errors import PoolguardError, PoolTimeout
+from poolguard.integrations.redis._common import ResubscribeGap
+
 pytestmark = [pytest.mark.redis, pytest.mark.chaos]
 
 WAIT = 5.0
+#: A read with timeout=0.1 must be back within this much more (the box is shared and loaded;
+#: before the fix such a read took 7-12 s during a restart).
+GRACE = 1.5
+SUBSCRIBERS = 4
 
 
 def next_message(pubsub: Any, timeout: float = WAIT) -> Any:
@@ -36,36 +48,222 @@ def publish_until_received(server: Any, pubsub: Any, channel: str, data: str) ->
     return None
 
 
-def test_resubscribes_after_client_kill(redis_server: Any, guarded: Any, key: str) -> None:
+def read_until_error(pubsub: Any, reads: int = 20) -> BaseException | None:
+    """The error a few reads run into (the kill reaches the socket within a few reads)."""
+    for _ in range(reads):
+        try:
+            pubsub.get_message(timeout=0.1)
+        except Exception as exc:
+            return exc
+    return None
+
+
+def confirmations(pubsub: Any, seconds: float = 0.5) -> Counter[tuple[str, bytes]]:
+    """Subscribe confirmations seen in ``seconds`` (messages are dropped)."""
+    seen: Counter[tuple[str, bytes]] = Counter()
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        message = pubsub.get_message(timeout=0.05)
+        if message is not None and message["type"] in ("subscribe", "psubscribe"):
+            seen[message["type"], message["channel"]] += 1
+    return seen
+
+
+def test_a_killed_subscription_raises_then_resubscribes_exactly_once(
+    redis_server: Any, guarded: Any, key: str
+) -> None:
     client = guarded(redis_server.url, client_name="pg-pubsub-kill")
     pubsub = client.pubsub()
     pubsub.subscribe(key)
     pubsub.psubscribe(f"{key}:*")
-    assert publish_until_received(redis_server, pubsub, key, "before")["data"] == b"before"
+    assert confirmations(pubsub) == {
+        ("subscribe", key.encode()): 1,
+        ("psubscribe", f"{key}:*".encode()): 1,
+    }
     assert kill_by_name(redis_server, "pg-pubsub-kill") >= 1
-    message = publish_until_received(redis_server, pubsub, key, "after")
-    assert message is not None
-    assert message["data"] == b"after"
+    start = time.monotonic()
+    lost = read_until_error(pubsub)
+    assert isinstance(lost, redis.exceptions.ConnectionError)
+    assert isinstance(lost, PoolguardError)
+    assert "messages published until it is back are lost" in str(lost)
+    assert time.monotonic() - start < 2.0 + GRACE
+    # The next read reconnects; redis-py's callback resubscribes each channel and pattern once.
+    assert confirmations(pubsub) == {
+        ("subscribe", key.encode()): 1,
+        ("psubscribe", f"{key}:*".encode()): 1,
+    }
+    assert publish_until_received(redis_server, pubsub, key, "after")["data"] == b"after"
     pattern = publish_until_received(redis_server, pubsub, f"{key}:x", "p")
     assert pattern["pattern"] == f"{key}:*".encode()
+    stats = poolguard.redis.stats(client)
+    assert (stats["pubsub_drops"], stats["resubscribes"]) == (1, 1)
+    pubsub.close()
+
+
+def test_listen_raises_when_the_subscription_is_killed(
+    redis_server: Any, guarded: Any, key: str
+) -> None:
+    client = guarded(redis_server.url, client_name="pg-listen-kill")
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(key)
+    outcome: list[Any] = []
+
+    def listen() -> None:
+        try:
+            for message in pubsub.listen():
+                outcome.append(message)
+        except Exception as exc:
+            outcome.append(exc)
+
+    listener = in_background(listen)
+    time.sleep(0.2)
+    assert kill_by_name(redis_server, "pg-listen-kill") >= 1
+    listener.join(timeout=WAIT)
+    assert not listener.is_alive(), "listen() hung after its connection was killed"
+    assert isinstance(outcome[-1], redis.exceptions.ConnectionError)
+    pubsub.close()
+
+
+def _subscriber_through_restart(
+    server: Any, client: Any, channel: str, durations: list[float], errors: list[BaseException]
+) -> None:
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(channel)
+    next_message(pubsub, timeout=0.3)
+    end = time.monotonic() + 4.0
+    while time.monotonic() < end:
+        start = time.monotonic()
+        try:
+            pubsub.get_message(timeout=0.1)
+        except redis.exceptions.ConnectionError as exc:
+            errors.append(exc)
+            time.sleep(0.05)  # what a caller's loop does after an error
+        durations.append(time.monotonic() - start)
+    durations.append(-1.0 if publish_until_received(server, pubsub, channel, "back") else 99.0)
     pubsub.close()
 
 
 @pytest.mark.slow
-def test_resubscribes_after_a_restart(dedicated_server: Any, guarded: Any) -> None:
+def test_get_message_honours_its_timeout_through_a_restart(
+    dedicated_server: Any, guarded: Any
+) -> None:
     server = dedicated_server("redis")
-    client = guarded(server.url, connect_timeout="200ms")
+    client = guarded(server.url, connect_timeout="500ms")
+    durations: list[list[float]] = [[] for _ in range(SUBSCRIBERS)]
+    errors: list[BaseException] = []
+    threads = [
+        threading.Thread(
+            target=_subscriber_through_restart,
+            args=(server, client, f"ch{i}", durations[i], errors),
+        )
+        for i in range(SUBSCRIBERS)
+    ]
+    for thread in threads:
+        thread.start()
+    time.sleep(0.5)
+    server.restart(downtime=1.0)
+    for thread in threads:
+        thread.join(timeout=30)
+    longest = max(max(d[:-1]) for d in durations)
+    print(
+        f"restart: {sum(map(len, durations))} reads, {len(errors)} errors, longest {longest:.3f}s"
+    )
+    assert all(d[-1] == -1.0 for d in durations), "a subscriber never got a message back"
+    assert longest < 0.1 + GRACE
+    assert errors, "the outage was hidden"
+    assert all(isinstance(e, PoolguardError) for e in errors)
+
+
+@pytest.mark.slow
+def test_opt_in_reconnect_rides_a_restart_and_reports_the_gap(
+    dedicated_server: Any, guarded: Any
+) -> None:
+    server = dedicated_server("redis")
+    gaps: list[ResubscribeGap] = []
+    client = guarded(
+        server.url, connect_timeout="500ms", pubsub_reconnect=True, on_resubscribe=gaps.append
+    )
     pubsub = client.pubsub()
     pubsub.subscribe("news")
-    assert publish_until_received(server, pubsub, "news", "1")["data"] == b"1"
-    restart = in_background(lambda: server.restart(downtime=0.5))
-    # Reading through the outage: errors are retried inside get_message, not raised.
-    while restart.is_alive():
-        pubsub.get_message(timeout=0.05)
-    message = publish_until_received(server, pubsub, "news", "2")
-    assert message is not None
-    assert message["data"] == b"2"
+    assert confirmations(pubsub) == {("subscribe", b"news"): 1}
+    restart = in_background(lambda: server.restart(downtime=1.0))
+    longest = 0.0
+    seen: Counter[tuple[str, bytes]] = Counter()
+    while restart.is_alive() or not gaps:
+        start = time.monotonic()
+        message = pubsub.get_message(timeout=0.1)  # never raises: the outage is ridden out
+        longest = max(longest, time.monotonic() - start)
+        assert time.monotonic() - start < 0.1 + GRACE
+        if message is not None:
+            seen[message["type"], message["channel"]] += 1
+    assert len(gaps) == 1
+    assert gaps[0].channels == (b"news",)
+    assert gaps[0].seconds > 0.5
+    assert isinstance(gaps[0].error, redis.exceptions.ConnectionError)
+    assert seen + confirmations(pubsub) == {("subscribe", b"news"): 1}
+    assert publish_until_received(server, pubsub, "news", "2")["data"] == b"2"
+    print(f"opt-in restart: gap {gaps[0].seconds:.2f}s, longest read {longest:.3f}s")
     pubsub.close()
+
+
+def test_opt_in_listen_keeps_listening_across_a_kill(
+    redis_server: Any, guarded: Any, key: str
+) -> None:
+    gaps: list[ResubscribeGap] = []
+    client = guarded(redis_server.url, client_name="pg-listen-optin")
+    pubsub = client.pubsub(
+        ignore_subscribe_messages=True, reconnect=True, on_resubscribe=gaps.append
+    )
+    pubsub.subscribe(key)
+    received: list[Any] = []
+
+    def listen() -> None:
+        for message in pubsub.listen():
+            received.append(message)
+            if message["data"] == b"after":
+                return
+
+    listener = in_background(listen)
+    time.sleep(0.2)
+    assert kill_by_name(redis_server, "pg-listen-optin") >= 1
+    with admin(redis_server) as publisher:
+        end = time.monotonic() + WAIT
+        while listener.is_alive() and time.monotonic() < end:
+            publisher.publish(key, "after")
+            time.sleep(0.05)
+    assert not listener.is_alive()
+    assert len(gaps) == 1
+    pubsub.close()
+
+
+def test_more_subscribers_than_the_old_pool_of_10_work_with_defaults(
+    redis_server: Any, key: str
+) -> None:
+    client = poolguard.redis.from_url(redis_server.url)  # default pool
+    pubsubs = [client.pubsub(ignore_subscribe_messages=True) for _ in range(12)]
+    try:
+        for pubsub in pubsubs:
+            pubsub.subscribe(key)
+        with admin(redis_server) as publisher:
+            publisher.publish(key, "all")
+        assert all(next_message(p)["data"] == b"all" for p in pubsubs)
+    finally:
+        for pubsub in pubsubs:
+            pubsub.close()
+        client.close()
+
+
+def test_a_full_pool_says_how_to_raise_it(redis_server: Any, guarded: Any, key: str) -> None:
+    client = guarded(redis_server.url, pool_size=1, acquire_timeout="100ms")
+    holder = client.pubsub()
+    holder.subscribe(key)
+    with pytest.raises(PoolTimeout) as full:
+        client.pubsub().subscribe(key)
+    assert isinstance(full.value, redis.exceptions.ConnectionError)
+    assert "pool_size=" in str(full.value)
+    assert "POOLGUARD_REDIS_POOL_SIZE" in str(full.value)
+    assert "pubsub()" in str(full.value)
+    holder.close()
 
 
 def test_plain_redis_py_pubsub_raises_on_client_kill_for_comparison(
@@ -83,6 +281,9 @@ def test_plain_redis_py_pubsub_raises_on_client_kill_for_comparison(
     print(f"anchor: redis-py pub/sub after CLIENT KILL -> {outcome!r}")
     pubsub.close()
     client.close()
+
+
+# -- asyncio ---------------------------------------------------------------------------------
 
 
 async def async_next_message(pubsub: Any, timeout: float = WAIT) -> Any:
@@ -105,33 +306,149 @@ async def async_publish_until_received(server: Any, pubsub: Any, channel: str, d
     return None
 
 
-async def test_async_resubscribes_after_client_kill(
+async def async_read_until_error(pubsub: Any, reads: int = 20) -> BaseException | None:
+    for _ in range(reads):
+        try:
+            await pubsub.get_message(timeout=0.1)
+        except Exception as exc:
+            return exc
+    return None
+
+
+async def async_confirmations(pubsub: Any, seconds: float = 0.5) -> Counter[tuple[str, bytes]]:
+    seen: Counter[tuple[str, bytes]] = Counter()
+    end = time.monotonic() + seconds
+    while time.monotonic() < end:
+        message = await pubsub.get_message(timeout=0.05)
+        if message is not None and message["type"] in ("subscribe", "psubscribe"):
+            seen[message["type"], message["channel"]] += 1
+    return seen
+
+
+async def test_async_a_killed_subscription_raises_then_resubscribes_exactly_once(
     redis_server: Any, aguarded: Any, key: str
 ) -> None:
     client = aguarded(redis_server.url, client_name="pg-apubsub-kill")
     pubsub = client.pubsub()
     await pubsub.subscribe(key)
-    first = await async_publish_until_received(redis_server, pubsub, key, "before")
-    assert first["data"] == b"before"
+    await pubsub.psubscribe(f"{key}:*")
+    expected = {("subscribe", key.encode()): 1, ("psubscribe", f"{key}:*".encode()): 1}
+    assert await async_confirmations(pubsub) == expected
     assert kill_by_name(redis_server, "pg-apubsub-kill") >= 1
-    await asyncio.sleep(0.05)
+    lost = await async_read_until_error(pubsub)
+    assert isinstance(lost, redis.exceptions.ConnectionError)
+    assert isinstance(lost, PoolguardError)
+    assert await async_confirmations(pubsub) == expected
     message = await async_publish_until_received(redis_server, pubsub, key, "after")
-    assert message is not None
     assert message["data"] == b"after"
+    assert poolguard.redis.stats(client)["resubscribes"] == 1
     await pubsub.aclose()
+
+
+async def test_async_listen_raises_when_the_subscription_is_killed(
+    redis_server: Any, aguarded: Any, key: str
+) -> None:
+    client = aguarded(redis_server.url, client_name="pg-alisten-kill")
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    await pubsub.subscribe(key)
+
+    async def listen() -> Any:
+        async for message in pubsub.listen():
+            return message
+        return None
+
+    task = asyncio.create_task(listen())
+    await asyncio.sleep(0.2)
+    assert kill_by_name(redis_server, "pg-alisten-kill") >= 1
+    with pytest.raises(redis.exceptions.ConnectionError):
+        await asyncio.wait_for(task, WAIT)
+    await pubsub.aclose()
+
+
+async def _async_subscriber_through_restart(
+    server: Any, client: Any, channel: str, errors: list[BaseException]
+) -> tuple[float, bool]:
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    await pubsub.subscribe(channel)
+    await async_next_message(pubsub, timeout=0.3)
+    longest = 0.0
+    end = time.monotonic() + 4.0
+    while time.monotonic() < end:
+        start = time.monotonic()
+        try:
+            await pubsub.get_message(timeout=0.1)
+        except redis.exceptions.ConnectionError as exc:
+            errors.append(exc)
+            await asyncio.sleep(0.05)
+        longest = max(longest, time.monotonic() - start)
+    back = await async_publish_until_received(server, pubsub, channel, "back") is not None
+    await pubsub.aclose()
+    return longest, back
 
 
 @pytest.mark.slow
-async def test_async_resubscribes_after_a_restart(dedicated_server: Any, aguarded: Any) -> None:
+async def test_async_get_message_honours_its_timeout_through_a_restart(
+    dedicated_server: Any, aguarded: Any
+) -> None:
     server = dedicated_server("redis")
-    client = aguarded(server.url, connect_timeout="200ms")
+    client = aguarded(server.url, connect_timeout="500ms")
+    errors: list[BaseException] = []
+    subscribers = [
+        asyncio.create_task(_async_subscriber_through_restart(server, client, f"c{i}", errors))
+        for i in range(SUBSCRIBERS)
+    ]
+    await asyncio.sleep(0.5)
+    await asyncio.to_thread(server.restart, downtime=1.0)
+    results = await asyncio.gather(*subscribers)
+    longest = max(r[0] for r in results)
+    print(f"async restart: {len(errors)} errors, longest read {longest:.3f}s")
+    assert all(back for _, back in results)
+    assert longest < 0.1 + GRACE
+    assert errors, "the outage was hidden"
+    assert all(isinstance(e, PoolguardError) for e in errors)
+
+
+@pytest.mark.slow
+async def test_async_opt_in_reconnect_rides_a_restart_and_reports_the_gap(
+    dedicated_server: Any, aguarded: Any
+) -> None:
+    server = dedicated_server("redis")
+    gaps: list[ResubscribeGap] = []
+    client = aguarded(
+        server.url, connect_timeout="500ms", pubsub_reconnect=True, on_resubscribe=gaps.append
+    )
     pubsub = client.pubsub()
     await pubsub.subscribe("news")
-    assert (await async_publish_until_received(server, pubsub, "news", "1"))["data"] == b"1"
-    restart = in_background(lambda: server.restart(downtime=0.5))
-    while restart.is_alive():
-        await pubsub.get_message(timeout=0.05)
+    assert await async_confirmations(pubsub) == {("subscribe", b"news"): 1}
+    restart = in_background(lambda: server.restart(downtime=1.0))
+    seen: Counter[tuple[str, bytes]] = Counter()
+    while restart.is_alive() or not gaps:
+        start = time.monotonic()
+        message = await pubsub.get_message(timeout=0.1)
+        assert time.monotonic() - start < 0.1 + GRACE
+        if message is not None:
+            seen[message["type"], message["channel"]] += 1
+    assert len(gaps) == 1
+    assert gaps[0].channels == (b"news",)
+    assert seen + await async_confirmations(pubsub) == {("subscribe", b"news"): 1}
     message = await async_publish_until_received(server, pubsub, "news", "2")
-    assert message is not None
     assert message["data"] == b"2"
     await pubsub.aclose()
+
+
+async def test_async_more_subscribers_than_the_old_pool_of_10_work_with_defaults(
+    redis_server: Any, key: str
+) -> None:
+    client = poolguard.redis.async_from_url(redis_server.url)
+    pubsubs = [client.pubsub(ignore_subscribe_messages=True) for _ in range(12)]
+    try:
+        for pubsub in pubsubs:
+            await pubsub.subscribe(key)
+        with admin(redis_server) as publisher:
+            publisher.publish(key, "all")
+        for pubsub in pubsubs:
+            assert (await async_next_message(pubsub))["data"] == b"all"
+    finally:
+        for pubsub in pubsubs:
+            await pubsub.aclose()
+        await client.aclose()

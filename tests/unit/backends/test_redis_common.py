@@ -153,3 +153,145 @@ def test_stats_needs_a_poolguard_client() -> None:
 def test_public_is_idempotent() -> None:
     assert poolguard.redis.is_idempotent("SET", "k", "v")
     assert not poolguard.redis.is_idempotent("SET", "k", "v", "NX")
+
+
+# -- redis-py retry keywords: compatible values accepted, conflicting ones refused with why ------
+
+
+@pytest.mark.parametrize(
+    "options",
+    [
+        {"retry": None},
+        {"retry_on_timeout": False},
+        {"retry_on_error": []},
+        {"retry_on_error": None},
+        {"retry_on_timeout": False, "retry_on_error": []},
+    ],
+)
+def test_retry_keywords_matching_poolguards_policy_are_accepted(options: dict[str, object]) -> None:
+    client = poolguard.redis.from_url("redis://127.0.0.1:1/0", **options)
+    try:
+        assert client.get_retry().get_retries() == 0  # redis-py's own layer stays off
+    finally:
+        client.close()
+
+
+def test_a_retry_with_zero_retries_is_accepted_sync_and_async() -> None:
+    from redis.backoff import ExponentialBackoff, NoBackoff
+    from redis.retry import Retry
+
+    for retry in (Retry(NoBackoff(), 0), Retry(ExponentialBackoff(), 0)):
+        client = poolguard.redis.from_url("redis://127.0.0.1:1/0", retry=retry)
+        assert client.get_retry().get_retries() == 0
+        client.close()
+        aclient = poolguard.redis.async_from_url(
+            "redis://127.0.0.1:1/0", retry=retry, retry_on_timeout=False
+        )
+        assert aclient.get_retry().get_retries() == 0
+
+
+@pytest.mark.parametrize(
+    ("options", "reason"),
+    [
+        ({"retry_on_timeout": True}, "applied twice"),
+        ({"retry_on_error": [rex.TimeoutError]}, "whether or not they may already have run"),
+        ({"retry": "3"}, "not a redis.retry.Retry"),
+    ],
+)
+def test_conflicting_retry_keywords_are_refused_with_the_reason(
+    options: dict[str, object], reason: str
+) -> None:
+    with pytest.raises(ConfigError, match=reason) as refused:
+        poolguard.redis.from_url("redis://127.0.0.1:1/0", **options)
+    assert "retry_attempts=" in str(refused.value)
+    with pytest.raises(ConfigError, match=reason):
+        poolguard.redis.async_from_url("redis://127.0.0.1:1/0", **options)
+
+
+def test_a_retry_that_resends_is_refused_and_the_equivalent_named() -> None:
+    from redis.backoff import NoBackoff
+    from redis.retry import Retry
+
+    with pytest.raises(ConfigError, match=r"retry_attempts=4") as refused:
+        poolguard.redis.from_url("redis://127.0.0.1:1/0", retry=Retry(NoBackoff(), 3))
+    assert "INCR" in str(refused.value)
+    assert refused.value.variable == "retry"
+    with pytest.raises(ConfigError, match="forever"):
+        poolguard.redis.from_url("redis://127.0.0.1:1/0", retry=Retry(NoBackoff(), -1))
+
+
+def test_retry_options_in_the_url_follow_the_same_rule() -> None:
+    with pytest.raises(ConfigError, match="query string"):
+        poolguard.redis.from_url("redis://127.0.0.1:1/0?retry_on_timeout=true")
+    client = poolguard.redis.from_url("redis://127.0.0.1:1/0?retry_on_timeout=false")
+    client.close()
+
+
+def test_set_retry_accepts_compatible_and_refuses_conflicting_sync_and_async() -> None:
+    from redis.backoff import ExponentialBackoff, NoBackoff
+    from redis.retry import Retry
+
+    for client in (
+        poolguard.redis.from_url("redis://127.0.0.1:1/0"),
+        poolguard.redis.async_from_url("redis://127.0.0.1:1/0"),
+    ):
+        compatible = Retry(ExponentialBackoff(), 0)
+        client.set_retry(compatible)
+        assert client.get_retry() is compatible
+        with pytest.raises(ConfigError, match="set_retry"):
+            client.set_retry(Retry(NoBackoff(), 2))
+        assert client.get_retry() is compatible  # the refused one was not stored
+        with pytest.raises(ConfigError):
+            client.connection_pool.set_retry(Retry(NoBackoff(), 2))
+
+
+def test_the_urls_db_wins_over_the_db_keyword_as_in_redis_py() -> None:
+    import redis
+
+    ours = poolguard.redis.from_url("redis://127.0.0.1:1/0", db=1)
+    theirs = redis.Redis.from_url("redis://127.0.0.1:1/0", db=1)
+    try:
+        assert ours.get_connection_kwargs()["db"] == theirs.get_connection_kwargs()["db"] == 0
+        # Without a db in the URL the keyword applies, in both.
+        keyword = poolguard.redis.from_url("redis://127.0.0.1:1", db=1)
+        assert keyword.get_connection_kwargs()["db"] == 1
+        keyword.close()
+    finally:
+        ours.close()
+        theirs.close()
+
+
+def test_the_default_pool_is_redis_pys_100_connections() -> None:
+    client = poolguard.redis.from_url("redis://127.0.0.1:1/0")
+    try:
+        assert client.connection_pool.max_connections == 100
+        assert poolguard.redis.settings_for("redis://h/0").retry_timeout == 3.0
+    finally:
+        client.close()
+
+
+def test_pubsub_keywords_are_poolguards_not_redis_pys() -> None:
+    gaps: list[object] = []
+    client = poolguard.redis.from_url(
+        "redis://127.0.0.1:1/0", pubsub_reconnect=True, on_resubscribe=gaps.append
+    )
+    try:
+        assert "pubsub_reconnect" not in client.get_connection_kwargs()
+        pubsub = client.pubsub()
+        assert pubsub.pg_reconnect is True
+        assert pubsub.pg_on_resubscribe == gaps.append
+        assert client.pubsub(reconnect=False).pg_reconnect is False
+    finally:
+        client.close()
+
+
+def test_reconnect_budget_honours_the_reads_timeout_with_a_floor() -> None:
+    state = c.PubSubState()
+    assert state.reconnect_budget(2.0) == 2.0  # blocking read: the connect timeout
+    state.wait = 0.1
+    assert state.reconnect_budget(2.0) == c.RECONNECT_FLOOR
+    state.wait = 1.0
+    assert state.reconnect_budget(2.0) == 1.0
+    assert state.reconnect_budget(0.5) == 0.5
+    state.wait = 0.0
+    assert state.reconnect_budget(None) == c.RECONNECT_FLOOR
