@@ -158,6 +158,7 @@ def _conninfo(settings: Settings) -> str:
 
 def _rules(settings: Settings, hooks: Hooks | None) -> PoolRules:
     from poolguard.backends import postgres as pg
+    from poolguard.config.address import address_of
     from poolguard.config.urls import redact
     from poolguard.core.retry import Guard
     from poolguard.integrations.psycopg_pool._errors import make_error
@@ -170,6 +171,7 @@ def _rules(settings: Settings, hooks: Hooks | None) -> PoolRules:
         classify=classify,
         make_error=make_error,
         hooks=hooks,
+        target=address_of(settings.sql_url()),
     )
     return PoolRules(
         settings=settings,

@@ -9,6 +9,7 @@ state (budget, breaker, stats) that every integration builds once from :class:`S
 from __future__ import annotations
 
 import asyncio
+import os
 import re
 import time
 from collections.abc import Awaitable, Callable, Coroutine
@@ -30,6 +31,7 @@ from poolguard.core.stats import Hooks, PoolStats
 from poolguard.errors import (
     AmbiguousResultError,
     AttemptRecord,
+    CircuitOpenError,
     ConnectTimeout,
     PoolguardError,
     QueryTimeout,
@@ -83,6 +85,87 @@ class GiveUp:
     why: str
     hint: str | None
     pool: str
+    elapsed: float = 0.0
+    """Seconds since the operation's first attempt."""
+    target: str | None = None
+    """What the pool connects to (redacted ``host:port``), see :attr:`Guard.target`."""
+    env_prefix: str = "POOLGUARD_"
+
+    def cannot_connect(self, last_error: str) -> tuple[str, str]:
+        """(message, hint) of a give-up while connecting; ``last_error``: the driver's words."""
+        return cannot_connect(
+            self.pool,
+            self.target,
+            last_error,
+            attempts=self.attempts,
+            elapsed=self.elapsed,
+            ending=self.why,
+            env_prefix=self.env_prefix,
+        )
+
+
+#: Longest driver error text quoted in a headline (the whole error stays chained).
+ERROR_TEXT_LIMIT = 300
+
+
+def error_text(exc: BaseException) -> str:
+    """The driver's own words for ``exc`` on one line: under SQLAlchemy-style wrappers
+    (``.orig``), whitespace collapsed, bounded."""
+    for _ in range(3):
+        inner = getattr(exc, "orig", None)
+        if not isinstance(inner, BaseException):
+            break
+        exc = inner
+    text = exc.message if isinstance(exc, PoolguardError) else str(exc)
+    text = " ".join(f"{text} {_os_reason(exc, text)}".split()) or type(exc).__name__
+    return text if len(text) <= ERROR_TEXT_LIMIT else text[: ERROR_TEXT_LIMIT - 3] + "..."
+
+
+def _os_reason(exc: BaseException, text: str) -> str:
+    """The system's reason when the driver kept it only in the chain: aiomysql's "Can't
+    connect to MySQL server on '127.0.0.1'" and asyncio's "Connect call failed" come from a
+    ConnectionRefusedError whose words ("Connection refused") are nowhere in the text."""
+    reason = exc.__cause__ if exc.__cause__ is not exc else None  # ``raise e from e``
+    reason = reason or exc.__context__
+    if not isinstance(reason, OSError):
+        return ""
+    words = os.strerror(reason.errno) if reason.errno else type(reason).__name__
+    said = text.lower()
+    if words.lower() in said or (isinstance(reason, TimeoutError) and "timed out" in said):
+        return ""
+    return f"({words})"
+
+
+def cannot_connect(
+    pool: str,
+    target: str | None,
+    last_error: str | None,
+    *,
+    attempts: int,
+    elapsed: float,
+    ending: str,
+    env_prefix: str = "POOLGUARD_",
+    tried: str | None = None,
+) -> tuple[str, str]:
+    """(message, hint) for a call that could not connect: what is unreachable, the last driver
+    error, attempts and time spent first; the circuit breaker (a consequence) only after.
+
+    ``target`` is the integration's redacted ``host:port``: the core never parses URLs.
+    """
+    where = target or "the server"
+    last = f": {last_error}" if last_error else ""
+    if tried is None:
+        tried = f"{attempts} attempt{'' if attempts == 1 else 's'} in {elapsed:.1f}s"
+        if attempts == 0:
+            tried = "not tried"
+    message = f"{pool}: cannot connect to {where}{last} ({tried}; {ending})"
+    p = env_prefix
+    hint = (
+        f"check that the server is up and reachable from here; {p}CONNECT_TIMEOUT bounds each"
+        f" attempt, {p}RETRY_TIMEOUT (or poolguard.deadline()) how long a call keeps"
+        f" reconnecting, {p}BREAKER_FAILURES / {p}BREAKER_RESET when callers stop trying"
+    )
+    return message, hint
 
 
 ErrorFactory = Callable[[GiveUp], BaseException]
@@ -115,7 +198,10 @@ def _snake(name: str) -> str:
 
 
 def default_error(g: GiveUp) -> BaseException:
-    """Ambiguity becomes AmbiguousResultError; anything else is the original error, annotated."""
+    """Ambiguity becomes AmbiguousResultError; anything else is the original error, annotated.
+
+    Integrations replace this (``make_error``) to raise their drop-in classes; each turns a
+    failure to connect into a headline built by :meth:`GiveUp.cannot_connect`."""
     if g.action is Action.AMBIGUOUS:
         return AmbiguousResultError(
             f"{g.pool}: the outcome is unknown ({g.classification.reason}): the request may have"
@@ -145,9 +231,19 @@ class Guard:
         make_error: ErrorFactory = default_error,
         clock: Clock = time.monotonic,
         rng: Uniform = default_rng,
+        target: str | None = None,
+        env_prefix: str = "POOLGUARD_",
     ) -> None:
         self.name = name
         self.backend = backend
+        self.target = target
+        """What the pool connects to, for messages: a redacted ``host:port`` set by the
+        integration (never a password; the core does not parse URLs)."""
+        self.env_prefix = env_prefix
+        """Prefix of the variables that configure this pool (``POOLGUARD_REDIS_``...), for hints."""
+        self.last_connect_error: str | None = None
+        """The driver's words for the latest failed connect, for callers the breaker rejects
+        before they tried themselves."""
         self._classify = classify
         self.policy = policy or RetryPolicy()
         self.budget = budget or RetryBudget(0.2)
@@ -172,7 +268,10 @@ class Guard:
         hooks: Hooks | None = None,
         gauges: Callable[[], dict[str, Any]] | None = None,
         clock: Clock = time.monotonic,
+        target: str | None = None,
     ) -> Guard:
+        from poolguard.config.env import lookup_order
+
         policy = RetryPolicy(
             attempts=settings.retry_attempts,
             backoff=Backoff(
@@ -195,6 +294,8 @@ class Guard:
             stats=PoolStats(name, backend, hooks=hooks, gauges=gauges),
             make_error=make_error,
             clock=clock,
+            target=target,
+            env_prefix=lookup_order("", settings.backend, settings.name)[0],
         )
 
     def derive(self, classify: Classifier, *, attempts: int | None = None) -> Guard:
@@ -214,6 +315,8 @@ class Guard:
             make_error=self.make_error,
             clock=self.clock,
             rng=self.rng,
+            target=self.target,
+            env_prefix=self.env_prefix,
         )
 
     def _breaker_changed(self, old: BreakerState, new: BreakerState) -> None:
@@ -422,26 +525,56 @@ class Attempts:
     def _breaker_rejects(self, wait: float) -> None:
         g = self.guard
         g.stats.incr("circuit_open_rejections")
-        err = g.breaker.open_error(g.breaker.state, wait)
+        # The breaker opens on failed connects only, so the headline is what cannot be reached
+        # and why (the driver's last error), then the breaker's verdict.
+        state = g.breaker.state.value.replace("_", "-")
+        ending = f"circuit breaker {state}, failing fast; next probe in {wait:.1f}s"
+        last = g.last_connect_error
+        if self._last_error is not None:
+            last = error_text(self._last_error)
+        elif self.number == 0:
+            ending = f"circuit breaker {state} after {g.breaker.failures} failed connects, " + (
+                f"failing fast; next probe in {wait:.1f}s"
+            )
+        message, hint = cannot_connect(
+            g.name,
+            g.target,
+            last,
+            attempts=self.number,
+            elapsed=g.clock() - self._started,
+            ending=ending,
+            env_prefix=g.env_prefix,
+        )
+        err = CircuitOpenError(message, hint=hint)
         if self._last_error is None:
             raise err
         # The breaker opened between our attempts: keep what led here in the error.
         err.attempts = self.number
         err.history = tuple(self.history)
         if self._last_class is not None and len(err.history) < self.number:
-            last = AttemptRecord(
+            last_record = AttemptRecord(
                 self.number, self._last_class.reason, type(self._last_error).__name__, 0.0
             )
-            err.history = (*err.history, last)
+            err.history = (*err.history, last_record)
         raise err from self._last_error
 
     def _deadline_exceeded(self) -> None:
         g = self.guard
+        message = f"{g.name}: deadline exceeded after {self.number} attempt(s)"
+        hint = "raise the poolguard.deadline() budget"
+        last = self._last_error
+        if last is not None and self._last_class is not None and self._last_class.connect_phase:
+            message, hint = cannot_connect(
+                g.name,
+                g.target,
+                error_text(last),
+                attempts=self.number,
+                elapsed=g.clock() - self._started,
+                ending="the caller's poolguard.deadline() ran out",
+                env_prefix=g.env_prefix,
+            )
         timeout = self._timeout_error(
-            f"{g.name}: deadline exceeded after {self.number} attempt(s)",
-            attempts=self.number,
-            history=self.history,
-            hint="raise the poolguard.deadline() budget",
+            message, attempts=self.number, history=self.history, hint=hint
         )
         if self._last_error is None:
             raise timeout
@@ -461,6 +594,7 @@ class Attempts:
         c = self._last_class = g.classify(exc)
         if c.connect_phase:
             g.breaker.record_failure()
+            g.last_connect_error = error_text(exc)
         elif c.disposition is not Disposition.FAIL or not isinstance(exc, PoolguardError):
             g.breaker.record_success()  # the server answered: it is up
         action = decide(c, op)
@@ -486,7 +620,9 @@ class Attempts:
             return None, None
         if self.number >= g.policy.attempts:
             return (
-                f"all {g.policy.attempts} attempts failed",
+                f"all {g.policy.attempts} attempts failed"
+                if g.policy.attempts > 1
+                else "not retried",
                 "raise POOLGUARD_RETRY_ATTEMPTS if the outage is short",
             )
         return None, None
@@ -543,7 +679,12 @@ class Attempts:
         record = AttemptRecord(self.number, c.reason, type(exc).__name__, 0.0)
         history = (*self.history, record)
         g = self.guard
-        err = g.make_error(GiveUp(action, exc, c, self.number, history, why, hint, g.name))
+        elapsed = g.clock() - self._started
+        give_up = GiveUp(
+            action, exc, c, self.number, history, why, hint, g.name,
+            elapsed=elapsed, target=g.target, env_prefix=g.env_prefix,
+        )  # fmt: skip
+        err = g.make_error(give_up)
         if err is exc:
             raise exc
         raise err from exc

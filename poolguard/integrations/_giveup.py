@@ -13,7 +13,7 @@ from collections.abc import Callable
 from typing import Any, Protocol
 
 from poolguard.core.disposition import Action
-from poolguard.core.retry import GiveUp
+from poolguard.core.retry import GiveUp, error_text
 from poolguard.errors import (
     AmbiguousResultError,
     ConnectTimeout,
@@ -70,6 +70,8 @@ def error_factory(
         err = g.error
         if isinstance(err, PoolguardError):
             return as_dropin(err)
+        if g.classification.connect_phase:
+            return _cannot_connect(g, err)
         if g.action is Action.AMBIGUOUS:
             return wrap(
                 AmbiguousResultError,
@@ -97,5 +99,13 @@ def error_factory(
         if g.attempts > 1 and hasattr(err, "add_note"):
             err.add_note(f"poolguard: gave up after {g.attempts} attempts: {g.why}")
         return err
+
+    def _cannot_connect(g: GiveUp, err: BaseException) -> BaseException:
+        # The headline says what is unreachable and the driver's last words; the class stays
+        # what users catch (OperationalError), ConnectTimeout when the connect timed out.
+        message, hint = g.cannot_connect(error_text(driver_error(err)))
+        cls = ConnectTimeout if g.classification.reason == "connect_timeout" else PoolguardError
+        kw = {"invalidated": False} if marks_invalidated else {}
+        return wrap(cls, message, orig=err, attempts=g.attempts, history=g.history, hint=hint, **kw)
 
     return make_error

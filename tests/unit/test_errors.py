@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pickle
+import re
 import threading
 
 import psycopg
@@ -193,3 +194,110 @@ def test_plain_errors_pickle() -> None:
         assert (back.attempts, back.history, back.hint) == (err.attempts, err.history, err.hint)
     c = pickle.loads(pickle.dumps(ConfigError("bad", variable="X")))
     assert (str(c), c.variable) == ("bad", "X")
+
+
+# --- "cannot connect" headlines (core/retry.py, config/address.py) -----------------------------
+
+from poolguard.config.address import address_of  # noqa: E402
+from poolguard.core.breaker import CircuitBreaker  # noqa: E402
+from poolguard.core.disposition import Classification, Disposition  # noqa: E402
+from poolguard.core.retry import Guard, RetryPolicy, cannot_connect, error_text  # noqa: E402
+
+
+@pytest.mark.parametrize(
+    ("url", "address"),
+    [
+        (f"postgresql+psycopg://app:{SECRET}@127.0.0.1:5432/db", "127.0.0.1:5432"),
+        (f"postgres://app:{SECRET}@db.internal/db", "db.internal:5432"),
+        (f"mysql://app:{SECRET}@h/db", "h:3306"),
+        (f"mariadb+pymysql://app:{SECRET}@h:3307/db", "h:3307"),
+        (f"redis://:{SECRET}@cache:6380/0", "cache:6380"),
+        ("rediss://cache", "cache:6379"),
+        ("unix:///run/redis.sock?db=1", "/run/redis.sock"),
+        (f"postgresql:///db?host=/run/postgresql&password={SECRET}", "/run/postgresql"),
+        (f"postgresql://u:{SECRET}@h1:5432,h2:5433/db", "h1:5432,h2:5433"),
+        (f"postgresql://u:{SECRET}@[::1]/db", "[::1]:5432"),
+        ("postgresql://u:p/a@ss@h/db", "h:5432"),  # unencoded "/" and "@" in the password
+        (f"postgresql://u@h/db?password={SECRET}", "h:5432"),
+    ],
+)
+def test_address_of_never_shows_credentials(url: str, address: str) -> None:
+    assert address_of(url) == address
+    assert SECRET not in address_of(url)
+
+
+def test_error_text_unwraps_and_adds_the_systems_reason() -> None:
+    refused = ConnectionRefusedError(111, "Connect call failed ('127.0.0.1', 1)")
+    try:
+        raise OSError("Can't connect to MySQL server on '127.0.0.1'") from refused
+    except OSError as exc:
+        driver = exc
+
+    class Wrapper(Exception):
+        orig = driver
+
+    text = error_text(Wrapper("(wrapper) boom"))
+    assert text == "Can't connect to MySQL server on '127.0.0.1' (Connection refused)"
+    assert error_text(ValueError("a\n\tb   c")) == "a b c"
+    assert len(error_text(ValueError("x" * 1000))) <= 300
+
+
+def test_cannot_connect_headline_then_what_to_tune() -> None:
+    message, hint = cannot_connect(
+        "db1",
+        "h:5432",
+        "connection refused",
+        attempts=3,
+        elapsed=2.04,
+        ending="circuit breaker open",
+        env_prefix="POOLGUARD_REDIS_",
+    )
+    assert message == (
+        "db1: cannot connect to h:5432: connection refused (3 attempts in 2.0s; circuit breaker"
+        " open)"
+    )
+    assert "POOLGUARD_REDIS_CONNECT_TIMEOUT" in hint
+    assert "POOLGUARD_REDIS_RETRY_TIMEOUT" in hint
+    message, _ = cannot_connect("db1", None, None, attempts=0, elapsed=0.0, ending="x")
+    assert message == "db1: cannot connect to the server (not tried; x)"
+
+
+class _Refused(Exception):
+    pass
+
+
+def _guard(clock: list[float]) -> Guard:
+    refused = Classification(Disposition.RETRY, "connect_refused", connect_phase=True)
+    return Guard(
+        "db1",
+        "test",
+        lambda exc: refused,
+        policy=RetryPolicy(attempts=3, timeout=1.0),
+        breaker=CircuitBreaker(2, 30.0, clock=lambda: clock[0]),
+        clock=lambda: clock[0],
+        target="db.internal:5432",
+    )
+
+
+def test_breaker_rejection_says_what_is_unreachable_first() -> None:
+    clock = [100.0]
+    guard = _guard(clock)
+
+    def attempt(_attempts: object) -> None:
+        clock[0] += 0.1
+        raise _Refused("connection refused by db.internal")
+
+    with pytest.raises(CircuitOpenError) as first:
+        guard.run_with(attempt, sleep=lambda s: clock.__setitem__(0, clock[0] + s))
+    guard.policy = RetryPolicy(attempts=3, timeout=0.1)  # too short to wait for the probe
+    with pytest.raises(CircuitOpenError) as second:  # rejected before trying
+        guard.run_with(attempt, sleep=lambda s: clock.__setitem__(0, clock[0] + s))
+    for err in (first.value, second.value):
+        assert str(err).startswith(
+            "db1: cannot connect to db.internal:5432: connection refused by db.internal ("
+        )
+        assert "circuit breaker open" in err.message
+        assert "BREAKER_FAILURES" in str(err)
+    assert re.search(r"\d attempts in \d\.\ds", first.value.message)
+    assert isinstance(first.value.__cause__, _Refused)
+    assert "not tried" in second.value.message

@@ -38,7 +38,7 @@ from poolguard.core.disposition import (
     Scope,
     decide,
 )
-from poolguard.core.retry import Guard
+from poolguard.core.retry import Guard, cannot_connect, error_text
 from poolguard.errors import (
     AmbiguousResultError,
     PoolguardError,
@@ -359,25 +359,53 @@ class PoolRules:
         try:
             self.guard.breaker.before_call()
         except PoolguardError as exc:
-            self.guard.stats.incr("circuit_open_rejections")
-            raise pg_dropin(type(exc), exc.message, hint=exc.hint) from None
+            g = self.guard
+            g.stats.incr("circuit_open_rejections")
+            last = self.last_connect_error
+            # What cannot be reached and why first; the breaker's verdict after.
+            message, hint = cannot_connect(
+                self.name,
+                g.target,
+                error_text(last) if last is not None else g.last_connect_error,
+                attempts=0,
+                elapsed=0.0,
+                ending=f"circuit breaker open after {g.breaker.failures} failed connects,"
+                f" failing fast; next probe in {g.breaker.admits_in():.1f}s",
+                env_prefix=g.env_prefix,
+            )
+            raise pg_dropin(type(exc), message, hint=hint) from last
 
     def pool_timeout(self, waited: float, measures: dict[str, int]) -> PoolguardError:
         """The drop-in PoolTimeout, saying whether the pool is merely busy or cannot connect."""
-        why = ""
+        sizes = (
+            f"pool size {measures.get('pool_size', 0)}/{measures.get('pool_max', 0)},"
+            f" {measures.get('pool_available', 0)} idle,"
+            f" {measures.get('requests_waiting', 0)} waiting"
+        )
         if self.last_connect_error is not None:
             # A checkout that starved while connects fail is a client-visible connect failure:
             # it feeds the breaker (a background reconnect that succeeds closes it again). The
             # headline is what cannot be reached, not the pool's size.
             self.guard.breaker.record_failure()
-            reason = classify(self.last_connect_error).reason
-            why = f"; the pool cannot connect to {self.redacted_url} ({reason})"
+            failed = self.guard.stats.count("connect_failures")
+            p = self.guard.env_prefix
+            message, _ = cannot_connect(
+                self.name,
+                self.guard.target,
+                error_text(self.last_connect_error),
+                attempts=1,
+                elapsed=waited,
+                tried=f"waited {waited:.2f}s for a connection",
+                ending=f"{failed} connects failed so far; {sizes}",
+            )
+            hint = (
+                f"check that the server is up and reachable from here; {p}ACQUIRE_TIMEOUT"
+                f" bounds the wait, {p}CONNECT_TIMEOUT each connect attempt"
+            )
+            return pg_dropin(PoolTimeout, message, hint=hint)
         return pg_dropin(
             PoolTimeout,
-            f"{self.name}: no connection became free within {waited:.2f}s (pool size"
-            f" {measures.get('pool_size', 0)}/{measures.get('pool_max', 0)},"
-            f" {measures.get('pool_available', 0)} idle,"
-            f" {measures.get('requests_waiting', 0)} waiting){why}",
+            f"{self.name}: no connection became free within {waited:.2f}s ({sizes})",
             hint="raise POOLGUARD_ACQUIRE_TIMEOUT or POOLGUARD_POOL_SIZE/POOLGUARD_MAX_OVERFLOW,"
             " or hold connections for less time",
         )

@@ -227,7 +227,14 @@ def build_sentinel_client(
     manager = sentinel_class(sentinels, sentinel_kwargs=_sentinel_kwargs(settings, sentinel_kwargs))
     label = _sentinel_label(settings, service_name, sentinels)
     pool_holder: list[Any] = []
-    policy = c.build_policy(settings, label, lambda: pool_holder[0].pg_gauges(), hooks)
+    where = ",".join(f"{h}:{p}" for h, p in sentinels)
+    policy = c.build_policy(
+        settings,
+        label,
+        lambda: pool_holder[0].pg_gauges(),
+        hooks,
+        target=f"the master of {service_name!r} (via Sentinel {where})",
+    )
     pool = pool_class(
         service_name, manager, poolguard_policy=policy, connection_class=conn_class, **kwargs
     )

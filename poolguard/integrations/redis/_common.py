@@ -19,10 +19,11 @@ from typing import Any
 import redis.exceptions as rex
 
 from poolguard.backends import redis as backend
+from poolguard.config.address import address_of
 from poolguard.config.settings import Settings
 from poolguard.core.deadline import current_deadline, effective_timeout
 from poolguard.core.disposition import Action, Disposition, Operation
-from poolguard.core.retry import GiveUp, Guard, RetryPolicy, default_error
+from poolguard.core.retry import GiveUp, Guard, RetryPolicy, default_error, error_text
 from poolguard.core.stats import Hooks
 from poolguard.errors import (
     AmbiguousResultError,
@@ -51,6 +52,9 @@ QueryTimeoutError: type[QueryTimeout] = dropin_class(QueryTimeout, rex.TimeoutEr
 ConnectTimeoutError: type[ConnectTimeout] = dropin_class(ConnectTimeout, rex.TimeoutError)
 PoolTimeoutError: type[PoolTimeout] = dropin_class(PoolTimeout, rex.ConnectionError)
 CircuitOpen: type[CircuitOpenError] = dropin_class(CircuitOpenError, rex.ConnectionError)
+#: A connect that failed for good (refused, unreachable): what redis-py raises, with poolguard's
+#: headline (address, last error, attempts, time spent).
+CannotConnect: type[PoolguardError] = dropin_class(PoolguardError, rex.ConnectionError)
 
 #: Errors after which a connection is suspect (and the pool's older connections too).
 TRANSPORT_ERRORS = (rex.ConnectionError, rex.TimeoutError, OSError)
@@ -236,8 +240,13 @@ def build_guard(
     label: str,
     gauges: Callable[[], dict[str, Any]],
     hooks: Hooks | None = None,
+    target: str | None = None,
 ) -> Guard:
+    """The client's Guard; ``target`` (what it connects to, for messages) defaults to the
+    URL's ``host:port``."""
     name = settings.name or "redis"
+    if target is None and settings.url:
+        target = address_of(settings.url)
 
     def make_error(g: GiveUp) -> BaseException:
         return give_up_error(g, label)
@@ -250,6 +259,7 @@ def build_guard(
         make_error=make_error,
         hooks=hooks,
         gauges=gauges,
+        target=target,
     )
 
 
@@ -275,6 +285,8 @@ def first_contact_guard(guard: Guard) -> Guard:
         make_error=guard.make_error,
         clock=guard.clock,
         rng=guard.rng,
+        target=guard.target,
+        env_prefix=guard.env_prefix,
     )
 
 
@@ -283,8 +295,9 @@ def build_policy(
     label: str,
     gauges: Callable[[], dict[str, Any]],
     hooks: Hooks | None = None,
+    target: str | None = None,
 ) -> Policy:
-    guard = build_guard(settings, label, gauges, hooks)
+    guard = build_guard(settings, label, gauges, hooks, target=target)
     return Policy(guard, settings, label, first_guard=first_contact_guard(guard))
 
 
@@ -316,6 +329,13 @@ def give_up_error(g: GiveUp, label: str) -> BaseException:
             history=g.history,
             hint="mark it with poolguard.redis.idempotent() only if running it twice is harmless",
         )
+    if g.classification.connect_phase and not isinstance(g.error, PoolguardError):
+        # Say what is unreachable, in the driver's words (redis-py's "Error 111 connecting to
+        # h:p. Connection refused." / "Timeout connecting to server" names no host).
+        message, hint = g.cannot_connect(error_text(g.error))
+        timed_out = g.classification.reason == "connect_timeout"
+        cls = ConnectTimeoutError if timed_out else CannotConnect
+        return cls(message, attempts=g.attempts, history=g.history, hint=hint)
     return default_error(g)
 
 
@@ -323,7 +343,12 @@ def wrap_circuit(exc: CircuitOpenError) -> BaseException:
     if isinstance(exc, rex.ConnectionError):
         return exc
     return dropin(
-        CircuitOpenError, rex.ConnectionError, exc.message, attempts=exc.attempts, hint=exc.hint
+        CircuitOpenError,
+        rex.ConnectionError,
+        exc.message,
+        attempts=exc.attempts,
+        history=exc.history,
+        hint=exc.hint,
     )
 
 

@@ -21,6 +21,7 @@ from sqlalchemy.engine import Engine
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.ext.asyncio import create_async_engine as sa_create_async_engine
 
+from poolguard.config.address import address_of
 from poolguard.config.settings import Settings
 from poolguard.config.urls import dialect_of, redact
 from poolguard.core.retry import Guard
@@ -100,7 +101,12 @@ def _prepare(
     backend = backend_for(dialect_of(settings.sql_url()), backstop_grace=BACKSTOP_GRACE)
     name = settings.name or "default"
     guard = Guard.from_settings(
-        settings, name=name, backend=backend.name, classify=backend.classify, make_error=make_error
+        settings,
+        name=name,
+        backend=backend.name,
+        classify=backend.classify,
+        make_error=make_error,
+        target=address_of(settings.sql_url()),  # "cannot connect to host:port" messages
     )
     state = PgState(
         settings=settings,
