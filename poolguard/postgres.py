@@ -172,6 +172,7 @@ def _rules(settings: Settings, hooks: Hooks | None) -> PoolRules:
         make_error=make_error,
         hooks=hooks,
         target=address_of(settings.sql_url()),
+        counts_connect_failures=False,  # counted by the pool's connect workers (_rules.py)
     )
     return PoolRules(
         settings=settings,

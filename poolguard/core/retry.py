@@ -233,6 +233,7 @@ class Guard:
         rng: Uniform = default_rng,
         target: str | None = None,
         env_prefix: str = "POOLGUARD_",
+        counts_connect_failures: bool = True,
     ) -> None:
         self.name = name
         self.backend = backend
@@ -244,6 +245,10 @@ class Guard:
         self.last_connect_error: str | None = None
         """The driver's words for the latest failed connect, for callers the breaker rejects
         before they tried themselves."""
+        self.counts_connect_failures = counts_connect_failures
+        """Count ``connect_failures`` when a connect-phase failure reaches the loop (SQL
+        engines connect inside it); False where the integration counts them where it
+        connects (Redis connections, psycopg_pool's background connects)."""
         self._classify = classify
         self.policy = policy or RetryPolicy()
         self.budget = budget or RetryBudget(0.2)
@@ -269,6 +274,7 @@ class Guard:
         gauges: Callable[[], dict[str, Any]] | None = None,
         clock: Clock = time.monotonic,
         target: str | None = None,
+        counts_connect_failures: bool = True,
     ) -> Guard:
         from poolguard.config.env import lookup_order
 
@@ -296,6 +302,7 @@ class Guard:
             clock=clock,
             target=target,
             env_prefix=lookup_order("", settings.backend, settings.name)[0],
+            counts_connect_failures=counts_connect_failures,
         )
 
     def derive(self, classify: Classifier, *, attempts: int | None = None) -> Guard:
@@ -317,6 +324,7 @@ class Guard:
             rng=self.rng,
             target=self.target,
             env_prefix=self.env_prefix,
+            counts_connect_failures=self.counts_connect_failures,
         )
 
     def _breaker_changed(self, old: BreakerState, new: BreakerState) -> None:
@@ -595,6 +603,10 @@ class Attempts:
         if c.connect_phase:
             g.breaker.record_failure()
             g.last_connect_error = error_text(exc)
+            # A driver's connect failure, not poolguard's own verdict on one (a give-up of a
+            # nested loop, an open breaker, a deadline spent before connecting).
+            if g.counts_connect_failures and not isinstance(exc, PoolguardError):
+                g.stats.incr("connect_failures")
         elif c.disposition is not Disposition.FAIL or not isinstance(exc, PoolguardError):
             g.breaker.record_success()  # the server answered: it is up
         action = decide(c, op)

@@ -13,6 +13,7 @@ from __future__ import annotations
 import re
 import traceback
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis.exceptions as rex
@@ -73,6 +74,14 @@ def check_headline(exc: BaseException, fault: str, host: str, port: int) -> str:
     return headline
 
 
+def check_counted(engine: Any, err: poolguard.PoolguardError) -> None:
+    """Every attempt of the call was a failed connect, and stats() says so (it said 0)."""
+    snap = poolguard.stats(engine)
+    assert err.attempts >= 1
+    assert snap["connect_failures"] == err.attempts, snap
+    assert snap["connects"] == 0
+
+
 # --- SQLAlchemy engines: PostgreSQL and MySQL, sync and async ----------------------------------
 
 
@@ -89,6 +98,7 @@ def test_engine_headline(kind: str, unreachable: tuple[str, str, int]) -> None:
     if fault == "deaf" and kind == "postgres":
         assert isinstance(info.value, poolguard.ConnectTimeout)
     check_headline(info.value, fault, host, port)
+    check_counted(engine, info.value)
 
 
 @pytest.mark.parametrize("kind", ["postgres", "mysql"])
@@ -103,6 +113,7 @@ async def test_async_engine_headline(kind: str, unreachable: tuple[str, str, int
         await engine.dispose()
     assert isinstance(info.value, poolguard.PoolguardError)
     check_headline(info.value, fault, host, port)
+    check_counted(engine, info.value)
 
 
 def test_breaker_rejection_names_the_address_not_only_the_breaker() -> None:
@@ -166,6 +177,9 @@ def test_native_pool_headline(unreachable: tuple[str, str, int]) -> None:
         pool.close(timeout=1)
     check_headline(info.value, fault, host, port)
     assert "ACQUIRE_TIMEOUT" in str(info.value)
+    snap = pool.stats()
+    assert snap["connect_failures"] >= 1
+    assert snap["connects"] == 0
 
 
 async def test_async_native_pool_headline(unreachable: tuple[str, str, int]) -> None:
@@ -180,6 +194,9 @@ async def test_async_native_pool_headline(unreachable: tuple[str, str, int]) -> 
     finally:
         await pool.close(timeout=1)
     check_headline(info.value, fault, host, port)
+    snap = pool.stats()
+    assert snap["connect_failures"] >= 1
+    assert snap["connects"] == 0
 
 
 # --- Redis ---------------------------------------------------------------------------------------
@@ -209,3 +226,60 @@ async def test_async_redis_headline(unreachable: tuple[str, str, int]) -> None:
         await client.aclose()
     assert isinstance(info.value, poolguard.PoolguardError)
     check_headline(info.value, fault, host, port)
+
+
+# --- connects and connect_failures on one engine, through a real outage --------------------------
+
+SQL_KINDS = [
+    pytest.param("postgres", marks=pytest.mark.postgres),
+    pytest.param("mysql", marks=pytest.mark.mysql),
+]
+
+
+def _server(kind: str, request: pytest.FixtureRequest) -> Any:
+    return request.getfixturevalue("postgres_server" if kind == "postgres" else "mysql_server")
+
+
+@pytest.mark.parametrize("kind", SQL_KINDS)
+def test_stats_count_failed_and_successful_connects(
+    kind: str, request: pytest.FixtureRequest, fault_proxy: Any
+) -> None:
+    server = _server(kind, request)
+    proxy = fault_proxy(server)
+    proxy.down()  # refused
+    engine = poolguard.create_engine(proxy.url(server.url), **FAST)
+    try:
+        with pytest.raises(poolguard.PoolguardError) as info, engine.connect():
+            pass
+        check_counted(engine, info.value)
+        failed = poolguard.stats(engine)["connect_failures"]
+        proxy.up()
+        with engine.connect() as conn:
+            assert conn.execute(text("SELECT 1")).scalar() == 1
+        snap = poolguard.stats(engine)
+        assert (snap["connects"], snap["connect_failures"]) == (1, failed)
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("kind", SQL_KINDS)
+async def test_async_stats_count_failed_and_successful_connects(
+    kind: str, request: pytest.FixtureRequest, fault_proxy: Any
+) -> None:
+    server = _server(kind, request)
+    proxy = fault_proxy(server)
+    proxy.down()
+    engine = poolguard.create_async_engine(proxy.url(server.url), **FAST)
+    try:
+        with pytest.raises(poolguard.PoolguardError) as info:
+            async with engine.connect():
+                pass
+        check_counted(engine, info.value)
+        failed = poolguard.stats(engine)["connect_failures"]
+        proxy.up()
+        async with engine.connect() as conn:
+            assert (await conn.execute(text("SELECT 1"))).scalar() == 1
+        snap = poolguard.stats(engine)
+        assert (snap["connects"], snap["connect_failures"]) == (1, failed)
+    finally:
+        await engine.dispose()

@@ -301,3 +301,18 @@ def test_breaker_rejection_says_what_is_unreachable_first() -> None:
     assert re.search(r"\d attempts in \d\.\ds", first.value.message)
     assert isinstance(first.value.__cause__, _Refused)
     assert "not tried" in second.value.message
+    # Each failed connect is counted once (the rejection before trying is not a connect).
+    assert guard.stats.count("connect_failures") == first.value.attempts
+
+
+def test_connect_failures_not_counted_twice_where_the_integration_counts_them() -> None:
+    clock = [100.0]
+    guard = _guard(clock)
+    guard.counts_connect_failures = False  # Redis / psycopg_pool count where they connect
+
+    def attempt(_attempts: object) -> None:
+        raise _Refused("refused")
+
+    with pytest.raises(CircuitOpenError):
+        guard.run_with(attempt, sleep=lambda s: clock.__setitem__(0, clock[0] + s))
+    assert guard.stats.count("connect_failures") == 0

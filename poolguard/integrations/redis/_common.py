@@ -260,6 +260,7 @@ def build_guard(
         hooks=hooks,
         gauges=gauges,
         target=target,
+        counts_connect_failures=False,  # counted where each connection connects
     )
 
 
@@ -287,6 +288,7 @@ def first_contact_guard(guard: Guard) -> Guard:
         rng=guard.rng,
         target=guard.target,
         env_prefix=guard.env_prefix,
+        counts_connect_failures=guard.counts_connect_failures,
     )
 
 
