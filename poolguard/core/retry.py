@@ -131,7 +131,8 @@ def _os_reason(exc: BaseException, text: str) -> str:
         return ""
     words = os.strerror(reason.errno) if reason.errno else type(reason).__name__
     said = text.lower()
-    if words.lower() in said or (isinstance(reason, TimeoutError) and "timed out" in said):
+    timed_out = "timed out" in said or "timeout" in said
+    if words.lower() in said or (isinstance(reason, TimeoutError) and timed_out):
         return ""
     return f"({words})"
 
