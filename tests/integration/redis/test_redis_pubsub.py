@@ -16,6 +16,7 @@ from redis_helpers import admin, in_background, kill_by_name
 
 import poolguard.redis
 from poolguard.errors import PoolguardError, PoolTimeout
+from poolguard.integrations.redis import _common as c
 from poolguard.integrations.redis._common import ResubscribeGap
 
 pytestmark = [pytest.mark.redis, pytest.mark.chaos]
@@ -206,6 +207,41 @@ def test_opt_in_reconnect_rides_a_restart_and_reports_the_gap(
     pubsub.close()
 
 
+def _reads_through_an_unreachable_server(proxy: Any, pubsub: Any) -> tuple[float, int]:
+    """Drop the links, then make the server unreachable (the handshake is never answered):
+    (longest get_message(timeout=0.1), errors) over 1.5 s of reads."""
+    proxy.reset()
+    proxy.clear()
+    proxy.blackhole()
+    longest, errors = 0.0, 0
+    end = time.monotonic() + 1.5
+    while time.monotonic() < end:
+        start = time.monotonic()
+        try:
+            pubsub.get_message(timeout=0.1)
+        except redis.exceptions.ConnectionError:
+            errors += 1
+        longest = max(longest, time.monotonic() - start)
+    proxy.clear()
+    return longest, errors
+
+
+def test_a_reconnect_to_an_unreachable_server_is_bounded_by_the_read(
+    redis_server: Any, fault_proxy: Any, guarded: Any, key: str
+) -> None:
+    proxy = fault_proxy(redis_server)
+    client = guarded(proxy.url(redis_server.url))  # connect timeout 2 s: the read is shorter
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(key)
+    next_message(pubsub, timeout=0.3)
+    longest, errors = _reads_through_an_unreachable_server(proxy, pubsub)
+    print(f"unreachable: longest read {longest:.3f}s, {errors} errors")
+    assert errors > 0
+    assert longest < c.RECONNECT_FLOOR + GRACE
+    assert publish_until_received(redis_server, pubsub, key, "back")["data"] == b"back"
+    pubsub.close()
+
+
 def test_opt_in_listen_keeps_listening_across_a_kill(
     redis_server: Any, guarded: Any, key: str
 ) -> None:
@@ -342,6 +378,34 @@ async def test_async_a_killed_subscription_raises_then_resubscribes_exactly_once
     message = await async_publish_until_received(redis_server, pubsub, key, "after")
     assert message["data"] == b"after"
     assert poolguard.redis.stats(client)["resubscribes"] == 1
+    await pubsub.aclose()
+
+
+async def test_async_a_reconnect_to_an_unreachable_server_is_bounded_by_the_read(
+    redis_server: Any, fault_proxy: Any, aguarded: Any, key: str
+) -> None:
+    proxy = fault_proxy(redis_server)
+    client = aguarded(proxy.url(redis_server.url))
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    await pubsub.subscribe(key)
+    await async_next_message(pubsub, timeout=0.3)
+    proxy.reset()
+    proxy.clear()
+    proxy.blackhole()
+    longest, errors = 0.0, 0
+    end = time.monotonic() + 1.5
+    while time.monotonic() < end:
+        start = time.monotonic()
+        try:
+            await pubsub.get_message(timeout=0.1)
+        except redis.exceptions.ConnectionError:
+            errors += 1
+        longest = max(longest, time.monotonic() - start)
+    proxy.clear()
+    assert errors > 0
+    assert longest < c.RECONNECT_FLOOR + GRACE
+    message = await async_publish_until_received(redis_server, pubsub, key, "back")
+    assert message["data"] == b"back"
     await pubsub.aclose()
 
 
