@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup demo check test unit lint typecheck bench clean
+.PHONY: setup demo check test unit lint typecheck bench clean generate generate-check
 
 setup:
 	@bash scripts/setup.sh
@@ -20,10 +20,18 @@ test: setup
 unit: setup
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
 
-lint: setup
-	$(VENV)/bin/ruff check poolguard tests benchmarks examples
-	$(VENV)/bin/ruff format --check poolguard tests benchmarks examples
-	$(VENV)/bin/mypy poolguard
+lint: setup generate-check
+	$(VENV)/bin/ruff check poolguard tests benchmarks examples tools
+	$(VENV)/bin/ruff format --check poolguard tests benchmarks examples tools
+	$(VENV)/bin/mypy poolguard tools/async_to_sync.py
+
+## Write each generated sync module from its asyncio source (tools/async_to_sync.py, PAIRS).
+generate: setup
+	$(PY) tools/async_to_sync.py
+
+## Fail with a diff when a generated sync module is not what its asyncio source generates.
+generate-check: setup
+	$(PY) tools/async_to_sync.py --check
 
 bench: setup
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
