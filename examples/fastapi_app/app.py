@@ -24,6 +24,7 @@ The app talks to its backends through a :class:`Stack`; :func:`poolguard_stack` 
 from __future__ import annotations
 
 import functools
+import logging
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -51,6 +52,8 @@ CACHE_TTL = int(os.environ.get("APP_CACHE_TTL", "5"))
 #: Accounts created (with START_BALANCE each) when the table is empty at startup.
 SEED_ACCOUNTS = int(os.environ.get("APP_ACCOUNTS", "10"))
 START_BALANCE = 1000
+
+log = logging.getLogger("fastapi_app")
 
 
 # --- the model ---------------------------------------------------------------------------------
@@ -185,12 +188,14 @@ class DeadlineMiddleware:
 
 def unavailable(request: Request, exc: Exception) -> JSONResponse:
     """A backend error poolguard could not hide (or plain libraries did not): 503, no secrets."""
+    log.warning("%s %s failed", request.method, request.url.path, exc_info=exc)
     detail = str(exc).splitlines()[0][:300] if str(exc) else ""
     return JSONResponse({"error": type(exc).__name__, "detail": detail}, status_code=503)
 
 
 def ambiguous(request: Request, exc: Exception) -> JSONResponse:
     """The COMMIT may or may not have been applied: the client must check, never resend blindly."""
+    log.error("%s %s: outcome unknown", request.method, request.url.path, exc_info=exc)
     return JSONResponse(
         {"error": type(exc).__name__, "outcome": "unknown", "detail": str(exc)[:300]},
         status_code=503,

@@ -10,14 +10,17 @@ in a thread on a loopback port (so ``def`` endpoints really run in FastAPI's thr
 few asyncio tasks — reads, cached reads and transfers — while one fault happens:
 
     pg_restart     PostgreSQL stops, stays down 1.5 s, starts again
-    pg_freeze      PostgreSQL SIGSTOPped for 3 s (connections open, nothing answers)
+    pg_freeze      PostgreSQL SIGSTOPped for 3 s (connections open, nothing answers); this run
+                   gives the app a 2 s deadline, so each request must be cut at its deadline
     pg_kills       every client backend pg_terminate_backend-ed every 300 ms, for 3 s
     redis_restart  Redis stops, stays down 1.5 s, starts again
 
 Then it checks invariants, not speed (:func:`violations`): money is conserved and every
 balance matches the ledger; every acknowledged transfer is stored exactly once; no transfer the
 app called failed is stored; none stored that was never sent; no request took longer than the
-app's deadline + 1 s; and, for the faults a poolguard app must hide, no request failed at all.
+app's deadline + 1 s; no driver error escaped poolguard bare (what it cannot hide, it raises as
+its own error, saying what happened); and, for the faults a poolguard app must hide, no request
+failed at all.
 
 The *anchor* is the same app on plain SQLAlchemy (``pool_pre_ping=True``) and plain redis-py
 ``from_url``: what poolguard is compared with. The table printed at the end has one row per
@@ -83,10 +86,28 @@ DOWNTIME = 1.5  # restart faults
 FREEZE_FOR = 3.0
 KILL_EVERY = 0.3
 KILL_FOR = 3.0
+#: The app's per-request deadline in each fault's run (default: the app's DEADLINE). The
+#: freeze outlasts its deadline on purpose: poolguard's backstop must end every request at
+#: the deadline, where plain SQLAlchemy waits for the thaw.
+DEADLINES = {"pg_freeze": 2.0}
 #: How much a request may outlive the app's deadline (HTTP, scheduling on a loaded box).
 LATENCY_GRACE = 1.0
 #: The client gives up on a request after this long (a bound for the anchor's hangs).
 CLIENT_TIMEOUT = DEADLINE + 10.0
+#: What poolguard raises when it cannot hide a failure (as a drop-in subclass, e.g.
+#: "QueryTimeout_OperationalError"): it says what happened, after how many attempts.
+POOLGUARD_ERRORS = tuple(
+    f"{name}_"
+    for name in (
+        "AmbiguousResultError",
+        "CircuitOpenError",
+        "ConnectTimeout",
+        "PoolTimeout",
+        "QueryTimeout",
+        "TransactionTimeout",
+        "PoolguardError",
+    )
+)
 #: Which request kinds must see no error at all, per fault, for the poolguard app.
 MUST_NOT_FAIL = {
     "pg_restart": frozenset({"read", "cached", "transfer"}),
@@ -265,15 +286,7 @@ def ledger_violations(report: RunReport) -> list[str]:
 
 def violations(report: RunReport) -> list[str]:
     """Every broken promise of a poolguard app in this run (empty when all held)."""
-    problems = ledger_violations(report)
-    limit = report.deadline + LATENCY_GRACE
-    slow = [c for c in report.calls if c.latency > limit]
-    if slow:
-        worst = max(slow, key=lambda c: c.latency)
-        problems.append(
-            f"{len(slow)} request(s) longer than deadline + {LATENCY_GRACE:.0f} s"
-            f" ({limit:.1f} s); worst {worst.latency:.2f} s ({worst.kind}, {worst.error or 'ok'})"
-        )
+    problems = ledger_violations(report) + _slow(report) + _bare_errors(report)
     for kind in sorted(MUST_NOT_FAIL[report.fault]):
         failed = report.errors(kind)
         if failed:
@@ -282,6 +295,28 @@ def violations(report: RunReport) -> list[str]:
     if not report.spans_fault():
         problems.append("no request succeeded before the fault, or none sent after it")
     return problems
+
+
+def _slow(report: RunReport) -> list[str]:
+    limit = report.deadline + LATENCY_GRACE
+    slow = [c for c in report.calls if c.latency > limit]
+    if not slow:
+        return []
+    worst = max(slow, key=lambda c: c.latency)
+    return [
+        f"{len(slow)} request(s) longer than deadline + {LATENCY_GRACE:.0f} s ({limit:.1f} s);"
+        f" worst {worst.latency:.2f} s ({worst.kind}, {worst.error or 'ok'})"
+    ]
+
+
+def _bare_errors(report: RunReport) -> list[str]:
+    """Driver errors that escaped poolguard as they were (judged not retryable, unexplained)."""
+    bare = [c for c in report.errors() if c.status == 503]
+    bare = [c for c in bare if not c.error.startswith(POOLGUARD_ERRORS)]
+    if not bare:
+        return []
+    seen = Counter(f"{c.kind}: {c.error}: {c.detail[:70]}" for c in bare).most_common(3)
+    return [f"{len(bare)} request(s) failed with a bare driver error: {seen}"]
 
 
 # --- serving the app ---------------------------------------------------------------------------
@@ -484,8 +519,9 @@ def _until_ok(calls: list[Call], since: float) -> None:
 def run(fault: str, mode: str, stack: str, pg: LocalServer, rds: LocalServer) -> RunReport:
     """The app on ``stack`` under load in ``mode`` while ``fault`` happens; the ledger after."""
     reset(pg.url, rds.url)
-    report = RunReport(fault, mode, stack, DEADLINE)
-    app = create_app(lambda: STACK_FACTORIES[stack](pg.url, rds.url), deadline=DEADLINE)
+    deadline = DEADLINES.get(fault, DEADLINE)
+    report = RunReport(fault, mode, stack, deadline)
+    app = create_app(lambda: STACK_FACTORIES[stack](pg.url, rds.url), deadline=deadline)
     with serve(app) as base, load(base, mode) as calls:
         time.sleep(WARMUP)
         _until_ok(calls, since=0.0)

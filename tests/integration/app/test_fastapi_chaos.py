@@ -3,9 +3,10 @@
 Each case serves the app with uvicorn on a loopback port, drives it with client threads and
 asyncio tasks (reads, cached reads, transfers) while one fault happens to a dedicated
 PostgreSQL or Redis, and asserts the invariants of ``chaos.violations``: money conserved, no
-acknowledged transfer lost or doubled, no failed one stored, no request past its deadline + 1 s,
-and no failed request at all where the fault is one poolguard must hide (restarts; reads under
-killed backends). The breaker stays on at its defaults. The plain SQLAlchemy/redis-py anchor is
+acknowledged transfer lost or doubled, no failed one stored, no request past its deadline + 1 s
+(the freeze outlasts its 2 s deadline), no bare driver error escaping poolguard, and no failed
+request at all where the fault is one poolguard must hide (restarts; reads under killed
+backends). The breaker stays on at its defaults. The plain SQLAlchemy/redis-py anchor is
 not run here: ``python -m fastapi_app.chaos`` (from examples/) prints both side by side.
 """
 
@@ -26,8 +27,24 @@ from fastapi_app import chaos
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.chaos, pytest.mark.slow]
 
 
-@pytest.mark.parametrize("mode", chaos.MODES)
-@pytest.mark.parametrize("fault", chaos.FAULTS)
+#: Open poolguard bugs these runs meet (xfail, not strict: they are intermittent); remove the
+#: entry with the fix.
+KNOWN_BUGS = {
+    ("pg_freeze", "async"): "async connect whose setup SQL is cut by the deadline backstop"
+    " (server frozen) surfaces a bare OperationalError 'consuming input failed', not"
+    " ConnectTimeout (sqlalchemy/pool.py _on_connect); ~1 request in 1 of 3 runs",
+}
+
+
+def _case(fault: str, mode: str) -> Any:
+    bug = KNOWN_BUGS.get((fault, mode))
+    marks = [pytest.mark.xfail(reason=bug, strict=False)] if bug else []
+    return pytest.param(fault, mode, marks=marks, id=f"{fault}-{mode}")
+
+
+@pytest.mark.parametrize(
+    ("fault", "mode"), [_case(fault, mode) for fault in chaos.FAULTS for mode in chaos.MODES]
+)
 def test_app_keeps_its_promises_under_fault(fault: str, mode: str, dedicated_server: Any) -> None:
     pg, rds = dedicated_server("postgres"), dedicated_server("redis")
     report = chaos.run(fault, mode, "poolguard", pg, rds)
