@@ -16,7 +16,7 @@ from typing import Literal
 from poolguard.config import env as _env
 from poolguard.config.fields import ENV_FIELDS, check_relations, coerce
 from poolguard.config.parse import format_duration
-from poolguard.config.urls import normalize_redis_url, normalize_sql_url, redact
+from poolguard.config.urls import normalize_redis_url, normalize_sql_url, redact, sql_url_text
 from poolguard.errors import ConfigError
 
 JitterKind = Literal["full", "equal", "decorrelated", "none"]
@@ -32,8 +32,10 @@ class Settings:
     """DATABASE_URL (SQL) or REDIS_URL (Redis), normalized; secrets kept, never printed.
 
     A SQL URL is stored in its *sync* SQLAlchemy form (``postgres://`` becomes
-    ``postgresql+psycopg://``, ``mysql://`` becomes ``mysql+pymysql://``); use
-    :meth:`sql_url` for the async form.
+    ``postgresql+psycopg://``, ``mysql://`` becomes ``mysql+pymysql://``), except that a
+    written ``postgresql+psycopg_async://`` is kept (so an async engine's ``engine.url`` shows
+    it); use :meth:`sql_url` for the form each mode uses. A SQLAlchemy ``URL`` object is
+    accepted and stored as its text.
     """
 
     pool_size: int = 5
@@ -188,12 +190,14 @@ def _validate(settings: Settings) -> None:
 
 
 def _normalized_url(settings: Settings) -> str:
-    url = settings.url
+    url = sql_url_text(settings.url) if settings.backend == "sql" else settings.url
     if not isinstance(url, str) or not url.strip():
         raise ConfigError(f"url={url!r} is not valid: expected a URL string", variable="url")
     if settings.backend == "redis":
         return normalize_redis_url(url, variable=_url_var(settings))
-    return normalize_sql_url(url.strip(), async_=False, variable=_url_var(settings))
+    return normalize_sql_url(
+        url.strip(), async_=False, variable=_url_var(settings), keep_async_driver=True
+    )
 
 
 def load_settings(
@@ -255,7 +259,7 @@ def _load_url(
     env: Mapping[str, str], backend: Backend, name: str | None, overrides: Mapping[str, object]
 ) -> str | None:
     if "url" in overrides:
-        url = overrides["url"]
+        url = sql_url_text(overrides["url"]) if backend == "sql" else overrides["url"]
         if url is not None and not isinstance(url, str):
             raise ConfigError(f"url={url!r} is not valid: expected a URL string", variable="url")
         return url
@@ -265,4 +269,4 @@ def _load_url(
         return None
     if backend == "redis":
         return normalize_redis_url(url, variable=variable)
-    return normalize_sql_url(url, async_=False, variable=variable)
+    return normalize_sql_url(url, async_=False, variable=variable, keep_async_driver=True)

@@ -29,6 +29,7 @@ __all__ = [
     "normalize_sql_url",
     "redact",
     "split_scheme",
+    "sql_url_text",
 ]
 
 Dialect = Literal["postgresql", "mysql"]
@@ -118,21 +119,42 @@ def _sql_parts(url: str, variable: str) -> tuple[Dialect, str, str, str]:
     return known[0], known[1], driver, rest
 
 
-def normalize_sql_url(url: str, *, async_: bool = False, variable: str = "DATABASE_URL") -> str:
+def sql_url_text(url: object) -> object:
+    """A SQLAlchemy ``URL`` object as the text poolguard works on (password included: it is
+    only ever shown through :func:`redact`); anything else unchanged."""
+    if isinstance(url, sqlalchemy.URL):
+        return url.render_as_string(hide_password=False)
+    return url
+
+
+def normalize_sql_url(
+    url: str,
+    *,
+    async_: bool = False,
+    variable: str = "DATABASE_URL",
+    keep_async_driver: bool = False,
+) -> str:
     """The SQLAlchemy URL poolguard uses for ``url`` in sync or async mode.
 
     ``postgres://u:p@h/db`` → ``postgresql+psycopg://u:p@h/db`` (both modes);
+    ``postgresql+psycopg_async://`` stays as written in async mode (``engine.url`` shows what
+    the user wrote) and with ``keep_async_driver`` (how ``Settings.url`` stores it);
     ``mysql://...`` → ``mysql+pymysql://...`` (sync) or ``mysql+aiomysql://...`` (async);
     ``mariadb://`` keeps SQLAlchemy's MariaDB dialect (``mariadb+pymysql://``).
     """
-    dialect, prefix, _driver, rest = _sql_parts(url, variable)
+    dialect, prefix, written, rest = _sql_parts(url, variable)
     example = f"expected e.g. {prefix}://user:password@host/dbname"
     if not rest:
         raise ConfigError(
             f"{variable}={redact(url)!r} has nothing after '://': {example}", variable=variable
         )
-    # psycopg 3 serves both modes; SQLAlchemy picks its async dialect under create_async_engine.
-    driver = "psycopg" if dialect == "postgresql" else ("aiomysql" if async_ else "pymysql")
+    if dialect == "postgresql":
+        # psycopg 3 serves both modes; SQLAlchemy picks its async dialect under
+        # create_async_engine for either spelling.
+        kept = written == "psycopg_async" and (async_ or keep_async_driver)
+        driver = "psycopg_async" if kept else "psycopg"
+    else:
+        driver = "aiomysql" if async_ else "pymysql"
     normalized = f"{prefix}+{driver}://{rest}"
     try:
         sqlalchemy.make_url(normalized)

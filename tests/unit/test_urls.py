@@ -89,7 +89,7 @@ def test_redact_total(text: str) -> None:
         (
             "postgresql+psycopg_async://h/db",
             "postgresql+psycopg://h/db",
-            "postgresql+psycopg://h/db",
+            "postgresql+psycopg_async://h/db",  # kept for an async engine: engine.url as written
         ),
         (
             "mysql://u:p@h:3306/db",

@@ -6,6 +6,14 @@ trip, find the socket the backstop cuts, connect under a client deadline, set se
 timeouts) goes through one :class:`SqlBackend`, chosen from the URL by :func:`backend_for`.
 Each adapter is a thin translation onto ``poolguard.backends.<db>``, which holds the knowledge.
 Backend modules are imported lazily, so a MySQL-only install never imports psycopg.
+
+Connecting: :meth:`SqlBackend.connect` *replaces* the dialect's ``connect`` (the last step
+SQLAlchemy takes, after every ``do_connect`` listener has had its say over the arguments), so a
+user's listener (per-connection credentials) runs first and the connect that follows is bounded
+by the client deadline. When SQLAlchemy's own connect would not call the driver's own
+``connect`` (``module=``, a patched ``dbapi.connect``, a dialect overriding ``connect``), that
+override is called as is; asyncio creators (``async_creator=``, ``async_creator_fn``) are
+bounded by ``asyncio.wait_for``.
 """
 
 from __future__ import annotations
@@ -53,9 +61,54 @@ class SqlBackend:
     def connect_args(self, settings: Settings, *, is_async: bool) -> dict[str, Any]:
         raise NotImplementedError
 
-    def do_connect(self, state: PgState, cargs: Any, cparams: dict[str, Any]) -> Any:
-        """A connection (sync) or None after installing an ``async_creator_fn`` (asyncio)."""
+    def connect(
+        self,
+        state: PgState,
+        dialect_connect: Callable[..., Any],
+        native: bool,
+        cargs: list[Any],
+        cparams: dict[str, Any],
+    ) -> Any:
+        """A new DBAPI connection, bounded by the connect deadline; ``dialect_connect`` is the
+        dialect's own connect, ``native`` says whether it would call the driver's connect."""
+        if state.is_async:
+            if native:
+                user = cparams.get("async_creator_fn")
+                cparams["async_creator_fn"] = (
+                    self.async_connector(state)
+                    if user is None
+                    else functools.partial(self.bounded_creator, state, user)
+                )
+            return dialect_connect(*cargs, **cparams)
+        if native:
+            return self.sync_connect(state, cargs, cparams)
+        return dialect_connect(*cargs, **cparams)
+
+    def sync_connect(self, state: PgState, cargs: list[Any], cparams: dict[str, Any]) -> Any:
+        """The driver's connect under the client deadline (sync)."""
         raise NotImplementedError
+
+    def async_connector(self, state: PgState) -> Callable[..., Any]:
+        """An ``async_creator_fn`` for the driver's connect under the client deadline."""
+        raise NotImplementedError
+
+    async def bounded_creator(
+        self, state: PgState, creator: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> Any:
+        """A user's asyncio creator bounded by the connect deadline."""
+        timeout = _connect_timeout(state.settings)
+        try:
+            return await asyncio.wait_for(creator(*args, **kwargs), timeout)
+        except asyncio.TimeoutError:
+            raise self.connect_timed_out(timeout) from None
+
+    def connect_timed_out(self, timeout: float | None) -> Exception:
+        """The driver's own "connect timed out" error (classified as a connect failure)."""
+        raise NotImplementedError
+
+    def merge_connect_args(self, ours: dict[str, Any], theirs: dict[str, Any]) -> dict[str, Any]:
+        """poolguard's driver arguments with the user's ``connect_args`` over them."""
+        return {**ours, **theirs}
 
     def setup_sql(self, state: PgState, driver_conn: Any) -> str | None:
         """Statement to run once on a new connection (records the server version first)."""
@@ -136,18 +189,41 @@ class PostgresBackend(SqlBackend):
             params["prepare_threshold"] = None
         return params
 
-    def do_connect(self, state: PgState, cargs: Any, cparams: dict[str, Any]) -> Any:
-        timeout = _connect_timeout(state.settings)
-        if state.is_async:
-            cparams["async_creator_fn"] = functools.partial(self.pg.connect_async, timeout=timeout)
-            return None  # SQLAlchemy's async dialect connects (and adapts) with our creator
-        return self.pg.connect(*cargs, timeout=timeout, **cparams)
+    def sync_connect(self, state: PgState, cargs: list[Any], cparams: dict[str, Any]) -> Any:
+        return self.pg.connect(*cargs, timeout=_connect_timeout(state.settings), **cparams)
+
+    def async_connector(self, state: PgState) -> Callable[..., Any]:
+        return functools.partial(self.pg.connect_async, timeout=_connect_timeout(state.settings))
+
+    def connect_timed_out(self, timeout: float | None) -> Exception:
+        from psycopg import errors
+
+        return errors.ConnectionTimeout(
+            f"connection timeout expired after {timeout or 0:.2f}s (client deadline)"
+        )
+
+    def merge_connect_args(self, ours: dict[str, Any], theirs: dict[str, Any]) -> dict[str, Any]:
+        merged = {**ours, **theirs}
+        if ours.get("options") and theirs.get("options"):
+            # Both apply: libpq takes several -c settings, and for one setting given twice
+            # the later (the user's) wins.
+            merged["options"] = f"{ours['options']} {theirs['options']}"
+        return merged
 
     def setup_sql(self, state: PgState, driver_conn: Any) -> str | None:
         state.server_version = driver_conn.info.server_version
         if state.pgbouncer:
             return None
-        return self.pg.session_setup_sql(state.settings, state.server_version)
+        settings = state.settings
+        if _has_options(driver_conn, self.pg.startup_options(settings)):
+            return self.pg.session_setup_sql(settings, state.server_version)
+        # Opened without poolguard's startup options (creator=, a pool= instance, a do_connect
+        # listener that connected by itself): the server timeouts go in here instead.
+        gucs = {
+            **self.pg.server_timeouts(settings),
+            **self.pg._versioned_timeouts(settings, state.server_version),
+        }
+        return self.pg._set_config_sql(gucs, local=False)
 
     def ping_sql(self) -> str | None:
         return self.pg.PING_SQL
@@ -168,6 +244,15 @@ class PostgresBackend(SqlBackend):
         if not state.pgbouncer:
             return None
         return self.pg.local_timeouts_sql(state.settings, state.server_version)
+
+
+def _has_options(driver_conn: Any, options: str | None) -> bool:
+    """Did this connection start with poolguard's libpq ``options`` (no round trip: libpq
+    keeps the connection parameters it used)?"""
+    if not options:
+        return True
+    used = driver_conn.pgconn.options or b""
+    return options in used.decode(errors="replace")
 
 
 # --- MySQL / MariaDB (PyMySQL sync, aiomysql async) --------------------------------------------
@@ -210,15 +295,26 @@ class MySQLBackend(SqlBackend):
             settings, is_async=is_async, backstop_grace=self.backstop_grace
         )
 
-    def do_connect(self, state: PgState, cargs: Any, cparams: dict[str, Any]) -> Any:
+    def sync_connect(self, state: PgState, cargs: list[Any], cparams: dict[str, Any]) -> Any:
         timeout = _connect_timeout(state.settings)
-        keepalive = state.settings.tcp_keepalive
-        if state.is_async:
-            cparams["async_creator_fn"] = functools.partial(
-                _aiomysql_connect, timeout=timeout, keepalive=keepalive
-            )
-            return None
-        return _pymysql_connect(cargs, cparams, timeout=timeout, keepalive=keepalive)
+        return _pymysql_connect(
+            cargs, cparams, timeout=timeout, keepalive=state.settings.tcp_keepalive
+        )
+
+    def async_connector(self, state: PgState) -> Callable[..., Any]:
+        return functools.partial(
+            _aiomysql_connect,
+            timeout=_connect_timeout(state.settings),
+            keepalive=state.settings.tcp_keepalive,
+        )
+
+    def connect_timed_out(self, timeout: float | None) -> Exception:
+        import pymysql
+
+        err: Exception = pymysql.err.OperationalError(
+            _CONNECT_FAILED, f"Can't connect to MySQL server (timed out after {timeout or 0:.2f}s)"
+        )
+        return err
 
     def setup_sql(self, state: PgState, driver_conn: Any) -> str | None:
         state.server_info = str(driver_conn.get_server_info())

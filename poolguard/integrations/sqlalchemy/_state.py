@@ -23,6 +23,7 @@ except ImportError:  # pragma: no cover - SQLAlchemy 2.0
 from poolguard.config.settings import Settings
 from poolguard.core.retry import Guard
 from poolguard.integrations.sqlalchemy._backend import PostgresBackend, SqlBackend
+from poolguard.integrations.sqlalchemy._keywords import ResetMode
 
 #: Slack added to ``query_timeout`` before the client backstop cuts the socket, so that the
 #: server's ``statement_timeout`` (which keeps the connection usable) normally fires first.
@@ -74,6 +75,8 @@ class PgState:
     pool_ref: list[Any] = field(default_factory=list)
     """The current pool (engine.dispose() recreates it); a list so gauges follow it."""
     _uow_guards: dict[Any, Guard] = field(default_factory=dict)
+    reset: ResetMode = "rollback"
+    """Reset on return (``pool_reset_on_return``): only when a transaction is open."""
     bounded: bool = False
     """Is any statement-level timeout configured? If not (and no deadline is set), statements
     and their ROLLBACKs run without a watchdog ticket: nothing would bound them anyway."""

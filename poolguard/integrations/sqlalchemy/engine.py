@@ -3,10 +3,16 @@
 The returned objects are SQLAlchemy's own ``Engine`` / ``AsyncEngine`` (``sessionmaker`` and
 ``async_sessionmaker`` work unchanged). What poolguard adds is installed in four places:
 
-- ``poolclass``: :class:`~poolguard.integrations.sqlalchemy.pool.GuardedQueuePool`;
-- pool events: lifetime / idle eviction, validation, conditional reset;
+- the pool: :class:`~poolguard.integrations.sqlalchemy.pool.GuardedQueuePool` by default (and
+  for ``poolclass=QueuePool``), a guarded twin of any other ``poolclass``, or a ``pool=``
+  instance guarded in place; pool events: session setup, conditional reset;
 - ``engine._connection_cls``: :class:`GuardedConnection` (statement retry and backstop);
-- engine events: ``do_connect`` (client connect deadline), ``handle_error`` (classification).
+- ``engine.dialect.connect``: the connect under the client deadline, called after the user's
+  ``do_connect`` listeners (see ``_backend.py``); an ``async_creator`` is bounded too;
+- the ``handle_error`` event (classification).
+
+Drop-in rule: every ``sqlalchemy.create_engine`` keyword is honoured or refused with a
+``ConfigError`` naming it (``_keywords.py``, docs/postgres.md "SQLAlchemy keywords").
 """
 
 from __future__ import annotations
@@ -17,9 +23,11 @@ from typing import Any
 
 import sqlalchemy
 from sqlalchemy import event
-from sqlalchemy.engine import Engine
+from sqlalchemy.engine import URL, Engine
+from sqlalchemy.engine.default import DefaultDialect
 from sqlalchemy.ext.asyncio import AsyncEngine
 from sqlalchemy.ext.asyncio import create_async_engine as sa_create_async_engine
+from sqlalchemy.pool import AsyncAdaptedQueuePool, Pool, QueuePool
 
 from poolguard.config.address import address_of
 from poolguard.config.settings import Settings
@@ -28,11 +36,12 @@ from poolguard.core.retry import Guard
 from poolguard.errors import ConfigError
 from poolguard.integrations.sqlalchemy._backend import SqlBackend, backend_for
 from poolguard.integrations.sqlalchemy._errors import make_error
+from poolguard.integrations.sqlalchemy._keywords import reset_mode, translate
 from poolguard.integrations.sqlalchemy._state import BACKSTOP_GRACE, PgState
 from poolguard.integrations.sqlalchemy.connection import GuardedConnection, GuardedOptionEngine
 from poolguard.integrations.sqlalchemy.pool import (
-    GuardedAsyncQueuePool,
-    GuardedQueuePool,
+    guard_instance,
+    guarded_class,
     install_pool_events,
 )
 
@@ -41,26 +50,39 @@ __all__ = ["create_async_engine", "create_engine", "guard_of", "stats"]
 _SETTING_NAMES = frozenset(f.name for f in dataclasses.fields(Settings))
 #: An acquire timeout of "none" still needs a number for SQLAlchemy's own bookkeeping.
 _NO_ACQUIRE_TIMEOUT = 1e9
+#: poolguard setting -> the pool class argument it becomes, and SQLAlchemy's keyword for it.
+#: A pool class without the argument (NullPool...) refuses the setting when given as keyword.
+_POOL_ARGS = (
+    ("pool_size", "pool_size", "pool_size"),
+    ("max_overflow", "max_overflow", "max_overflow"),
+    ("acquire_timeout", "timeout", "pool_timeout"),
+)
 
 
-def create_engine(url: str | None = None, **overrides: Any) -> Engine:
+def create_engine(url: str | URL | None = None, **overrides: Any) -> Engine:
     """A ``sqlalchemy.Engine`` (``postgresql+psycopg``, ``mysql+pymysql`` or
     ``mariadb+pymysql``) configured from DATABASE_URL and ``POOLGUARD_*``; keyword arguments
     override both. poolguard settings (``query_timeout=2``) and SQLAlchemy arguments
-    (``echo=True``, ``connect_args={...}``) may be mixed."""
-    settings, sa_kwargs = _split(url, overrides)
-    state, kwargs = _prepare(settings, sa_kwargs, is_async=False)
+    (``echo=True``, ``connect_args={...}``, ``poolclass=NullPool``) may be mixed; ``url`` may
+    be a string or a SQLAlchemy ``URL``."""
+    settings, sa_kwargs, given = _split(url, overrides)
+    state, kwargs = _prepare(settings, sa_kwargs, given, is_async=False)
     engine = sqlalchemy.create_engine(settings.sql_url(), **kwargs)
-    _install(engine, state)
+    _install(engine, state, sa_kwargs)
     return engine
 
 
-def create_async_engine(url: str | None = None, **overrides: Any) -> AsyncEngine:
+def create_async_engine(url: str | URL | None = None, **overrides: Any) -> AsyncEngine:
     """The asyncio twin of :func:`create_engine` (psycopg async or aiomysql underneath)."""
-    settings, sa_kwargs = _split(url, overrides)
-    state, kwargs = _prepare(settings, sa_kwargs, is_async=True)
+    settings, sa_kwargs, given = _split(url, overrides)
+    state, kwargs = _prepare(settings, sa_kwargs, given, is_async=True)
+    creator = kwargs.get("async_creator")
+    if creator is not None:
+        # SQLAlchemy hands it straight to the driver adapter (no do_connect, no
+        # dialect.connect): bound it here.
+        kwargs["async_creator"] = functools.partial(state.backend.bounded_creator, state, creator)
     engine = sa_create_async_engine(settings.sql_url(async_=True), **kwargs)
-    _install(engine.sync_engine, state)
+    _install(engine.sync_engine, state, sa_kwargs)
     return engine
 
 
@@ -82,21 +104,28 @@ def stats(engine: Engine | AsyncEngine) -> dict[str, Any]:
 # --- construction ------------------------------------------------------------------------------
 
 
-def _split(url: str | None, overrides: dict[str, Any]) -> tuple[Settings, dict[str, Any]]:
+def _split(
+    url: str | URL | None, overrides: dict[str, Any]
+) -> tuple[Settings, dict[str, Any], dict[str, str]]:
+    """(settings, SQLAlchemy keywords, {poolguard setting given as a keyword: as written})."""
+    written = {"pool_timeout": "acquire_timeout", "pool_recycle": "max_lifetime"}
+    given = {written.get(k, k): k for k in overrides}
+    overrides = translate(dict(overrides))
     mine = {k: v for k, v in overrides.items() if k in _SETTING_NAMES}
     rest = {k: v for k, v in overrides.items() if k not in _SETTING_NAMES}
     name = mine.pop("name", None)
-    mine.pop("backend", None)
+    if mine.pop("backend", "sql") != "sql":
+        raise ConfigError("backend: a SQL engine's backend is 'sql'", variable="backend")
     if url is not None:
         mine["url"] = url
     settings = Settings.from_env(backend="sql", name=name, **mine)
     if settings.url is None:
         settings.sql_url()  # raises the ConfigError naming DATABASE_URL
-    return settings, rest
+    return settings, rest, {k: given.get(k, k) for k in mine if k != "url"}
 
 
 def _prepare(
-    settings: Settings, sa_kwargs: dict[str, Any], *, is_async: bool
+    settings: Settings, sa_kwargs: dict[str, Any], given: dict[str, str], *, is_async: bool
 ) -> tuple[PgState, dict[str, Any]]:
     backend = backend_for(dialect_of(settings.sql_url()), backstop_grace=BACKSTOP_GRACE)
     name = settings.name or "default"
@@ -115,21 +144,58 @@ def _prepare(
         is_async=is_async,
         redacted_url=redact(settings.sql_url()),
         backend=backend,
+        reset=reset_mode(sa_kwargs.get("pool_reset_on_return", "rollback")),
     )
-    connect_args = backend.connect_args(settings, is_async=is_async)
-    connect_args.update(sa_kwargs.pop("connect_args", {}))
+    kwargs = dict(sa_kwargs)
+    kwargs["connect_args"] = backend.merge_connect_args(
+        backend.connect_args(settings, is_async=is_async), sa_kwargs.get("connect_args") or {}
+    )
+    if kwargs.get("pool") is None:
+        kwargs.update(_pool_kwargs(settings, kwargs.get("poolclass"), given, is_async=is_async))
+    else:
+        # The instance was built with its own size, timeout and reset: poolguard's would not
+        # reach it.
+        pool_keywords = {"poolclass", "pool_reset_on_return"} & set(kwargs)
+        _refuse([given[s] for s, _arg, _kw in _POOL_ARGS if s in given] + sorted(pool_keywords))
+        kwargs["pool"] = guard_instance(kwargs["pool"])
+    return state, kwargs
+
+
+def _pool_kwargs(
+    settings: Settings, poolclass: type[Pool] | None, given: dict[str, str], *, is_async: bool
+) -> dict[str, Any]:
+    """poolclass and its arguments: poolguard's rules replace pre_ping, recycle and reset."""
+    if poolclass is None:
+        poolclass = AsyncAdaptedQueuePool if is_async else QueuePool
     kwargs: dict[str, Any] = {
-        "poolclass": GuardedAsyncQueuePool if is_async else GuardedQueuePool,
-        "pool_size": settings.pool_size,
-        "max_overflow": settings.max_overflow,
-        "pool_timeout": settings.acquire_timeout or _NO_ACQUIRE_TIMEOUT,
+        "poolclass": guarded_class(poolclass),
         "pool_pre_ping": False,  # replaced by idle-based validation at checkout
         "pool_recycle": -1,  # replaced by the jittered max lifetime
         "pool_reset_on_return": None,  # replaced by the transaction-status-aware reset event
-        "connect_args": connect_args,
     }
-    kwargs.update(sa_kwargs)
-    return state, kwargs
+    accepted = sqlalchemy.util.get_cls_kwargs(poolclass)
+    values = {
+        "pool_size": settings.pool_size,
+        "max_overflow": settings.max_overflow,
+        "acquire_timeout": settings.acquire_timeout or _NO_ACQUIRE_TIMEOUT,
+    }
+    unused = []
+    for setting, arg, keyword in _POOL_ARGS:
+        if arg in accepted:  # SingletonThreadPool: pool_size only
+            kwargs[keyword] = values[setting]
+        elif setting in given:
+            unused.append(given[setting])
+    _refuse(unused, f"with poolclass={poolclass.__name__}")
+    return kwargs
+
+
+def _refuse(keywords: list[str], why: str = "with pool=<instance>") -> None:
+    if keywords:
+        raise ConfigError(
+            f"{keywords[0]} has no effect {why} (poolguard refuses it rather than ignore it):"
+            " drop it (see docs/postgres.md 'Other pool classes')",
+            variable=keywords[0],
+        )
 
 
 def _uses_pgbouncer(backend: SqlBackend, settings: Settings) -> bool:
@@ -140,7 +206,7 @@ def _uses_pgbouncer(backend: SqlBackend, settings: Settings) -> bool:
     return uses_pgbouncer(settings)
 
 
-def _install(engine: Engine, state: PgState) -> None:
+def _install(engine: Engine, state: PgState, sa_kwargs: dict[str, Any]) -> None:
     pool = engine.pool
     pool._pg = state  # type: ignore[attr-defined]
     state.pool_ref[:] = [pool]
@@ -149,9 +215,42 @@ def _install(engine: Engine, state: PgState) -> None:
         state.guard.stats.log.info("%s: %s", state.name, note, extra={"pool": state.name})
     engine._connection_cls = GuardedConnection
     engine._option_cls = GuardedOptionEngine
-    install_pool_events(engine, state)
-    event.listen(engine, "do_connect", functools.partial(_do_connect, state))
+    # A pool= instance keeps its own reset_on_return (the user built it that way).
+    install_pool_events(engine, state, reset=sa_kwargs.get("pool") is None)
+    _install_connect(engine.dialect, state, module_given=sa_kwargs.get("module") is not None)
     event.listen(engine, "handle_error", functools.partial(_handle_error, state))
+
+
+def _install_connect(dialect: Any, state: PgState, *, module_given: bool) -> None:
+    """Replace ``dialect.connect`` (SQLAlchemy's last step, after the do_connect listeners)
+    by the connect under the client deadline."""
+    overridden = type(dialect).connect is not DefaultDialect.connect
+    driver_connect = _plain(type(dialect).import_dbapi().connect)
+    dialect.connect = functools.partial(
+        _connect,
+        state,
+        dialect,
+        dialect.connect,
+        None if module_given or overridden else driver_connect,
+    )
+
+
+def _plain(fn: Any) -> Any:
+    return getattr(fn, "__func__", fn)
+
+
+def _connect(
+    state: PgState,
+    dialect: Any,
+    dialect_connect: Any,
+    driver_connect: Any,
+    *cargs: Any,
+    **cparams: Any,
+) -> Any:
+    # Native = SQLAlchemy would call the driver's own connect: poolguard may make that call
+    # itself, bounded. A module= or a patched dbapi.connect is called as the user arranged.
+    native = driver_connect is not None and _plain(dialect.loaded_dbapi.connect) is driver_connect
+    return state.backend.connect(state, dialect_connect, native, list(cargs), cparams)
 
 
 def _gauges(state: PgState) -> dict[str, Any]:
@@ -163,10 +262,6 @@ def _gauges(state: PgState) -> dict[str, Any]:
             for outcome in ("committed", "aborted")
         },
     }
-
-
-def _do_connect(state: PgState, dialect: Any, record: Any, cargs: Any, cparams: Any) -> Any:
-    return state.backend.do_connect(state, cargs, cparams)
 
 
 def _handle_error(state: PgState, ctx: Any) -> None:

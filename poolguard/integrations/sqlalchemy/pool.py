@@ -17,6 +17,16 @@ own QueuePools with these changes, each small:
   validated at their next checkout; a CONNECTION-scope error condemns that connection only;
 - ``stats()``.
 
+Any other pool class (``poolclass=NullPool``, ``StaticPool``, ``SingletonThreadPool``,
+``AssertionPool``, a user's own, or a ``pool=`` instance) gets the same connect retries,
+invalidation rules and checkout/checkin rules through :func:`guarded_class` /
+:func:`guard_instance`, around that class's own ``_do_get``; only the acquire timeout and its
+``PoolTimeout`` belong to the queue pools (see docs/postgres.md "Other pool classes").
+
+poolguard's per-connection bookkeeping (birth, last return, lifetime, fresh) lives in a private
+attribute of SQLAlchemy's pool record, not in ``record.info``: that dictionary is the user's
+(``Connection.info`` *is* it).
+
 The checkout and checkin rules were ``checkout`` / ``checkin`` listeners (the hook SQLAlchemy
 documents for pessimistic checkout handling); as pool methods they cost no event dispatch and
 keep SQLAlchemy's checkout on its fast path, with the same outcome: a connection that fails is
@@ -28,12 +38,13 @@ return only when libpq / the server status says a transaction is open) remain li
 from __future__ import annotations
 
 import functools
+import threading
 import time
 from typing import Any
 
 from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
-from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, QueuePool
+from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, Pool, QueuePool
 from sqlalchemy.util import queue as sqla_queue
 
 from poolguard.core.deadline import current_deadline, effective_timeout
@@ -47,7 +58,9 @@ __all__ = [
     "GuardedAsyncQueuePool",
     "GuardedQueuePool",
     "driver_of",
+    "guard_instance",
     "guard_io",
+    "guarded_class",
     "install_pool_events",
     "socket_of",
 ]
@@ -55,11 +68,23 @@ __all__ = [
 #: A checkout: nothing was sent to the server, so any failure may be retried.
 CHECKOUT = Operation(sent=False)
 
-# Keys in SQLAlchemy's per-connection ``record.info`` (cleared when the connection is replaced).
-_BORN = "poolguard.born"
-_LIFETIME = "poolguard.lifetime"
-_RETURNED = "poolguard.returned"
-_FRESH = "poolguard.fresh"  # SQLAlchemy clears record.fresh *before* the checkout event
+
+class _Life:
+    """One DBAPI connection's bookkeeping, kept on its pool record as ``_pg_life`` (replaced by
+    the ``connect`` event for each new connection the record opens)."""
+
+    __slots__ = ("born", "fresh", "lifetime", "returned")
+
+    def __init__(self, now: float, lifetime: float | None) -> None:
+        self.born = now
+        self.returned = now
+        self.lifetime = lifetime
+        # SQLAlchemy clears record.fresh before the checkout rules run: keep our own mark.
+        self.fresh = True
+
+
+def _life(record: Any) -> _Life | None:
+    return getattr(record, "_pg_life", None)
 
 
 def driver_of(dbapi_connection: Any) -> Any:
@@ -83,26 +108,26 @@ def guard_io(state: PgState, dbapi_connection: Any, seconds: float | None) -> An
 
 
 class _GuardedPoolMixin:
-    """Shared by the sync and asyncio pools (the queue class is the only difference)."""
+    """What every guarded pool has, whatever its class: connect retries, the invalidation and
+    checkin rules, stats. Each subclass applies the checkout rules in its ``_do_get``."""
 
     _pg: PgState | None = None
-
-    # attributes of QueuePool used below (declared for mypy)
-    _pool: Any
-    _max_overflow: int
-    _overflow: int
+    #: The pool class being guarded. Its methods are called explicitly, not through super():
+    #: a guarded twin made for a ``pool=`` instance copies these methods into a direct
+    #: subclass of that class (the only kind of class an instance's ``__class__`` may become).
+    _pg_base: Any = None
 
     def connect(self) -> Any:
         state = self._pg
         if state is None or in_statement_loop.get():
-            return super().connect()  # type: ignore[misc]
+            return self._pg_base.connect(self)
         # Fast path, as for statements: a checkout is one attempt of the core loop (counted,
         # breaker-checked) but the loop itself is only built once that attempt failed.
         guard = state.guard
         started = guard.first_attempt()
         if started is not None:
             try:
-                fairy = super().connect()  # type: ignore[misc]
+                fairy = self._pg_base.connect(self)
             except Exception as exc:
                 failure: Exception | None = exc
             else:
@@ -115,7 +140,7 @@ class _GuardedPoolMixin:
     def _connect_retrying(
         self, state: PgState, failure: Exception | None, started: float | None
     ) -> Any:
-        base_connect = super().connect  # type: ignore[misc]
+        base_connect = functools.partial(self._pg_base.connect, self)
         guard = state.guard
         try:
             if failure is None or started is None:
@@ -127,6 +152,93 @@ class _GuardedPoolMixin:
             if isinstance(exc, sa_exc.SQLAlchemyError):
                 raise
             raise as_dropin(exc) from exc.__cause__ or exc
+
+    def _invalidate(
+        self, connection: Any, exception: BaseException | None = None, _checkin: bool = True
+    ) -> None:
+        state = self._pg
+        if state is None:
+            self._pg_base._invalidate(self, connection, exception, _checkin)
+            return
+        c = state.backend.classify(exception) if exception is not None else None
+        if c is None or c.scope is Scope.POOL:
+            state.suspect_before = time.time()
+        reason = c.reason if c is not None else "invalidated"
+        state.guard.stats.disconnect(reason, exception)
+        state.guard.stats.evict("disconnect")
+        if _checkin and getattr(connection, "is_valid", False):
+            connection.invalidate(exception)
+
+    def _return_conn(self, record: ConnectionPoolEntry) -> None:
+        # The checkin rules as a method rather than a "checkin" listener: one call less per
+        # return, no event dispatch.
+        state = self._pg
+        if state is not None and record.dbapi_connection is not None:
+            _returned(state, record)
+        self._pg_base._return_conn(self, record)
+
+    def recreate(self) -> Any:
+        new = self._pg_base.recreate(self)
+        new._pg = self._pg
+        if self._pg is not None:
+            self._pg.pool_ref[:] = [new]
+        return new
+
+    def gauges(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def stats(self) -> dict[str, Any]:
+        """PoolStats snapshot merged with the live gauges (see DESIGN "Observability")."""
+        if self._pg is None:
+            return self.gauges()
+        return self._pg.guard.stats.snapshot()
+
+
+class _GuardedOtherMixin(_GuardedPoolMixin):
+    """Any pool class but SQLAlchemy's queue pools: that class's own checkout (no acquire
+    timeout of poolguard's), then the checkout rules; checkouts counted for the gauges."""
+
+    _pg_out = 0
+    _pg_lock = threading.Lock()  # one per class: these pools check out rarely
+
+    def _do_get(self) -> ConnectionPoolEntry:
+        record: ConnectionPoolEntry = self._pg_base._do_get(self)
+        state = self._pg
+        if state is None:
+            return record
+        with self._pg_lock:
+            self._pg_out += 1
+        return _vetted(state, record)
+
+    def _return_conn(self, record: ConnectionPoolEntry) -> None:
+        with self._pg_lock:
+            self._pg_out = max(0, self._pg_out - 1)
+        _GuardedPoolMixin._return_conn(self, record)
+
+    def gauges(self) -> dict[str, Any]:
+        checked_out = self._pg_out
+        idle = max(0, _held(self) - checked_out)
+        return {"size": checked_out + idle, "checked_out": checked_out, "idle": idle, "waiting": 0}
+
+
+def _held(pool: Any) -> int:
+    """Open connections a non-queue pool holds (checked out or not), from its own fields."""
+    if "connection" in vars(pool):  # StaticPool (a memoized property)
+        return 1 if pool.connection.dbapi_connection is not None else 0
+    held = getattr(pool, "_all_conns", None)  # SingletonThreadPool
+    if held is not None:
+        return len(held)
+    one = getattr(pool, "_conn", None)  # AssertionPool
+    return 1 if isinstance(one, ConnectionPoolEntry) and one.dbapi_connection is not None else 0
+
+
+class _GuardedQueueMixin(_GuardedPoolMixin):
+    """The queue pools: ``_do_get`` waits ``min(acquire_timeout, deadline)`` per call."""
+
+    # attributes of QueuePool used below (declared for mypy)
+    _pool: Any
+    _max_overflow: int
+    _overflow: int
 
     def _do_get(self) -> ConnectionPoolEntry:
         state = self._pg
@@ -185,37 +297,6 @@ class _GuardedPoolMixin:
             " POOLGUARD_ACQUIRE_TIMEOUT, or find the code holding connections too long",
         )
 
-    def _invalidate(
-        self, connection: Any, exception: BaseException | None = None, _checkin: bool = True
-    ) -> None:
-        state = self._pg
-        if state is None:
-            super()._invalidate(connection, exception, _checkin)  # type: ignore[misc]
-            return
-        c = state.backend.classify(exception) if exception is not None else None
-        if c is None or c.scope is Scope.POOL:
-            state.suspect_before = time.time()
-        reason = c.reason if c is not None else "invalidated"
-        state.guard.stats.disconnect(reason, exception)
-        state.guard.stats.evict("disconnect")
-        if _checkin and getattr(connection, "is_valid", False):
-            connection.invalidate(exception)
-
-    def _return_conn(self, record: ConnectionPoolEntry) -> None:
-        # The checkin rules as a method rather than a "checkin" listener: one call less per
-        # return, no event dispatch.
-        state = self._pg
-        if state is not None and record.dbapi_connection is not None:
-            _returned(state, record)
-        super()._return_conn(record)  # type: ignore[misc]
-
-    def recreate(self) -> Any:
-        new = super().recreate()  # type: ignore[misc]
-        new._pg = self._pg
-        if self._pg is not None:
-            self._pg.pool_ref[:] = [new]
-        return new
-
     def gauges(self) -> dict[str, Any]:
         checked_out = int(self.checkedout())  # type: ignore[attr-defined]
         idle = int(self.checkedin())  # type: ignore[attr-defined]
@@ -227,43 +308,85 @@ class _GuardedPoolMixin:
             "waiting": state.waiting if state is not None else 0,
         }
 
-    def stats(self) -> dict[str, Any]:
-        """PoolStats snapshot merged with the live gauges (see DESIGN "Observability")."""
-        if self._pg is None:
-            return self.gauges()
-        return self._pg.guard.stats.snapshot()
 
-
-class GuardedQueuePool(_GuardedPoolMixin, QueuePool):
+class GuardedQueuePool(_GuardedQueueMixin, QueuePool):
     """SQLAlchemy's QueuePool with poolguard's checkout, timeout and invalidation rules."""
 
     # SQLAlchemy's own pool messages stay under the logger users already configure.
     _sqla_logger_namespace = "sqlalchemy.pool.impl.QueuePool"
+    _pg_base = QueuePool
 
 
-class GuardedAsyncQueuePool(_GuardedPoolMixin, AsyncAdaptedQueuePool):
+class GuardedAsyncQueuePool(_GuardedQueueMixin, AsyncAdaptedQueuePool):
     """The asyncio twin (SQLAlchemy's AsyncAdaptedQueuePool underneath)."""
 
     _sqla_logger_namespace = "sqlalchemy.pool.impl.AsyncAdaptedQueuePool"
+    _pg_base = AsyncAdaptedQueuePool
+
+
+_QUEUE_POOLS: dict[type[Pool], type[Pool]] = {
+    QueuePool: GuardedQueuePool,
+    AsyncAdaptedQueuePool: GuardedAsyncQueuePool,
+}
+
+
+_OTHER_POOLS: dict[type[Pool], type[Pool]] = {}
+
+
+def guarded_class(poolclass: type[Pool], *, queue: bool = True) -> type[Pool]:
+    """The guarded twin of ``poolclass``: :class:`GuardedQueuePool` /
+    :class:`GuardedAsyncQueuePool` for SQLAlchemy's queue pools (``queue=True``), otherwise a
+    subclass adding :class:`_GuardedOtherMixin` to the class's own checkout (made once)."""
+    if getattr(poolclass, "_pg_base", None) is not None:
+        return poolclass  # already guarded
+    if queue and poolclass in _QUEUE_POOLS:
+        return _QUEUE_POOLS[poolclass]
+    guarded = _OTHER_POOLS.get(poolclass)
+    if guarded is None:
+        guarded = _OTHER_POOLS.setdefault(poolclass, _subclass(poolclass))
+    return guarded
+
+
+def _subclass(poolclass: type[Pool]) -> type[Pool]:
+    namespace: dict[str, Any] = {
+        name: value
+        for mixin in reversed(_GuardedOtherMixin.__mro__[:-1])
+        for name, value in vars(mixin).items()
+        if name not in ("__dict__", "__weakref__", "__module__", "__doc__", "__annotations__")
+    }
+    namespace |= {
+        "_pg_base": poolclass,
+        "__module__": __name__,
+        "__doc__": f"{poolclass.__name__} with poolguard's connect, checkout and checkin rules.",
+        # SQLAlchemy's own pool messages stay under the logger users already configure.
+        "_sqla_logger_namespace": f"{poolclass.__module__}.{poolclass.__name__}",
+    }
+    return type(f"Guarded{poolclass.__name__}", (poolclass,), namespace)
+
+
+def guard_instance(pool: Pool) -> Pool:
+    """A ``pool=`` instance, guarded in place: its class becomes :func:`guarded_class` of it
+    (only methods are added, so the instance layout is unchanged). It keeps its own checkout
+    (and, for a QueuePool, its own ``timeout``): the user built it that way."""
+    pool.__class__ = guarded_class(type(pool), queue=False)
+    return pool
 
 
 # --- pool events -------------------------------------------------------------------------------
 
 
-def install_pool_events(target: Any, state: PgState) -> None:
+def install_pool_events(target: Any, state: PgState, *, reset: bool = True) -> None:
     """connect / reset listeners implementing the pool rules of DESIGN (the checkout rules are
-    :func:`_vetted`, the checkin rules :meth:`_GuardedPoolMixin._return_conn`)."""
+    :func:`_vetted`, the checkin rules :meth:`_GuardedPoolMixin._return_conn`). ``reset=False``
+    leaves reset-on-return to the pool's own setting (a ``pool=`` instance)."""
     # partial, not lambda: called in C, one Python frame less per event.
     event.listen(target, "connect", functools.partial(_on_connect, state))
-    event.listen(target, "reset", functools.partial(_on_reset, state))
+    if reset:
+        event.listen(target, "reset", functools.partial(_on_reset, state))
 
 
 def _on_connect(state: PgState, dbapi_connection: Any, record: Any) -> None:
-    now = time.monotonic()
-    record.info[_BORN] = now
-    record.info[_RETURNED] = now
-    record.info[_LIFETIME] = state.lifetime()
-    record.info[_FRESH] = True
+    record._pg_life = _Life(time.monotonic(), state.lifetime())
     state.guard.stats.incr("connects")
     setup = state.backend.setup_sql(state, driver_of(dbapi_connection))
     if setup is not None:
@@ -304,13 +427,15 @@ def _vetted(state: PgState, record: ConnectionPoolEntry) -> ConnectionPoolEntry:
 
 
 def _on_checkout(state: PgState, dbapi_connection: Any, record: Any) -> None:
-    info = record.info
-    now = time.monotonic()
-    if info.pop(_FRESH, False) or _BORN not in info:
+    life = _life(record)
+    if life is None or life.fresh:
+        if life is not None:
+            life.fresh = False
         return  # a connection made for this checkout needs no ping
-    age = now - info[_BORN]
-    idle = now - info.get(_RETURNED, now)
-    lifetime = info.get(_LIFETIME)
+    now = time.monotonic()
+    age = now - life.born
+    idle = now - life.returned
+    lifetime = life.lifetime
     settings = state.settings
     if lifetime is not None and age >= lifetime:
         _evict(state, "lifetime", age, idle)
@@ -367,21 +492,26 @@ def _evict(state: PgState, reason: str, age: float, idle: float) -> None:
 
 
 def _returned(state: PgState, record: Any) -> None:
+    life = _life(record)
+    if life is None:
+        return
     now = time.monotonic()
-    record.info[_RETURNED] = now
-    lifetime = record.info.get(_LIFETIME)
-    born = record.info.get(_BORN, now)
-    if lifetime is not None and now - born >= lifetime:
-        state.guard.stats.evict("lifetime", now - born, 0.0)
+    life.returned = now
+    lifetime = life.lifetime
+    if lifetime is not None and now - life.born >= lifetime:
+        state.guard.stats.evict("lifetime", now - life.born, 0.0)
         record.invalidate()  # closed now; the slot reconnects lazily at its next checkout
 
 
 def _on_reset(state: PgState, dbapi_connection: Any, record: Any, reset_state: Any) -> None:
-    # pool_reset_on_return=None: this listener is the only reset. libpq's transaction status
-    # says, without a round trip, whether a ROLLBACK is needed at all.
+    # SQLAlchemy's own reset is off (pool_reset_on_return=None): this listener is the only
+    # reset, in the mode the user asked for (state.reset). libpq's transaction status says,
+    # without a round trip, whether a ROLLBACK (or COMMIT) is needed at all.
     if reset_state.terminate_only or not reset_state.asyncio_safe:
         return
     need = state.backend.needs_reset(driver_of(dbapi_connection))
+    if need and state.reset == "none":
+        return  # pool_reset_on_return=None: returned as it is, like plain SQLAlchemy
     if need and reset_state.transaction_was_reset and not state.backend.exact_transaction_status:
         # MySQL's flags cannot tell a clean connection from an open read snapshot, but
         # SQLAlchemy can: its Connection just ended the transaction itself (measured: two
@@ -392,4 +522,7 @@ def _on_reset(state: PgState, dbapi_connection: Any, record: Any, reset_state: A
         record.invalidate()
     elif need:
         with guard_io(state, dbapi_connection, VALIDATE_TIMEOUT):
-            dbapi_connection.rollback()
+            if state.reset == "commit":
+                dbapi_connection.commit()
+            else:
+                dbapi_connection.rollback()
