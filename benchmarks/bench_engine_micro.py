@@ -38,7 +38,13 @@ PLAIN, PING, OURS = "sqlalchemy", "sqlalchemy+pre_ping", "poolguard"
 
 
 def sa_url(url: str) -> str:
-    return "postgresql+psycopg://" + url.split("://", 1)[1]
+    """The plain SQLAlchemy URL for the anchors: psycopg, or PyMySQL for a MySQL/MariaDB
+    ``DATABASE_URL`` (sync only: ``--sync-only``)."""
+    scheme, rest = url.split("://", 1)
+    driver = (
+        "mysql+pymysql" if scheme.split("+")[0] in ("mysql", "mariadb") else "postgresql+psycopg"
+    )
+    return f"{driver}://{rest}"
 
 
 def _parse_kw(items: list[str]) -> dict[str, Any]:
