@@ -504,7 +504,7 @@ async def test_open_breaker_fails_fast_without_calling(front: Front, clock: Fake
     assert info.value.__cause__ is None
     snap = guard.stats.snapshot()
     assert snap["circuit_open_rejections"] == 1
-    assert snap["breaker"] == {"state": "open", "opened": 1}
+    assert snap["breaker"] == {"state": "open", "opened": 1, "waits": 0}
 
 
 async def test_breaker_opening_mid_loop_stops_the_retries(front: Front, clock: FakeClock) -> None:
@@ -542,7 +542,7 @@ async def test_breaker_bookkeeping(front: Front, clock: FakeClock) -> None:
     fn, _ = failing("ok")
     assert await front.call(guard, fn) == "ok"  # the half-open probe
     assert guard.breaker.state is BreakerState.CLOSED
-    assert guard.stats.snapshot()["breaker"] == {"state": "closed", "opened": 1}
+    assert guard.stats.snapshot()["breaker"] == {"state": "closed", "opened": 1, "waits": 0}
 
 
 # -- make_error, hooks, logging ----------------------------------------------------------------

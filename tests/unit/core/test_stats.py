@@ -70,7 +70,7 @@ def test_snapshot_shape_and_gauges() -> None:
     assert snap["waiting"] == 0
     assert snap["evictions"] == {r: int(r in ("lifetime", "idle")) for r in EVICTION_REASONS}
     assert snap["disconnects"] == 1
-    assert snap["breaker"] == {"state": "open", "opened": 1}
+    assert snap["breaker"] == {"state": "open", "opened": 1, "waits": 0}
     waits = snap["acquire_wait_ms"]
     assert waits["count"] == 100
     assert waits["p50"] == pytest.approx(51.0)
