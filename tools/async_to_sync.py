@@ -25,7 +25,13 @@ What the async source gets turned into:
       else:
           ...  # sync only: kept, dedented, in the sync module
 
-  ``if False:  # ASYNC`` keeps its body in the sync module (and drops its ``else``).
+  An ``elif x:`` in place of the ``else:`` becomes ``if x:``. ``if False:  # ASYNC`` keeps its
+  body in the sync module (and drops its ``else``). Write the sync side with ``await`` where
+  the call is async in the source (it is stripped like everywhere else). mypy skips the branch
+  that cannot run, so a ``# type: ignore[code]`` needed only by the sync side is written
+  ``# type: ignore[code,unused-ignore]`` (``warn_unused_ignores`` is on). ruff's SIM108 asks
+  for a ternary when each side is one assignment: ``if True:  # ASYNC  # noqa: SIM108``.
+- A module the renamed code needs (``time`` for ``time.sleep``) is imported if it was not.
 - The result gets the "generated" header, its imports sorted and the ones left unused removed
   (``ruff check --fix-only --select I,F401``), and is formatted (``ruff format``), both with the
   project's ruff settings.
@@ -314,8 +320,8 @@ def _kept_branch(node: cst.If, is_async: bool) -> list[cst.BaseStatement]:
         return _block_statements(node.body)
     if node.orelse is None:
         return []
-    if isinstance(node.orelse, cst.If):
-        raise ConversionError(f"'elif' after 'if True:  {ASYNC_MARK}': use else")
+    if isinstance(node.orelse, cst.If):  # `elif x:` becomes `if x:`
+        return [node.orelse]
     return _block_statements(node.orelse.body)
 
 
@@ -332,7 +338,9 @@ def to_sync(source: str) -> str:
 def _ruff(args: Sequence[str], source: str, filename: str) -> str:
     cmd = [sys.executable, "-m", "ruff", *args, "--config", str(PROJECT_DIR / "pyproject.toml")]
     cmd += ["--stdin-filename", filename, "-"]
-    done = subprocess.run(cmd, input=source, capture_output=True, text=True, cwd=PROJECT_DIR)
+    done = subprocess.run(
+        cmd, input=source, capture_output=True, encoding="utf-8", cwd=PROJECT_DIR, check=False
+    )
     if done.returncode != 0:
         raise ConversionError(f"{' '.join(cmd[2:4])} failed on {filename}:\n{done.stderr}")
     return done.stdout
@@ -354,13 +362,13 @@ def _project_name(path: Path) -> str:
 
 
 def generate(source: Path, output: Path) -> str:
-    return render(source.read_text(), _project_name(source), _project_name(output))
+    return render(source.read_text("utf-8"), _project_name(source), _project_name(output))
 
 
 def drift(source: Path, output: Path) -> str:
     """A unified diff from the checked-in ``output`` to what ``source`` generates ('' if none)."""
     expected = generate(source, output)
-    actual = output.read_text() if output.exists() else ""
+    actual = output.read_text("utf-8") if output.exists() else ""
     name = _project_name(output)
     lines = difflib.unified_diff(
         actual.splitlines(keepends=True),
@@ -421,8 +429,8 @@ def _write(jobs: list[tuple[Path, Path]]) -> int:
         code = generate(source, output)
         if str(output) == "-":
             sys.stdout.write(code)
-        elif not output.exists() or output.read_text() != code:
-            output.write_text(code)
+        elif not output.exists() or output.read_text("utf-8") != code:
+            output.write_text(code, "utf-8")
             print(f"wrote {_project_name(output)}", file=sys.stderr)
     return 0
 

@@ -240,16 +240,35 @@ def test_unmarked_if_true_is_left_alone() -> None:
     assert sync(source) == source
 
 
-@pytest.mark.parametrize(
-    "source",
-    [
-        "if x:  # ASYNC\n    pass\n",
-        "if True:  # ASYNC\n    pass\nelif x:\n    pass\n",
-    ],
-)
-def test_malformed_async_blocks_are_refused(source: str) -> None:
+def test_elif_after_async_block_becomes_if() -> None:
+    expect(
+        """\
+        def f(conn):
+            if True:  # ASYNC
+                conn.socket_timeout = t
+            elif conn._sock is not None:
+                conn._sock.settimeout(t)
+            else:
+                pass
+        """,
+        """\
+        def f(conn):
+            if conn._sock is not None:
+                conn._sock.settimeout(t)
+            else:
+                pass
+        """,
+    )
+
+
+def test_async_marker_may_carry_a_noqa() -> None:
+    source = "if True:  # ASYNC  # noqa: SIM108\n    lost = a\nelse:\n    lost = b\n"
+    assert sync(source) == "lost = b\n"
+
+
+def test_async_marker_on_a_non_constant_test_is_refused() -> None:
     with pytest.raises(a2s.ConversionError):
-        a2s.to_sync(source)
+        a2s.to_sync("if x:  # ASYNC\n    pass\n")
 
 
 # -- comments -----------------------------------------------------------------------------------
