@@ -224,15 +224,11 @@ def _install(engine: Engine, state: PgState, sa_kwargs: dict[str, Any]) -> None:
 def _install_connect(dialect: Any, state: PgState, *, module_given: bool) -> None:
     """Replace ``dialect.connect`` (SQLAlchemy's last step, after the do_connect listeners)
     by the connect under the client deadline."""
-    overridden = type(dialect).connect is not DefaultDialect.connect
-    driver_connect = _plain(type(dialect).import_dbapi().connect)
-    dialect.connect = functools.partial(
-        _connect,
-        state,
-        dialect,
-        dialect.connect,
-        None if module_given or overridden else driver_connect,
-    )
+    driver_connect = None
+    if not module_given and type(dialect).connect is DefaultDialect.connect:
+        # What SQLAlchemy's own connect would call (a module= is never imported by us).
+        driver_connect = _plain(type(dialect).import_dbapi().connect)
+    dialect.connect = functools.partial(_connect, state, dialect, dialect.connect, driver_connect)
 
 
 def _plain(fn: Any) -> Any:

@@ -217,7 +217,9 @@ class _GuardedOtherMixin(_GuardedPoolMixin):
 
     def gauges(self) -> dict[str, Any]:
         checked_out = self._pg_out
-        idle = max(0, _held(self) - checked_out)
+        queued = getattr(self, "checkedin", None)  # a pool= QueuePool instance counts its own
+        held = int(queued()) + checked_out if callable(queued) else _held(self)
+        idle = max(0, held - checked_out)
         return {"size": checked_out + idle, "checked_out": checked_out, "idle": idle, "waiting": 0}
 
 

@@ -297,13 +297,18 @@ def test_pool_instance_is_guarded(
         conn.commit()  # the next statement is the first of its transaction: retriable
         postgres_server.kill_connections(application_name=app_name)
         assert conn.execute(text("SELECT 3")).scalar() == 3
-    assert poolguard.stats(engine)["retries"] >= 1
+        assert poolguard.stats(engine)["checked_out"] == 1
+    snap = poolguard.stats(engine)
+    assert snap["retries"] >= 1
+    assert snap["checked_out"] == 0
+    assert snap["idle"] == (1 if poolclass is QueuePool else 0)
 
 
 def test_queuepool_by_name_is_the_guarded_one(make_engine: Any, postgres_server: Any) -> None:
-    engine = make_engine(postgres_server.url, poolclass=QueuePool, pool_size=2)
+    engine = make_engine(postgres_server.url, poolclass=QueuePool, pool_size=2, pool_use_lifo=True)
     assert type(engine.pool).__name__ == "GuardedQueuePool"
     assert engine.pool.size() == 2  # type: ignore[attr-defined]
+    assert engine.pool._pool.use_lifo  # type: ignore[attr-defined]
 
 
 # --- pool keywords --------------------------------------------------------------------------
