@@ -562,10 +562,12 @@ class AsyncGuardedPubSub(redis.asyncio.client.PubSub):
                 raise
             # Opt-in: stay quiet, but never spin (see sync.py).
             guard = self.connection_pool.pg_guard  # type: ignore[attr-defined]
-            pause = state.backoff(guard) if block else timeout - (_monotonic() - start)
+            pause = state.backoff(guard) if block else (timeout or 0) - (_monotonic() - start)
             if pause > 0:
                 await asyncio.sleep(pause)
             return None
+        finally:
+            state.wait = None  # a reconnect made for a command gets the connect timeout
 
     async def _execute(self, conn: Any, command: Any, *args: Any, **kwargs: Any) -> Any:
         if not conn.is_connected:

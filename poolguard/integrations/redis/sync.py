@@ -586,10 +586,12 @@ class GuardedPubSub(redis.client.PubSub):
             # Opt-in: stay quiet, but never spin: a read that gives up waits out its timeout
             # (or, blocking, a backoff) before the caller's loop asks again.
             guard = self.connection_pool.pg_guard
-            pause = state.backoff(guard) if block else timeout - (_monotonic() - start)
+            pause = state.backoff(guard) if block else (timeout or 0) - (_monotonic() - start)
             if pause > 0:
                 time.sleep(pause)
             return None
+        finally:
+            state.wait = None  # a reconnect made for a command gets the connect timeout
 
     def _execute(self, conn: Any, command: Any, *args: Any, **kwargs: Any) -> Any:
         if conn._sock is None or conn.should_reconnect():

@@ -242,6 +242,27 @@ def test_a_reconnect_to_an_unreachable_server_is_bounded_by_the_read(
     pubsub.close()
 
 
+def test_a_subscribe_after_a_drop_reconnects_with_the_connect_timeout(
+    redis_server: Any, fault_proxy: Any, guarded: Any, key: str
+) -> None:
+    """Only a read bounds its reconnect by its own timeout; the next read's bound must not
+    leak into a later subscribe() (a slow but alive server: 0.4 s round trips)."""
+    proxy = fault_proxy(redis_server)
+    client = guarded(proxy.url(redis_server.url))
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    pubsub.subscribe(key)
+    next_message(pubsub, timeout=0.3)
+    proxy.reset()
+    assert isinstance(read_until_error(pubsub), redis.exceptions.ConnectionError)
+    proxy.clear()
+    proxy.latency(0.2)
+    pubsub.subscribe(f"{key}:2")  # reconnects: several round trips, more than the read's 0.25 s
+    proxy.clear()
+    assert publish_until_received(redis_server, pubsub, f"{key}:2", "2")["data"] == b"2"
+    assert publish_until_received(redis_server, pubsub, key, "1")["data"] == b"1"
+    pubsub.close()
+
+
 def test_opt_in_listen_keeps_listening_across_a_kill(
     redis_server: Any, guarded: Any, key: str
 ) -> None:
@@ -406,6 +427,25 @@ async def test_async_a_reconnect_to_an_unreachable_server_is_bounded_by_the_read
     assert longest < c.RECONNECT_FLOOR + GRACE
     message = await async_publish_until_received(redis_server, pubsub, key, "back")
     assert message["data"] == b"back"
+    await pubsub.aclose()
+
+
+async def test_async_a_subscribe_after_a_drop_reconnects_with_the_connect_timeout(
+    redis_server: Any, fault_proxy: Any, aguarded: Any, key: str
+) -> None:
+    proxy = fault_proxy(redis_server)
+    client = aguarded(proxy.url(redis_server.url))
+    pubsub = client.pubsub(ignore_subscribe_messages=True)
+    await pubsub.subscribe(key)
+    await async_next_message(pubsub, timeout=0.3)
+    proxy.reset()
+    assert isinstance(await async_read_until_error(pubsub), redis.exceptions.ConnectionError)
+    proxy.clear()
+    proxy.latency(0.2)
+    await pubsub.subscribe(f"{key}:2")
+    proxy.clear()
+    message = await async_publish_until_received(redis_server, pubsub, f"{key}:2", "2")
+    assert message["data"] == b"2"
     await pubsub.aclose()
 
 
