@@ -13,8 +13,10 @@
     poolguard.redis.stats(r)                 # counters, gauges, retries by reason
 
 Settings come from keyword arguments, then ``POOLGUARD_REDIS_<X>``, then ``POOLGUARD_<X>``, then
-the Redis defaults (``Settings.from_env(backend="redis")``). Other keyword arguments
-(``decode_responses=True``, ``client_name=...``) go to redis-py unchanged. See docs/redis.md.
+the Redis defaults (``Settings.from_env(backend="redis")``). ``pubsub_reconnect=`` and
+``on_resubscribe=`` configure ``pubsub()``; other keyword arguments (``decode_responses=True``,
+``client_name=...``) go to redis-py unchanged, except redis-py retry options that would re-send
+commands (refused with a ConfigError). See docs/redis.md.
 """
 
 from __future__ import annotations
@@ -23,8 +25,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
+from poolguard.integrations.redis._common import ResubscribeGap, SubscriptionLost, split_overrides
 from poolguard.integrations.redis._common import idempotent as _idempotent
-from poolguard.integrations.redis._common import split_overrides
 
 if TYPE_CHECKING:
     import redis
@@ -33,6 +35,8 @@ if TYPE_CHECKING:
     from poolguard.core.stats import Hooks
 
 __all__ = [
+    "ResubscribeGap",
+    "SubscriptionLost",
     "async_from_sentinel",
     "async_from_url",
     "from_sentinel",

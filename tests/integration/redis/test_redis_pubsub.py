@@ -17,7 +17,7 @@ from redis_helpers import admin, in_background, kill_by_name
 import poolguard.redis
 from poolguard.errors import PoolguardError, PoolTimeout
 from poolguard.integrations.redis import _common as c
-from poolguard.integrations.redis._common import ResubscribeGap
+from poolguard.redis import ResubscribeGap, SubscriptionLost
 
 pytestmark = [pytest.mark.redis, pytest.mark.chaos]
 
@@ -85,7 +85,7 @@ def test_a_killed_subscription_raises_then_resubscribes_exactly_once(
     start = time.monotonic()
     lost = read_until_error(pubsub)
     assert isinstance(lost, redis.exceptions.ConnectionError)
-    assert isinstance(lost, PoolguardError)
+    assert isinstance(lost, SubscriptionLost)
     assert "messages published until it is back are lost" in str(lost)
     assert time.monotonic() - start < 2.0 + GRACE
     # The next read reconnects; redis-py's callback resubscribes each channel and pattern once.
