@@ -24,9 +24,8 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from poolguard.config.urls import Dialect
-from poolguard.core.deadline import effective_timeout
 from poolguard.core.disposition import Classification
-from poolguard.errors import ConfigError, ConnectTimeout
+from poolguard.errors import ConfigError
 
 if TYPE_CHECKING:
     from poolguard.config.settings import Settings
@@ -96,7 +95,7 @@ class SqlBackend:
         self, state: PgState, creator: Callable[..., Any], *args: Any, **kwargs: Any
     ) -> Any:
         """A user's asyncio creator bounded by the connect deadline."""
-        timeout = _connect_timeout(state.settings)
+        timeout = state.connect_timeout()
         try:
             return await asyncio.wait_for(creator(*args, **kwargs), timeout)
         except asyncio.TimeoutError:
@@ -136,10 +135,6 @@ class SqlBackend:
 
     def check_resolve(self) -> None:
         """Raise ConfigError when ``resolve_ambiguous`` cannot work on this backend."""
-
-
-def _connect_timeout(settings: Settings) -> float | None:
-    return effective_timeout(settings.connect_timeout, what="connect", error=ConnectTimeout)
 
 
 # --- PostgreSQL (psycopg 3) ---------------------------------------------------------------------
@@ -190,10 +185,10 @@ class PostgresBackend(SqlBackend):
         return params
 
     def sync_connect(self, state: PgState, cargs: list[Any], cparams: dict[str, Any]) -> Any:
-        return self.pg.connect(*cargs, timeout=_connect_timeout(state.settings), **cparams)
+        return self.pg.connect(*cargs, timeout=state.connect_timeout(), **cparams)
 
     def async_connector(self, state: PgState) -> Callable[..., Any]:
-        return functools.partial(self.pg.connect_async, timeout=_connect_timeout(state.settings))
+        return functools.partial(self.pg.connect_async, timeout=state.connect_timeout())
 
     def connect_timed_out(self, timeout: float | None) -> Exception:
         from psycopg import errors
@@ -296,7 +291,7 @@ class MySQLBackend(SqlBackend):
         )
 
     def sync_connect(self, state: PgState, cargs: list[Any], cparams: dict[str, Any]) -> Any:
-        timeout = _connect_timeout(state.settings)
+        timeout = state.connect_timeout()
         return _pymysql_connect(
             cargs, cparams, timeout=timeout, keepalive=state.settings.tcp_keepalive
         )
@@ -304,7 +299,7 @@ class MySQLBackend(SqlBackend):
     def async_connector(self, state: PgState) -> Callable[..., Any]:
         return functools.partial(
             _aiomysql_connect,
-            timeout=_connect_timeout(state.settings),
+            timeout=state.connect_timeout(),
             keepalive=state.settings.tcp_keepalive,
         )
 

@@ -21,7 +21,9 @@ except ImportError:  # pragma: no cover - SQLAlchemy 2.0
     from sqlalchemy.util import await_only
 
 from poolguard.config.settings import Settings
+from poolguard.core.deadline import effective_timeout
 from poolguard.core.retry import Guard
+from poolguard.errors import ConnectTimeout
 from poolguard.integrations.sqlalchemy._backend import PostgresBackend, SqlBackend
 from poolguard.integrations.sqlalchemy._keywords import ResetMode
 
@@ -104,3 +106,10 @@ class PgState:
 
     def local_timeouts_sql(self) -> str | None:
         return self.backend.local_timeouts_sql(self)
+
+    def connect_timeout(self) -> float | None:
+        """The connect timeout capped by the deadline (None: unbounded); a spent deadline raises
+        ConnectTimeout naming the server, like every other failure to connect."""
+        target = self.guard.target
+        what = f"connect to {target}" if target else "connect"
+        return effective_timeout(self.settings.connect_timeout, what=what, error=ConnectTimeout)

@@ -393,17 +393,32 @@ def _on_connect(state: PgState, dbapi_connection: Any, record: Any) -> None:
     setup = state.backend.setup_sql(state, driver_of(dbapi_connection))
     if setup is not None:
         # Part of connecting: bounded like the connect itself (a server frozen right now).
-        limit = effective_timeout(
-            state.settings.connect_timeout, what="connect", error=ConnectTimeout
-        )
-        with guard_io(state, dbapi_connection, limit):
-            cursor = dbapi_connection.cursor()
+        limit = state.connect_timeout()
+        with guard_io(state, dbapi_connection, limit) as ticket:
             try:
-                cursor.execute(setup)
-            finally:
-                cursor.close()
-            if state.backend.setup_commits:
-                dbapi_connection.commit()
+                _run_setup(state, dbapi_connection, setup)
+            except Exception as exc:
+                if ticket is None or not ticket.fired:
+                    raise
+                # The backstop cut it: say so (the driver only saw its socket closed, and a
+                # bare "consuming input failed" reached the caller, found by the FastAPI chaos
+                # run under SIGSTOP). A connect timeout is connect-phase: retried in the window.
+                raise ConnectTimeout(
+                    f"{state.name}: connected to {state.guard.target or 'the server'}, but the"
+                    f" session setup got no reply within {limit:.2f}s (server frozen or network"
+                    " down); the connection was discarded",
+                    hint="raise the connect timeout or the deadline if the server is slow",
+                ) from exc
+
+
+def _run_setup(state: PgState, dbapi_connection: Any, setup: str) -> None:
+    cursor = dbapi_connection.cursor()
+    try:
+        cursor.execute(setup)
+    finally:
+        cursor.close()
+    if state.backend.setup_commits:
+        dbapi_connection.commit()
 
 
 def _vetted(state: PgState, record: ConnectionPoolEntry) -> ConnectionPoolEntry:
