@@ -5,6 +5,7 @@ Nothing here does I/O. The adapters (``sync.py``, ``asyncio.py``) differ only in
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import math
 import random
@@ -283,13 +284,29 @@ def first_contact_guard(guard: Guard) -> Guard:
         budget=guard.budget,
         breaker=guard.breaker,
         stats=guard.stats,
-        make_error=guard.make_error,
+        make_error=_first_contact_error(guard.make_error),
         clock=guard.clock,
         rng=guard.rng,
         target=guard.target,
         env_prefix=guard.env_prefix,
         counts_connect_failures=guard.counts_connect_failures,
     )
+
+
+#: Why a first-contact connect failure was not retried (the give-up message's ending).
+FIRST_CONTACT_WHY = "not retried: the server has not answered once since this client was created"
+
+
+def _first_contact_error(make_error: Callable[[GiveUp], BaseException]) -> Callable[..., Any]:
+    """The pool's error factory, saying why a first connect failure was not retried (the core's
+    generic "all 1 attempts failed" would suggest raising the retry settings)."""
+
+    def make(g: GiveUp) -> BaseException:
+        if g.classification.connect_phase and g.attempts <= 1:
+            g = dataclasses.replace(g, why=FIRST_CONTACT_WHY)
+        return make_error(g)
+
+    return make
 
 
 def build_policy(

@@ -104,6 +104,8 @@ def test_a_server_that_never_answered_fails_at_once(dedicated_server: Any) -> No
         client.close()
     print("never answered:", [f"{s:.3f}s" for s, _ in results])
     assert all(isinstance(e, redis.exceptions.ConnectionError) for _, e in results)
+    # Says why it was not retried (a breaker rejection, once 5 callers failed, says so too).
+    assert any("has not answered once" in str(e) for _, e in results)
     assert max(s for s, _ in results) < GRACE
 
 
