@@ -186,20 +186,31 @@ class DeadlineMiddleware:
             await self.app(scope, receive, send)
 
 
+def describe(exc: BaseException) -> str:
+    """poolguard's notes (how many attempts, why it gave up) and the message's first line."""
+    notes = [str(note) for note in getattr(exc, "__notes__", ())]
+    return " | ".join([*notes, *str(exc).splitlines()[:1]])[:400]
+
+
 def unavailable(request: Request, exc: Exception) -> JSONResponse:
     """A backend error poolguard could not hide (or plain libraries did not): 503, no secrets."""
     log.warning("%s %s failed", request.method, request.url.path, exc_info=exc)
-    detail = str(exc).splitlines()[0][:300] if str(exc) else ""
-    return JSONResponse({"error": type(exc).__name__, "detail": detail}, status_code=503)
+    return JSONResponse({"error": type(exc).__name__, "detail": describe(exc)}, status_code=503)
 
 
 def ambiguous(request: Request, exc: Exception) -> JSONResponse:
     """The COMMIT may or may not have been applied: the client must check, never resend blindly."""
     log.error("%s %s: outcome unknown", request.method, request.url.path, exc_info=exc)
     return JSONResponse(
-        {"error": type(exc).__name__, "outcome": "unknown", "detail": str(exc)[:300]},
+        {"error": type(exc).__name__, "outcome": "unknown", "detail": describe(exc)},
         status_code=503,
     )
+
+
+def crashed(request: Request, exc: Exception) -> JSONResponse:
+    """Anything else is a bug (here or below): 500, logged with its traceback."""
+    log.error("%s %s crashed", request.method, request.url.path, exc_info=exc)
+    return JSONResponse({"error": type(exc).__name__, "detail": describe(exc)}, status_code=500)
 
 
 def duplicate(request: Request, exc: Exception) -> JSONResponse:
@@ -230,6 +241,7 @@ def create_app(
     # AmbiguousResultError is also an OperationalError: the more specific handler wins.
     app.add_exception_handler(poolguard.AmbiguousResultError, ambiguous)
     app.add_exception_handler(IntegrityError, duplicate)
+    app.add_exception_handler(Exception, crashed)
     for error in (poolguard.PoolguardError, SQLAlchemyError, redis.exceptions.RedisError):
         app.add_exception_handler(error, unavailable)
     app.include_router(_sync_routes())

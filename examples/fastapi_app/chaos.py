@@ -18,7 +18,8 @@ few asyncio tasks — reads, cached reads and transfers — while one fault happ
 Then it checks invariants, not speed (:func:`violations`): money is conserved and every
 balance matches the ledger; every acknowledged transfer is stored exactly once; no transfer the
 app called failed is stored; none stored that was never sent; no request took longer than the
-app's deadline + 1 s; no driver error escaped poolguard bare (what it cannot hide, it raises as
+app's deadline + 1 s; every answer is a 200 or a 503 (no crash, no hang past the client's
+timeout); no driver error escaped poolguard bare (what it cannot hide, it raises as
 its own error, saying what happened); and, for the faults a poolguard app must hide, no request
 failed at all.
 
@@ -287,6 +288,10 @@ def ledger_violations(report: RunReport) -> list[str]:
 def violations(report: RunReport) -> list[str]:
     """Every broken promise of a poolguard app in this run (empty when all held)."""
     problems = ledger_violations(report) + _slow(report) + _bare_errors(report)
+    odd = [c for c in report.calls if c.status not in (200, 503)]
+    if odd:
+        kinds = Counter(f"HTTP {c.status} {c.kind}: {c.error}: {c.detail[:80]}" for c in odd)
+        problems.append(f"{len(odd)} request(s) crashed or got no answer: {kinds.most_common(3)}")
     for kind in sorted(MUST_NOT_FAIL[report.fault]):
         failed = report.errors(kind)
         if failed:
@@ -310,8 +315,12 @@ def _slow(report: RunReport) -> list[str]:
 
 
 def _bare_errors(report: RunReport) -> list[str]:
-    """Driver errors that escaped poolguard as they were (judged not retryable, unexplained)."""
-    bare = [c for c in report.errors() if c.status == 503]
+    """Driver errors that escaped poolguard as they were: not retried, and not saying why.
+
+    A driver error poolguard gave up on after retrying carries its note ("poolguard: gave up
+    after 3 attempts: ...") and is not bare.
+    """
+    bare = [c for c in report.errors() if c.status == 503 and "poolguard:" not in c.detail]
     bare = [c for c in bare if not c.error.startswith(POOLGUARD_ERRORS)]
     if not bare:
         return []
@@ -393,7 +402,7 @@ def _record(req: _Request, client: str, started: float, response: Any) -> Call:
             body = None
         error = "" if status == 200 else str((body or {}).get("error", f"HTTP {status}"))
     outcome = _outcome(status, body) if req.transfer_id else ""
-    detail = str((body or {}).get("detail", ""))[:200] if status != 200 else ""
+    detail = str((body or {}).get("detail", ""))[:400] if status != 200 else ""
     return Call(req.kind, client, started, latency, status, error, detail, req.transfer_id, outcome)
 
 
