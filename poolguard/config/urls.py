@@ -73,7 +73,9 @@ def redact(url_or_dsn: str) -> str:
         if match is None:
             return _DSN_SECRET.sub(lambda m: m[1] + MASK, text)
         head, rest = text[: match.end()], text[match.end() :]
-        return head + _QUERY_SECRET.sub(lambda m: m[1] + MASK, _redact_userinfo(rest))
+        # Query secrets first: a secret value may contain "@", which would otherwise be taken
+        # for the end of the userinfo (``?password=a@b`` came out as ``h:***@b``).
+        return head + _redact_userinfo(_QUERY_SECRET.sub(lambda m: m[1] + MASK, rest))
     except Exception:  # never let a message about an error become an error itself
         return "<unprintable url>"
 

@@ -43,6 +43,9 @@ def test_redact(url: str, shown: str) -> None:
         f"rediss://default:{SECRET}@h:6380/1",
         f"mysql+pymysql://u:{SECRET}@h/db?charset=utf8mb4",
         f"postgresql://h/db?PASSWORD={SECRET}",
+        # a query secret with "@" in it is not mistaken for the end of a userinfo
+        f"redis://h:1/0?password=a@{SECRET}",
+        f"postgresql://u:p@h/db?password=x@{SECRET}&sslmode=require",
         f"host=h password={SECRET}",
         f"host=h password='{SECRET} with space'",
         f"  postgresql://u:{SECRET}@h/db",

@@ -371,7 +371,10 @@ def _pymysql_connect(
     try:
         conn.connect()
     except pymysql.err.OperationalError as exc:
-        raise _handshake_failed(exc, timeout) from exc
+        failed = _handshake_failed(exc, timeout)
+        if failed is exc:
+            raise  # not a handshake failure: as it was (an error must not be its own cause)
+        raise failed from exc
     finally:
         conn._read_timeout, conn._write_timeout = saved
     if keepalive and conn._sock is not None:
@@ -401,7 +404,10 @@ async def _aiomysql_connect(
             _CONNECT_FAILED, f"Can't connect to MySQL server (timed out after {timeout:.2f}s)"
         ) from None
     except pymysql.err.OperationalError as exc:
-        raise _handshake_failed(exc, timeout) from exc
+        failed = _handshake_failed(exc, timeout)
+        if failed is exc:
+            raise  # not a handshake failure: as it was (an error must not be its own cause)
+        raise failed from exc
     if keepalive:
         sock = raw_socket(conn)
         if sock is not None:
