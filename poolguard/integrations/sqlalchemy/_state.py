@@ -1,7 +1,8 @@
 """Per-engine state shared by the pool, the Connection subclass and run_transaction.
 
-``PgState`` predates MySQL support and kept its name; it is dialect-neutral, everything
-driver-specific goes through ``state.backend`` (see ``_backend.py``).
+``EngineState`` is dialect-neutral (PostgreSQL and MySQL engines alike): everything
+driver-specific goes through ``state.backend`` (see ``_backend.py``). A guarded pool keeps it as
+``pool._guard_state``; per-connection bookkeeping lives on the pool record (see ``pool.py``).
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ def _greenlet_sleep(seconds: float) -> None:
 
 
 @dataclass
-class PgState:
+class EngineState:
     """Everything one guarded engine knows: settings, the core Guard, pool-wide marks."""
 
     settings: Settings

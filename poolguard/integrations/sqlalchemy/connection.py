@@ -56,7 +56,7 @@ from poolguard.integrations.sqlalchemy._errors import as_dropin, sa_dropin
 from poolguard.integrations.sqlalchemy._state import (
     BACKSTOP_GRACE,
     VALIDATE_TIMEOUT,
-    PgState,
+    EngineState,
     in_statement_loop,
 )
 from poolguard.integrations.sqlalchemy.pool import driver_of, socket_of
@@ -72,8 +72,8 @@ Limit = tuple[float, type[PoolguardError], str]
 class GuardedConnection(Connection):
     """A SQLAlchemy Connection whose statements run under poolguard's retry rule and backstop."""
 
-    _pg_wrote = False
-    _pg_txn_started: float | None = None
+    _guard_wrote = False
+    _guard_txn_started: float | None = None
 
     # -- statements -----------------------------------------------------------------------------
     def _execute_context(
@@ -86,18 +86,20 @@ class GuardedConnection(Connection):
         *args: Any,
         **kw: Any,
     ) -> Any:
-        state: PgState | None = getattr(self.engine.pool, "_pg", None)
+        state: EngineState | None = getattr(self.engine.pool, "_guard_state", None)
         if state is None:
             return super()._execute_context(
                 dialect, constructor, statement, parameters, execution_options, *args, **kw
             )
-        position = self._pg_position(state)
-        idempotent = self._pg_idempotent(state, statement, parameters, execution_options)
+        position = self._guard_position(state)
+        idempotent = self._guard_idempotent(state, statement, parameters, execution_options)
         if not idempotent:
-            self._pg_wrote = True
+            self._guard_wrote = True
         if position is not Position.LATER:
             # The clock only matters for transaction_timeout; MySQL's position needs the mark.
-            self._pg_txn_started = time.monotonic() if state.settings.transaction_timeout else 0.0
+            self._guard_txn_started = (
+                time.monotonic() if state.settings.transaction_timeout else 0.0
+            )
         # PgBouncer: the transaction's timeouts go in before its first statement.
         local_sql = (
             state.local_timeouts_sql() if state.pgbouncer and position is Position.FIRST else None
@@ -119,7 +121,7 @@ class GuardedConnection(Connection):
                     # Nothing to arm, nothing to reconnect: SQLAlchemy's own execution.
                     result = super()._execute_context(*call, **kw)
                 else:
-                    result = self._pg_attempt(state, local_sql, call, kw)
+                    result = self._guard_attempt(state, local_sql, call, kw)
             except Exception as exc:
                 failure: Exception | None = exc
             else:
@@ -131,11 +133,11 @@ class GuardedConnection(Connection):
         # to set them inside a transaction): never move this Connection to another one.
         swappable = _CHARACTERISTICS.isdisjoint(self._execution_options)
         op = Operation(position if swappable else Position.LATER, idempotent=idempotent)
-        return self._pg_retry(state, op, swappable, local_sql, call, kw, failure, started)
+        return self._guard_retry(state, op, swappable, local_sql, call, kw, failure, started)
 
-    def _pg_retry(
+    def _guard_retry(
         self,
-        state: PgState,
+        state: EngineState,
         op: Operation,
         swappable: bool,
         local_sql: str | None,
@@ -148,8 +150,8 @@ class GuardedConnection(Connection):
 
         def attempt(attempts: Attempts) -> Any:
             if attempts.number > 1:
-                self._pg_reattach(state, swappable)
-            return self._pg_attempt(state, local_sql, call, kw)
+                self._guard_reattach(state, swappable)
+            return self._guard_attempt(state, local_sql, call, kw)
 
         guard = state.guard
         token = in_statement_loop.set(True)
@@ -164,8 +166,8 @@ class GuardedConnection(Connection):
         finally:
             in_statement_loop.reset(token)
 
-    def _pg_attempt(
-        self, state: PgState, local_sql: str | None, call: tuple[Any, ...], kw: dict[str, Any]
+    def _guard_attempt(
+        self, state: EngineState, local_sql: str | None, call: tuple[Any, ...], kw: dict[str, Any]
     ) -> Any:
         conn = self._dbapi_connection
         if conn is None:
@@ -177,12 +179,14 @@ class GuardedConnection(Connection):
             finally:
                 in_statement_loop.reset(token)
         if local_sql is None and not state.bounded and current_deadline() is None:
-            return super()._execute_context(*call, **kw)  # unbounded: see _pg_limit
-        return self._pg_guarded(
+            return super()._execute_context(*call, **kw)  # unbounded: see _guard_limit
+        return self._guard_guarded(
             state, conn, super()._execute_context, call, kw=kw, local_sql=local_sql
         )
 
-    def _pg_idempotent(self, state: PgState, statement: Any, parameters: Any, options: Any) -> bool:
+    def _guard_idempotent(
+        self, state: EngineState, statement: Any, parameters: Any, options: Any
+    ) -> bool:
         if options.get("idempotent"):
             return True
         if isinstance(parameters, list) and len(parameters) > 1:
@@ -190,7 +194,7 @@ class GuardedConnection(Connection):
         sql = getattr(statement, "string", statement)
         return isinstance(sql, str) and state.backend.is_idempotent(sql)
 
-    def _pg_position(self, state: PgState) -> Position:
+    def _guard_position(self, state: EngineState) -> Position:
         if self._nested_transaction is not None:
             return Position.LATER
         if self._is_autocommit_isolation():
@@ -204,11 +208,11 @@ class GuardedConnection(Connection):
         if idle and not state.backend.exact_transaction_status:
             # MySQL: a read-only transaction is invisible in the status flags; a statement
             # already ran in this transaction iff its start time is set (reset at its end).
-            started = self._transaction is not None and self._pg_txn_started is not None
+            started = self._transaction is not None and self._guard_txn_started is not None
             return Position.LATER if started else Position.FIRST
         return Position.FIRST if idle else Position.LATER
 
-    def _pg_reattach(self, state: PgState, swappable: bool) -> None:
+    def _guard_reattach(self, state: EngineState, swappable: bool) -> None:
         """Before a retry: make sure a live, idle DBAPI connection sits under this Connection."""
         conn = self._dbapi_connection
         if conn is not None:
@@ -221,7 +225,7 @@ class GuardedConnection(Connection):
         self._dbapi_connection = self.engine.raw_connection()
 
     # -- backstop -------------------------------------------------------------------------------
-    def _pg_limit(self, state: PgState, *, cleanup: bool = False) -> Limit | None:
+    def _guard_limit(self, state: EngineState, *, cleanup: bool = False) -> Limit | None:
         settings = state.settings
         at = current_deadline()
         if cleanup:
@@ -239,16 +243,16 @@ class GuardedConnection(Connection):
             limits.append((settings.query_timeout + BACKSTOP_GRACE, QueryTimeout, "query timeout"))
         if at is not None:
             limits.append((at - time.monotonic(), QueryTimeout, "deadline"))
-        if settings.transaction_timeout and self._pg_txn_started is not None:
-            spent = time.monotonic() - self._pg_txn_started
+        if settings.transaction_timeout and self._guard_txn_started is not None:
+            spent = time.monotonic() - self._guard_txn_started
             limits.append(
                 (settings.transaction_timeout - spent, TransactionTimeout, "transaction timeout")
             )
         return min(limits, key=_seconds) if limits else None
 
-    def _pg_guarded(
+    def _guard_guarded(
         self,
-        state: PgState,
+        state: EngineState,
         conn: Any,
         fn: Callable[..., Any],
         args: tuple[Any, ...] = (),
@@ -257,7 +261,7 @@ class GuardedConnection(Connection):
         local_sql: str | None = None,
         cleanup: bool = False,
     ) -> Any:
-        limit = self._pg_limit(state, cleanup=cleanup)
+        limit = self._guard_limit(state, cleanup=cleanup)
         if limit is None:
             # Nothing bounds this call: no watchdog ticket to arm and cancel.
             if local_sql is not None:
@@ -278,17 +282,19 @@ class GuardedConnection(Connection):
             result = fn(*args, **kw) if kw else fn(*args)
         except Exception as exc:
             if ticket is not None and not ticket.cancel():
-                raise self._pg_cut(state, limit, exc) from exc
+                raise self._guard_cut(state, limit, exc) from exc
             raise
         except BaseException:
             if ticket is not None:
                 ticket.cancel()
             raise
         if ticket is not None and not ticket.cancel():
-            raise self._pg_cut(state, limit, None)
+            raise self._guard_cut(state, limit, None)
         return result
 
-    def _pg_cut(self, state: PgState, limit: Limit, exc: BaseException | None) -> PoolguardError:
+    def _guard_cut(
+        self, state: EngineState, limit: Limit, exc: BaseException | None
+    ) -> PoolguardError:
         seconds, cls, what = limit
         state.guard.stats.evict("timeout")
         if not self.invalidated and not self.closed:
@@ -306,14 +312,14 @@ class GuardedConnection(Connection):
 
     # -- transaction end ------------------------------------------------------------------------
     def _commit_impl(self) -> None:
-        state: PgState | None = getattr(self.engine.pool, "_pg", None)
+        state: EngineState | None = getattr(self.engine.pool, "_guard_state", None)
         conn = self._dbapi_connection
-        wrote, self._pg_wrote, self._pg_txn_started = self._pg_wrote, False, None
+        wrote, self._guard_wrote, self._guard_txn_started = self._guard_wrote, False, None
         if state is None or conn is None:
             super()._commit_impl()
             return
         try:
-            self._pg_guarded(state, conn, super()._commit_impl)
+            self._guard_guarded(state, conn, super()._commit_impl)
         except AmbiguousResultError:
             raise
         except PoolguardError as exc:
@@ -327,17 +333,17 @@ class GuardedConnection(Connection):
             raise
 
     def _rollback_impl(self) -> None:
-        self._pg_wrote, self._pg_txn_started = False, None
-        state: PgState | None = getattr(self.engine.pool, "_pg", None)
+        self._guard_wrote, self._guard_txn_started = False, None
+        state: EngineState | None = getattr(self.engine.pool, "_guard_state", None)
         conn = self._dbapi_connection
         if state is None or conn is None or not self._still_open_and_dbapi_connection_is_valid:
             super()._rollback_impl()
             return
         try:
             if state.bounded or current_deadline() is not None:
-                self._pg_guarded(state, conn, super()._rollback_impl, cleanup=True)
+                self._guard_guarded(state, conn, super()._rollback_impl, cleanup=True)
             else:
-                super()._rollback_impl()  # nothing bounds it: no watchdog (see _pg_limit)
+                super()._rollback_impl()  # nothing bounds it: no watchdog (see _guard_limit)
         except PoolguardError:
             # The server did not answer the ROLLBACK: it rolls back by itself when the (now
             # closed) connection goes away. Nothing was committed, so this is not an error.
@@ -361,7 +367,7 @@ def _run_sql(conn: Any, sql: str) -> None:
         cursor.close()
 
 
-def _ambiguous(state: PgState, exc: BaseException) -> PoolguardError:
+def _ambiguous(state: EngineState, exc: BaseException) -> PoolguardError:
     state.guard.stats.incr("ambiguous")
     return sa_dropin(
         AmbiguousResultError,

@@ -37,7 +37,7 @@ from poolguard.errors import ConfigError
 from poolguard.integrations.sqlalchemy._backend import SqlBackend, backend_for
 from poolguard.integrations.sqlalchemy._errors import make_error
 from poolguard.integrations.sqlalchemy._keywords import reset_mode, translate
-from poolguard.integrations.sqlalchemy._state import BACKSTOP_GRACE, PgState
+from poolguard.integrations.sqlalchemy._state import BACKSTOP_GRACE, EngineState
 from poolguard.integrations.sqlalchemy.connection import GuardedConnection, GuardedOptionEngine
 from poolguard.integrations.sqlalchemy.pool import (
     guard_instance,
@@ -86,11 +86,11 @@ def create_async_engine(url: str | URL | None = None, **overrides: Any) -> Async
     return engine
 
 
-def guard_of(engine: Engine | AsyncEngine) -> PgState:
+def guard_of(engine: Engine | AsyncEngine) -> EngineState:
     """The poolguard state of an engine made by this module (raises otherwise)."""
     sync = engine.sync_engine if isinstance(engine, AsyncEngine) else engine
-    state = getattr(sync.pool, "_pg", None)
-    if not isinstance(state, PgState):
+    state = getattr(sync.pool, "_guard_state", None)
+    if not isinstance(state, EngineState):
         raise ConfigError("this engine was not created by poolguard.create_engine()")
     return state
 
@@ -126,7 +126,7 @@ def _split(
 
 def _prepare(
     settings: Settings, sa_kwargs: dict[str, Any], given: dict[str, str], *, is_async: bool
-) -> tuple[PgState, dict[str, Any]]:
+) -> tuple[EngineState, dict[str, Any]]:
     backend = backend_for(dialect_of(settings.sql_url()), backstop_grace=BACKSTOP_GRACE)
     name = settings.name or "default"
     guard = Guard.from_settings(
@@ -137,7 +137,7 @@ def _prepare(
         make_error=make_error,
         target=address_of(settings.sql_url()),  # "cannot connect to host:port" messages
     )
-    state = PgState(
+    state = EngineState(
         settings=settings,
         guard=guard,
         pgbouncer=_uses_pgbouncer(backend, settings),
@@ -206,9 +206,9 @@ def _uses_pgbouncer(backend: SqlBackend, settings: Settings) -> bool:
     return uses_pgbouncer(settings)
 
 
-def _install(engine: Engine, state: PgState, sa_kwargs: dict[str, Any]) -> None:
+def _install(engine: Engine, state: EngineState, sa_kwargs: dict[str, Any]) -> None:
     pool = engine.pool
-    pool._pg = state  # type: ignore[attr-defined]
+    pool._guard_state = state  # type: ignore[attr-defined]
     state.pool_ref[:] = [pool]
     state.guard.stats.gauges = functools.partial(_gauges, state)
     for note in state.settings.warnings():
@@ -221,7 +221,7 @@ def _install(engine: Engine, state: PgState, sa_kwargs: dict[str, Any]) -> None:
     event.listen(engine, "handle_error", functools.partial(_handle_error, state))
 
 
-def _install_connect(dialect: Any, state: PgState, *, module_given: bool) -> None:
+def _install_connect(dialect: Any, state: EngineState, *, module_given: bool) -> None:
     """Replace ``dialect.connect`` (SQLAlchemy's last step, after the do_connect listeners)
     by the connect under the client deadline."""
     driver_connect = None
@@ -236,7 +236,7 @@ def _plain(fn: Any) -> Any:
 
 
 def _connect(
-    state: PgState,
+    state: EngineState,
     dialect: Any,
     dialect_connect: Any,
     driver_connect: Any,
@@ -249,7 +249,7 @@ def _connect(
     return state.backend.connect(state, dialect_connect, native, list(cargs), cparams)
 
 
-def _gauges(state: PgState) -> dict[str, Any]:
+def _gauges(state: EngineState) -> dict[str, Any]:
     stats = state.guard.stats
     return {
         **state.pool_ref[0].gauges(),
@@ -260,7 +260,7 @@ def _gauges(state: PgState) -> dict[str, Any]:
     }
 
 
-def _handle_error(state: PgState, ctx: Any) -> None:
+def _handle_error(state: EngineState, ctx: Any) -> None:
     # SQLAlchemy's psycopg dialect only calls a connection dead when psycopg says closed/broken;
     # our classification also knows 57P01 (terminated), 25006 (failover to a standby), MySQL's
     # 1290/1836 (read-only after a failover), ...

@@ -52,7 +52,11 @@ from poolguard.core.disposition import Operation, Scope
 from poolguard.errors import ConnectTimeout, PoolguardError, PoolTimeout
 from poolguard.integrations.backstop import backstop
 from poolguard.integrations.sqlalchemy._errors import as_dropin, sa_dropin
-from poolguard.integrations.sqlalchemy._state import VALIDATE_TIMEOUT, PgState, in_statement_loop
+from poolguard.integrations.sqlalchemy._state import (
+    VALIDATE_TIMEOUT,
+    EngineState,
+    in_statement_loop,
+)
 
 __all__ = [
     "GuardedAsyncQueuePool",
@@ -70,7 +74,7 @@ CHECKOUT = Operation(sent=False)
 
 
 class _Life:
-    """One DBAPI connection's bookkeeping, kept on its pool record as ``_pg_life`` (replaced by
+    """One DBAPI connection's bookkeeping, kept on its pool record as ``_guard_life`` (replaced by
     the ``connect`` event for each new connection the record opens)."""
 
     __slots__ = ("born", "fresh", "lifetime", "returned")
@@ -84,7 +88,7 @@ class _Life:
 
 
 def _life(record: Any) -> _Life | None:
-    return getattr(record, "_pg_life", None)
+    return getattr(record, "_guard_life", None)
 
 
 def driver_of(dbapi_connection: Any) -> Any:
@@ -96,12 +100,12 @@ def driver_of(dbapi_connection: Any) -> Any:
     return getattr(raw, "driver_connection", raw)
 
 
-def socket_of(state: PgState, dbapi_connection: Any) -> int | None:
+def socket_of(state: EngineState, dbapi_connection: Any) -> int | None:
     """The fd the backstop may cut (None: the connection is closed, nothing can hang on it)."""
     return state.backend.fileno(driver_of(dbapi_connection))
 
 
-def guard_io(state: PgState, dbapi_connection: Any, seconds: float | None) -> Any:
+def guard_io(state: EngineState, dbapi_connection: Any, seconds: float | None) -> Any:
     """``backstop()`` on the connection's socket; no backstop once the socket is gone."""
     fd = socket_of(state, dbapi_connection)
     return backstop(-1 if fd is None else fd, None if fd is None else seconds)
@@ -111,23 +115,23 @@ class _GuardedPoolMixin:
     """What every guarded pool has, whatever its class: connect retries, the invalidation and
     checkin rules, stats. Each subclass applies the checkout rules in its ``_do_get``."""
 
-    _pg: PgState | None = None
+    _guard_state: EngineState | None = None
     #: The pool class being guarded. Its methods are called explicitly, not through super():
     #: a guarded twin made for a ``pool=`` instance copies these methods into a direct
     #: subclass of that class (the only kind of class an instance's ``__class__`` may become).
-    _pg_base: Any = None
+    _guard_base: Any = None
 
     def connect(self) -> Any:
-        state = self._pg
+        state = self._guard_state
         if state is None or in_statement_loop.get():
-            return self._pg_base.connect(self)
+            return self._guard_base.connect(self)
         # Fast path, as for statements: a checkout is one attempt of the core loop (counted,
         # breaker-checked) but the loop itself is only built once that attempt failed.
         guard = state.guard
         started = guard.first_attempt()
         if started is not None:
             try:
-                fairy = self._pg_base.connect(self)
+                fairy = self._guard_base.connect(self)
             except Exception as exc:
                 failure: Exception | None = exc
             else:
@@ -138,9 +142,9 @@ class _GuardedPoolMixin:
         return self._connect_retrying(state, failure, started)
 
     def _connect_retrying(
-        self, state: PgState, failure: Exception | None, started: float | None
+        self, state: EngineState, failure: Exception | None, started: float | None
     ) -> Any:
-        base_connect = functools.partial(self._pg_base.connect, self)
+        base_connect = functools.partial(self._guard_base.connect, self)
         guard = state.guard
         try:
             if failure is None or started is None:
@@ -156,9 +160,9 @@ class _GuardedPoolMixin:
     def _invalidate(
         self, connection: Any, exception: BaseException | None = None, _checkin: bool = True
     ) -> None:
-        state = self._pg
+        state = self._guard_state
         if state is None:
-            self._pg_base._invalidate(self, connection, exception, _checkin)
+            self._guard_base._invalidate(self, connection, exception, _checkin)
             return
         c = state.backend.classify(exception) if exception is not None else None
         if c is None or c.scope is Scope.POOL:
@@ -172,16 +176,16 @@ class _GuardedPoolMixin:
     def _return_conn(self, record: ConnectionPoolEntry) -> None:
         # The checkin rules as a method rather than a "checkin" listener: one call less per
         # return, no event dispatch.
-        state = self._pg
+        state = self._guard_state
         if state is not None and record.dbapi_connection is not None:
             _returned(state, record)
-        self._pg_base._return_conn(self, record)
+        self._guard_base._return_conn(self, record)
 
     def recreate(self) -> Any:
-        new = self._pg_base.recreate(self)
-        new._pg = self._pg
-        if self._pg is not None:
-            self._pg.pool_ref[:] = [new]
+        new = self._guard_base.recreate(self)
+        new._guard_state = self._guard_state
+        if self._guard_state is not None:
+            self._guard_state.pool_ref[:] = [new]
         return new
 
     def gauges(self) -> dict[str, Any]:
@@ -189,34 +193,34 @@ class _GuardedPoolMixin:
 
     def stats(self) -> dict[str, Any]:
         """PoolStats snapshot merged with the live gauges (see DESIGN "Observability")."""
-        if self._pg is None:
+        if self._guard_state is None:
             return self.gauges()
-        return self._pg.guard.stats.snapshot()
+        return self._guard_state.guard.stats.snapshot()
 
 
 class _GuardedOtherMixin(_GuardedPoolMixin):
     """Any pool class but SQLAlchemy's queue pools: that class's own checkout (no acquire
     timeout of poolguard's), then the checkout rules; checkouts counted for the gauges."""
 
-    _pg_out = 0
-    _pg_lock = threading.Lock()  # one per class: these pools check out rarely
+    _guard_out = 0
+    _guard_lock = threading.Lock()  # one per class: these pools check out rarely
 
     def _do_get(self) -> ConnectionPoolEntry:
-        record: ConnectionPoolEntry = self._pg_base._do_get(self)
-        state = self._pg
+        record: ConnectionPoolEntry = self._guard_base._do_get(self)
+        state = self._guard_state
         if state is None:
             return record
-        with self._pg_lock:
-            self._pg_out += 1
+        with self._guard_lock:
+            self._guard_out += 1
         return _vetted(state, record)
 
     def _return_conn(self, record: ConnectionPoolEntry) -> None:
-        with self._pg_lock:
-            self._pg_out = max(0, self._pg_out - 1)
+        with self._guard_lock:
+            self._guard_out = max(0, self._guard_out - 1)
         _GuardedPoolMixin._return_conn(self, record)
 
     def gauges(self) -> dict[str, Any]:
-        checked_out = self._pg_out
+        checked_out = self._guard_out
         queued = getattr(self, "checkedin", None)  # a pool= QueuePool instance counts its own
         held = int(queued()) + checked_out if callable(queued) else _held(self)
         idle = max(0, held - checked_out)
@@ -243,7 +247,7 @@ class _GuardedQueueMixin(_GuardedPoolMixin):
     _overflow: int
 
     def _do_get(self) -> ConnectionPoolEntry:
-        state = self._pg
+        state = self._guard_state
         assert state is not None
         timeout = state.settings.acquire_timeout
         if current_deadline() is not None:
@@ -263,7 +267,7 @@ class _GuardedQueueMixin(_GuardedPoolMixin):
             state.guard.stats.record_wait(time.monotonic() - started)
         return _vetted(state, record)
 
-    def _get(self, state: PgState, timeout: float | None) -> ConnectionPoolEntry:
+    def _get(self, state: EngineState, timeout: float | None) -> ConnectionPoolEntry:
         # QueuePool._do_get with a per-call timeout (SQLAlchemy's is a pool-wide attribute).
         while True:
             use_overflow = self._max_overflow > -1
@@ -288,7 +292,7 @@ class _GuardedQueueMixin(_GuardedPoolMixin):
                     self._dec_overflow()  # type: ignore[attr-defined]
                     raise
 
-    def _pool_timeout(self, state: PgState, timeout: float | None) -> PoolguardError:
+    def _pool_timeout(self, state: EngineState, timeout: float | None) -> PoolguardError:
         g = self.gauges()
         return sa_dropin(
             PoolTimeout,
@@ -302,7 +306,7 @@ class _GuardedQueueMixin(_GuardedPoolMixin):
     def gauges(self) -> dict[str, Any]:
         checked_out = int(self.checkedout())  # type: ignore[attr-defined]
         idle = int(self.checkedin())  # type: ignore[attr-defined]
-        state = self._pg
+        state = self._guard_state
         return {
             "size": checked_out + idle,
             "checked_out": checked_out,
@@ -316,14 +320,14 @@ class GuardedQueuePool(_GuardedQueueMixin, QueuePool):
 
     # SQLAlchemy's own pool messages stay under the logger users already configure.
     _sqla_logger_namespace = "sqlalchemy.pool.impl.QueuePool"
-    _pg_base = QueuePool
+    _guard_base = QueuePool
 
 
 class GuardedAsyncQueuePool(_GuardedQueueMixin, AsyncAdaptedQueuePool):
     """The asyncio twin (SQLAlchemy's AsyncAdaptedQueuePool underneath)."""
 
     _sqla_logger_namespace = "sqlalchemy.pool.impl.AsyncAdaptedQueuePool"
-    _pg_base = AsyncAdaptedQueuePool
+    _guard_base = AsyncAdaptedQueuePool
 
 
 _QUEUE_POOLS: dict[type[Pool], type[Pool]] = {
@@ -339,7 +343,7 @@ def guarded_class(poolclass: type[Pool], *, queue: bool = True) -> type[Pool]:
     """The guarded twin of ``poolclass``: :class:`GuardedQueuePool` /
     :class:`GuardedAsyncQueuePool` for SQLAlchemy's queue pools (``queue=True``), otherwise a
     subclass adding :class:`_GuardedOtherMixin` to the class's own checkout (made once)."""
-    if getattr(poolclass, "_pg_base", None) is not None:
+    if getattr(poolclass, "_guard_base", None) is not None:
         return poolclass  # already guarded
     if queue and poolclass in _QUEUE_POOLS:
         return _QUEUE_POOLS[poolclass]
@@ -357,7 +361,7 @@ def _subclass(poolclass: type[Pool]) -> type[Pool]:
         if name not in ("__dict__", "__weakref__", "__module__", "__doc__", "__annotations__")
     }
     namespace |= {
-        "_pg_base": poolclass,
+        "_guard_base": poolclass,
         "__module__": __name__,
         "__doc__": f"{poolclass.__name__} with poolguard's connect, checkout and checkin rules.",
         # SQLAlchemy's own pool messages stay under the logger users already configure.
@@ -377,7 +381,7 @@ def guard_instance(pool: Pool) -> Pool:
 # --- pool events -------------------------------------------------------------------------------
 
 
-def install_pool_events(target: Any, state: PgState, *, reset: bool = True) -> None:
+def install_pool_events(target: Any, state: EngineState, *, reset: bool = True) -> None:
     """connect / reset listeners implementing the pool rules of DESIGN (the checkout rules are
     :func:`_vetted`, the checkin rules :meth:`_GuardedPoolMixin._return_conn`). ``reset=False``
     leaves reset-on-return to the pool's own setting (a ``pool=`` instance)."""
@@ -387,8 +391,8 @@ def install_pool_events(target: Any, state: PgState, *, reset: bool = True) -> N
         event.listen(target, "reset", functools.partial(_on_reset, state))
 
 
-def _on_connect(state: PgState, dbapi_connection: Any, record: Any) -> None:
-    record._pg_life = _Life(time.monotonic(), state.lifetime())
+def _on_connect(state: EngineState, dbapi_connection: Any, record: Any) -> None:
+    record._guard_life = _Life(time.monotonic(), state.lifetime())
     state.guard.stats.incr("connects")
     setup = state.backend.setup_sql(state, driver_of(dbapi_connection))
     if setup is not None:
@@ -411,7 +415,7 @@ def _on_connect(state: PgState, dbapi_connection: Any, record: Any) -> None:
                 ) from exc
 
 
-def _run_setup(state: PgState, dbapi_connection: Any, setup: str) -> None:
+def _run_setup(state: EngineState, dbapi_connection: Any, setup: str) -> None:
     cursor = dbapi_connection.cursor()
     try:
         cursor.execute(setup)
@@ -421,7 +425,7 @@ def _run_setup(state: PgState, dbapi_connection: Any, setup: str) -> None:
         dbapi_connection.commit()
 
 
-def _vetted(state: PgState, record: ConnectionPoolEntry) -> ConnectionPoolEntry:
+def _vetted(state: EngineState, record: ConnectionPoolEntry) -> ConnectionPoolEntry:
     """The checkout rules, applied to a record as it leaves the pool's queue.
 
     This was a "checkout" listener; as a step of ``_do_get`` it costs no event dispatch and
@@ -443,7 +447,7 @@ def _vetted(state: PgState, record: ConnectionPoolEntry) -> ConnectionPoolEntry:
     return record
 
 
-def _on_checkout(state: PgState, dbapi_connection: Any, record: Any) -> None:
+def _on_checkout(state: EngineState, dbapi_connection: Any, record: Any) -> None:
     life = _life(record)
     if life is None or life.fresh:
         if life is not None:
@@ -463,7 +467,7 @@ def _on_checkout(state: PgState, dbapi_connection: Any, record: Any) -> None:
         _validate(state, dbapi_connection, age, idle)
 
 
-def _validate(state: PgState, dbapi_connection: Any, age: float, idle: float) -> None:
+def _validate(state: EngineState, dbapi_connection: Any, age: float, idle: float) -> None:
     stats = state.guard.stats
     stats.incr("validations")
     try:
@@ -478,7 +482,7 @@ def _validate(state: PgState, dbapi_connection: Any, age: float, idle: float) ->
         raise sa_exc.DisconnectionError(f"validation failed: {type(exc).__name__}") from exc
 
 
-def _ping(state: PgState, dbapi_connection: Any) -> None:
+def _ping(state: EngineState, dbapi_connection: Any) -> None:
     sql = state.backend.ping_sql()
     if sql is None:
         # The driver's own ping (MySQL COM_PING): no statement, no parse, one round trip.
@@ -503,12 +507,12 @@ def _ping(state: PgState, dbapi_connection: Any) -> None:
             dbapi_connection.autocommit = False
 
 
-def _evict(state: PgState, reason: str, age: float, idle: float) -> None:
+def _evict(state: EngineState, reason: str, age: float, idle: float) -> None:
     state.guard.stats.evict(reason, age, idle)
     raise sa_exc.DisconnectionError(f"evicted ({reason})")
 
 
-def _returned(state: PgState, record: Any) -> None:
+def _returned(state: EngineState, record: Any) -> None:
     life = _life(record)
     if life is None:
         return
@@ -520,7 +524,7 @@ def _returned(state: PgState, record: Any) -> None:
         record.invalidate()  # closed now; the slot reconnects lazily at its next checkout
 
 
-def _on_reset(state: PgState, dbapi_connection: Any, record: Any, reset_state: Any) -> None:
+def _on_reset(state: EngineState, dbapi_connection: Any, record: Any, reset_state: Any) -> None:
     # SQLAlchemy's own reset is off (pool_reset_on_return=None): this listener is the only
     # reset, in the mode the user asked for (state.reset). libpq's transaction status says,
     # without a round trip, whether a ROLLBACK (or COMMIT) is needed at all.

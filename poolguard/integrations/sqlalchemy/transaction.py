@@ -34,7 +34,7 @@ from poolguard.core.disposition import Classification, Disposition, Operation, P
 from poolguard.core.retry import Guard
 from poolguard.errors import AmbiguousResultError, PoolguardError
 from poolguard.integrations.sqlalchemy._errors import as_dropin
-from poolguard.integrations.sqlalchemy._state import PgState
+from poolguard.integrations.sqlalchemy._state import EngineState
 from poolguard.integrations.sqlalchemy.engine import guard_of
 
 __all__ = ["DEFAULT_RETRY_SQLSTATES", "run_transaction", "run_transaction_async"]
@@ -59,7 +59,7 @@ class _CommitAborted(Exception):
     """Resolution found the lost COMMIT's transaction aborted: the unit may run again."""
 
 
-def _unit_guard(state: PgState, retry_on: RetryOn, attempts: int | None) -> Guard:
+def _unit_guard(state: EngineState, retry_on: RetryOn, attempts: int | None) -> Guard:
     """The engine's Guard, seen through this call's retryable codes and attempt count."""
     backend = state.backend
     allowed = backend.retry_codes if retry_on is None else frozenset(str(code) for code in retry_on)
@@ -129,7 +129,7 @@ def _run_once(
     unit: Session | Connection,
     fn: Callable[[Any], T],
     resolver: Engine | Connection,
-    state: PgState,
+    state: EngineState,
     resolve: bool,
 ) -> T:
     if unit.in_transaction():
@@ -160,7 +160,7 @@ def _run_once(
         raise
 
 
-def _resolve(engine: Engine, state: PgState, xid: int, pid: int, exc: BaseException) -> bool:
+def _resolve(engine: Engine, state: EngineState, xid: int, pid: int, exc: BaseException) -> bool:
     """True if the transaction committed, False if aborted; re-raise ``exc`` if unknowable."""
     stop = time.monotonic() + RESOLVE_TIMEOUT
     try:
@@ -229,7 +229,7 @@ async def _arun_once(
     session: AsyncSession,
     afn: Callable[[AsyncSession], Awaitable[T]],
     engine: AsyncEngine,
-    state: PgState,
+    state: EngineState,
     resolve: bool,
 ) -> T:
     if session.in_transaction():
@@ -259,7 +259,7 @@ async def _arun_once(
 
 
 async def _aresolve(
-    engine: AsyncEngine, state: PgState, xid: int, pid: int, exc: BaseException
+    engine: AsyncEngine, state: EngineState, xid: int, pid: int, exc: BaseException
 ) -> bool:
     import asyncio
 

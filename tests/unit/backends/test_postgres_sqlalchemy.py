@@ -16,7 +16,7 @@ from poolguard.config.settings import Settings
 from poolguard.core.disposition import Action
 from poolguard.core.retry import GiveUp, Guard
 from poolguard.integrations.sqlalchemy._errors import as_dropin, make_error, sa_dropin
-from poolguard.integrations.sqlalchemy._state import LIFETIME_JITTER, PgState
+from poolguard.integrations.sqlalchemy._state import LIFETIME_JITTER, EngineState
 
 
 def _sa_error(driver: psycopg.Error) -> sa_exc.OperationalError:
@@ -89,10 +89,10 @@ def test_dropins_pickle() -> None:
     assert isinstance(clone, poolguard.QueryTimeout)
 
 
-def _state(**settings: object) -> PgState:
+def _state(**settings: object) -> EngineState:
     s = Settings(**settings)  # type: ignore[arg-type]
     guard = Guard.from_settings(s, name="t", backend="postgres", classify=pg.classify)
-    return PgState(settings=s, guard=guard, pgbouncer=False, is_async=False, redacted_url="x")
+    return EngineState(settings=s, guard=guard, pgbouncer=False, is_async=False, redacted_url="x")
 
 
 def test_lifetime_is_jittered_below_the_maximum() -> None:
