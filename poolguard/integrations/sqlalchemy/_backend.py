@@ -21,7 +21,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Protocol
 
 from poolguard.config.urls import Dialect
 from poolguard.core.disposition import Classification
@@ -29,9 +29,22 @@ from poolguard.errors import ConfigError
 
 if TYPE_CHECKING:
     from poolguard.config.settings import Settings
-    from poolguard.integrations.sqlalchemy._state import EngineState
+
 
 __all__ = ["MySQLBackend", "PostgresBackend", "SqlBackend", "backend_for"]
+
+
+class StateView(Protocol):
+    """What a backend reads of the engine's state. The state (``_state.EngineState``) sits above
+    the backends and holds one; this protocol keeps the import one-way."""
+
+    settings: Settings
+    is_async: bool
+    pgbouncer: bool
+    server_version: int
+    server_info: str
+
+    def connect_timeout(self) -> float | None: ...
 
 
 class SqlBackend:
@@ -62,7 +75,7 @@ class SqlBackend:
 
     def connect(
         self,
-        state: EngineState,
+        state: StateView,
         dialect_connect: Callable[..., Any],
         native: bool,
         cargs: list[Any],
@@ -83,16 +96,16 @@ class SqlBackend:
             return self.sync_connect(state, cargs, cparams)
         return dialect_connect(*cargs, **cparams)
 
-    def sync_connect(self, state: EngineState, cargs: list[Any], cparams: dict[str, Any]) -> Any:
+    def sync_connect(self, state: StateView, cargs: list[Any], cparams: dict[str, Any]) -> Any:
         """The driver's connect under the client deadline (sync)."""
         raise NotImplementedError
 
-    def async_connector(self, state: EngineState) -> Callable[..., Any]:
+    def async_connector(self, state: StateView) -> Callable[..., Any]:
         """An ``async_creator_fn`` for the driver's connect under the client deadline."""
         raise NotImplementedError
 
     async def bounded_creator(
-        self, state: EngineState, creator: Callable[..., Any], *args: Any, **kwargs: Any
+        self, state: StateView, creator: Callable[..., Any], *args: Any, **kwargs: Any
     ) -> Any:
         """A user's asyncio creator bounded by the connect deadline."""
         timeout = state.connect_timeout()
@@ -109,7 +122,7 @@ class SqlBackend:
         """poolguard's driver arguments with the user's ``connect_args`` over them."""
         return {**ours, **theirs}
 
-    def setup_sql(self, state: EngineState, driver_conn: Any) -> str | None:
+    def setup_sql(self, state: StateView, driver_conn: Any) -> str | None:
         """Statement to run once on a new connection (records the server version first)."""
         raise NotImplementedError
 
@@ -129,7 +142,7 @@ class SqlBackend:
         """False: nothing to undo; True: ROLLBACK; None: discard (broken or busy)."""
         raise NotImplementedError
 
-    def local_timeouts_sql(self, state: EngineState) -> str | None:
+    def local_timeouts_sql(self, state: StateView) -> str | None:
         """Timeouts to set at each transaction start (PgBouncer transaction pooling)."""
         return None
 
@@ -184,10 +197,10 @@ class PostgresBackend(SqlBackend):
             params["prepare_threshold"] = None
         return params
 
-    def sync_connect(self, state: EngineState, cargs: list[Any], cparams: dict[str, Any]) -> Any:
+    def sync_connect(self, state: StateView, cargs: list[Any], cparams: dict[str, Any]) -> Any:
         return self.pg.connect(*cargs, timeout=state.connect_timeout(), **cparams)
 
-    def async_connector(self, state: EngineState) -> Callable[..., Any]:
+    def async_connector(self, state: StateView) -> Callable[..., Any]:
         return functools.partial(self.pg.connect_async, timeout=state.connect_timeout())
 
     def connect_timed_out(self, timeout: float | None) -> Exception:
@@ -205,7 +218,7 @@ class PostgresBackend(SqlBackend):
             merged["options"] = f"{ours['options']} {theirs['options']}"
         return merged
 
-    def setup_sql(self, state: EngineState, driver_conn: Any) -> str | None:
+    def setup_sql(self, state: StateView, driver_conn: Any) -> str | None:
         state.server_version = driver_conn.info.server_version
         if state.pgbouncer:
             return None
@@ -235,7 +248,7 @@ class PostgresBackend(SqlBackend):
             return True
         return None if status == self._unknown else False
 
-    def local_timeouts_sql(self, state: EngineState) -> str | None:
+    def local_timeouts_sql(self, state: StateView) -> str | None:
         if not state.pgbouncer:
             return None
         return self.pg.local_timeouts_sql(state.settings, state.server_version)
@@ -290,13 +303,13 @@ class MySQLBackend(SqlBackend):
             settings, is_async=is_async, backstop_grace=self.backstop_grace
         )
 
-    def sync_connect(self, state: EngineState, cargs: list[Any], cparams: dict[str, Any]) -> Any:
+    def sync_connect(self, state: StateView, cargs: list[Any], cparams: dict[str, Any]) -> Any:
         timeout = state.connect_timeout()
         return _pymysql_connect(
             cargs, cparams, timeout=timeout, keepalive=state.settings.tcp_keepalive
         )
 
-    def async_connector(self, state: EngineState) -> Callable[..., Any]:
+    def async_connector(self, state: StateView) -> Callable[..., Any]:
         return functools.partial(
             _aiomysql_connect,
             timeout=state.connect_timeout(),
@@ -311,7 +324,7 @@ class MySQLBackend(SqlBackend):
         )
         return err
 
-    def setup_sql(self, state: EngineState, driver_conn: Any) -> str | None:
+    def setup_sql(self, state: StateView, driver_conn: Any) -> str | None:
         state.server_info = str(driver_conn.get_server_info())
         return self.my.session_setup_sql(state.settings, state.server_info)
 
