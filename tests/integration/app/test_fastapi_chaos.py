@@ -27,24 +27,8 @@ from fastapi_app import chaos
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.chaos, pytest.mark.slow]
 
 
-#: Open poolguard bugs these runs meet (xfail, not strict: they are intermittent); remove the
-#: entry with the fix.
-KNOWN_BUGS = {
-    ("pg_freeze", "async"): "async connect whose setup SQL is cut by the deadline backstop"
-    " (server frozen) surfaces a bare OperationalError 'consuming input failed', not"
-    " ConnectTimeout (sqlalchemy/pool.py _on_connect); ~1 request in 1 of 3 runs",
-}
-
-
-def _case(fault: str, mode: str) -> Any:
-    bug = KNOWN_BUGS.get((fault, mode))
-    marks = [pytest.mark.xfail(reason=bug, strict=False)] if bug else []
-    return pytest.param(fault, mode, marks=marks, id=f"{fault}-{mode}")
-
-
-@pytest.mark.parametrize(
-    ("fault", "mode"), [_case(fault, mode) for fault in chaos.FAULTS for mode in chaos.MODES]
-)
+@pytest.mark.parametrize("mode", chaos.MODES)
+@pytest.mark.parametrize("fault", chaos.FAULTS)
 def test_app_keeps_its_promises_under_fault(fault: str, mode: str, dedicated_server: Any) -> None:
     pg, rds = dedicated_server("postgres"), dedicated_server("redis")
     report = chaos.run(fault, mode, "poolguard", pg, rds)
