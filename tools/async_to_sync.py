@@ -61,6 +61,9 @@ SCRIPT = "tools/async_to_sync.py"
 PAIRS: dict[str, str] = {
     # Filled in as each integration is converted (issue 14), e.g.
     # "poolguard/integrations/redis/asyncio.py": "poolguard/integrations/redis/sync.py",
+    "poolguard/integrations/psycopg_pool/pool_async.py": (
+        "poolguard/integrations/psycopg_pool/pool.py"
+    ),
 }
 
 #: Identifiers renamed in code (names, attributes, parameters, imports) and, as whole words, in

@@ -1,8 +1,10 @@
+# WARNING: generated from poolguard/integrations/psycopg_pool/pool_async.py
+# by tools/async_to_sync.py — edit the async source and run `make generate`.
 """``GuardedConnectionPool``: psycopg_pool's ``ConnectionPool`` with poolguard's rules.
 
-It *is* a ``psycopg_pool.ConnectionPool`` (``with pool.connection() as conn:``, ``getconn`` /
-``putconn``, ``get_stats()`` all work as documented by psycopg); what changes, each a small
-override:
+It *is* a ``psycopg_pool.ConnectionPool`` (``with pool.connection() as conn:``,
+``getconn`` / ``putconn``, ``get_stats()`` all work as documented by psycopg); what changes,
+each a small override:
 
 - connects are bounded by ``connect_timeout`` on the client (sub-second values work) and the
   background reconnect uses poolguard's backoff instead of 1 s, 2 s, 4 s...;
@@ -56,7 +58,8 @@ Fetch = Callable[[psycopg.Cursor[Any]], T]
 
 
 class GuardedConnectionPool(psycopg_pool.ConnectionPool[GuardedConnection]):
-    """A ``psycopg_pool.ConnectionPool`` built by :func:`poolguard.postgres.create_pool`."""
+    """A ``psycopg_pool.ConnectionPool`` built by
+    :func:`poolguard.postgres.create_pool`."""
 
     def __init__(
         self,
@@ -182,7 +185,7 @@ class GuardedConnectionPool(psycopg_pool.ConnectionPool[GuardedConnection]):
         if conn._pg_isolation and PoolRules.usable(conn):
             # transaction(isolation_level=...) must not leak to the next user; no round trip:
             # psycopg applies the level at the next BEGIN.
-            conn.isolation_level = None
+            conn.set_isolation_level(None)
             conn._pg_isolation = False
 
     # -- guarded helpers ------------------------------------------------------------------------
@@ -229,7 +232,7 @@ class GuardedConnectionPool(psycopg_pool.ConnectionPool[GuardedConnection]):
         try:
             local = rules.local_sql()
             if local is None:
-                conn.autocommit = True
+                conn.set_autocommit(True)
                 try:
                     result = fetch(conn.execute(query, params))
                 finally:
@@ -299,7 +302,7 @@ class GuardedConnectionPool(psycopg_pool.ConnectionPool[GuardedConnection]):
         rules.begin_unit(conn)
         if isolation_level is not None:
             conn._pg_isolation = True  # restored on return, after the pool's rollback
-            conn.isolation_level = isolation_level
+            conn.set_isolation_level(isolation_level)
         try:
             local = rules.local_sql()
             if local is not None:
@@ -357,7 +360,7 @@ class GuardedConnectionPool(psycopg_pool.ConnectionPool[GuardedConnection]):
 def _restore_autocommit(conn: GuardedConnection) -> None:
     """Back to psycopg's default for the next user of the connection, or close it."""
     if PoolRules.usable(conn):
-        conn.autocommit = False
+        conn.set_autocommit(False)
     else:
         conn.pgconn.finish()  # mid-query (a fetch failed): unusable; the pool replaces it
 

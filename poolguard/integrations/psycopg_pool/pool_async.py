@@ -1,5 +1,22 @@
-"""``GuardedAsyncConnectionPool``: the asyncio twin of :mod:`.pool` (same rules, same
-overrides; see that module for what each one changes and why)."""
+"""``GuardedAsyncConnectionPool``: psycopg_pool's ``AsyncConnectionPool`` with poolguard's rules.
+
+It *is* a ``psycopg_pool.AsyncConnectionPool`` (``async with pool.connection() as conn:``,
+``getconn`` / ``putconn``, ``get_stats()`` all work as documented by psycopg); what changes,
+each a small override:
+
+- connects are bounded by ``connect_timeout`` on the client (sub-second values work) and the
+  background reconnect uses poolguard's backoff instead of 1 s, 2 s, 4 s...;
+- checkout validates only when the connection was idle longer than ``validate_idle`` (or is
+  suspect after a restart-like error); a failed validation discards that connection and takes
+  the next at once (psycopg_pool would sleep 1 s, 2 s... between failed checks);
+- lifetime (jittered by psycopg_pool) and ``max_idle`` are also enforced at checkout;
+- ``getconn`` waits ``min(timeout or acquire_timeout, deadline)`` and raises a PoolTimeout that
+  is also ``psycopg_pool.PoolTimeout`` and says whether the pool is busy or cannot connect;
+- every query of a handed-out connection runs under the client backstop (see connection.py);
+- guarded helpers: :meth:`execute`, :meth:`fetchall`, :meth:`fetchone`, :meth:`fetchval`
+  (one statement, retried per the retry-safety rule) and :meth:`transaction` (a unit of work,
+  re-run on serialization failures, deadlocks and disconnects before COMMIT).
+"""
 
 from __future__ import annotations
 
