@@ -19,7 +19,8 @@ from poolguard.postgres import GuardedAsyncConnectionPool, GuardedConnectionPool
 
 _ids = itertools.count(1)
 
-#: Defaults that keep fault tests fast: short timeouts and backoff, no breaker surprises.
+#: Defaults that keep fault tests fast: short timeouts and backoff. The breaker and the retry
+#: budget stay at the library's defaults, as users run them (see tests/integration/conftest.py).
 FAST: dict[str, Any] = {
     "pool_size": 2,
     "max_overflow": 2,
@@ -27,8 +28,6 @@ FAST: dict[str, Any] = {
     "acquire_timeout": 3.0,
     "retry_backoff_initial": 0.02,
     "retry_backoff_max": 0.2,
-    "breaker_failures": None,
-    "retry_budget": None,
 }
 
 PoolFactory = Callable[..., GuardedConnectionPool]
