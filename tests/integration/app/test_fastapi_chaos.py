@@ -27,8 +27,25 @@ from fastapi_app import chaos
 pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.chaos, pytest.mark.slow]
 
 
-@pytest.mark.parametrize("mode", chaos.MODES)
-@pytest.mark.parametrize("fault", chaos.FAULTS)
+#: Open poolguard bugs these runs meet (xfail, not strict: they are intermittent). Remove an
+#: entry with its fix.
+KNOWN_BUGS = {
+    "pg_restart": "run_transaction(resolve_ambiguous=True) stays ambiguous: the resolver's"
+    " pg_xact_status query runs on an isolation_level=AUTOCOMMIT connection, which poolguard"
+    " never retries on a fresh one (connection.py: not 'swappable' -> Position.LATER), and the"
+    " pooled connection it gets is being shut down too (AdminShutdown); ~1 run in 7",
+}
+
+
+def _case(fault: str, mode: str) -> Any:
+    bug = KNOWN_BUGS.get(fault)
+    marks = [pytest.mark.xfail(reason=bug, strict=False)] if bug else []
+    return pytest.param(fault, mode, marks=marks, id=f"{fault}-{mode}")
+
+
+@pytest.mark.parametrize(
+    ("fault", "mode"), [_case(fault, mode) for fault in chaos.FAULTS for mode in chaos.MODES]
+)
 def test_app_keeps_its_promises_under_fault(fault: str, mode: str, dedicated_server: Any) -> None:
     pg, rds = dedicated_server("postgres"), dedicated_server("redis")
     report = chaos.run(fault, mode, "poolguard", pg, rds)
