@@ -3,7 +3,7 @@ VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
 
-.PHONY: setup demo check test unit lint typecheck bench clean generate generate-check
+.PHONY: setup demo check test unit lint typecheck bench conformance clean generate generate-check
 
 setup:
 	@bash scripts/setup.sh
@@ -19,6 +19,10 @@ test: setup
 ## Unit tests only (no servers), a few seconds.
 unit: setup
 	$(PY) -m pytest tests/unit $(PYTEST_ARGS)
+
+## SQLAlchemy's and redis-py's own test suites through poolguard (docs/conformance.md), ~7 min.
+conformance: setup
+	bash scripts/conformance.sh $(CONFORMANCE_ARGS)
 
 lint: setup generate-check
 	$(VENV)/bin/ruff check poolguard tests benchmarks examples tools
