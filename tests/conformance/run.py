@@ -41,6 +41,7 @@ import time
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 HERE = Path(__file__).resolve().parent
 EXPECTED_FILE = HERE / "expected_differences.txt"
@@ -110,6 +111,7 @@ RUNS = (
     Run(REDIS, "redis", "redis", REDIS_TESTS, deselect=REDIS_DESELECT),
 )
 SERVER_OF = {"postgresql": "postgres", "mariadb": "mysql", "redis": "redis"}
+Servers = dict[str, Any]  # kind -> started poolguard.testing server
 
 
 class HarnessError(RuntimeError):
@@ -195,8 +197,9 @@ def _link_installed_sqlalchemy(root: Path) -> None:
 
 
 @contextlib.contextmanager
-def started_servers(kinds: set[str]) -> Iterator[dict[str, object]]:
-    from poolguard.testing import MySQLServer, PostgresServer, RedisServer
+def started_servers(kinds: set[str]) -> Iterator[Servers]:
+    from poolguard.testing import MySQLServer, PostgresServer, RedisServer, ServerError
+    from poolguard.testing.servers import ServerUnavailable
 
     makers = {
         # Two-phase commit tests need prepared transactions (off by default).
@@ -204,40 +207,41 @@ def started_servers(kinds: set[str]) -> Iterator[dict[str, object]]:
         "mysql": MySQLServer,
         "redis": RedisServer,
     }
-    servers: dict[str, object] = {}
+    servers: Servers = {}
     try:
-        for kind in sorted(kinds):
-            servers[kind] = makers[kind]().start()
-        _prepare_schemas(servers)
+        try:
+            for kind in sorted(kinds):
+                servers[kind] = makers[kind]().start()
+            _prepare_schemas(servers)
+        except (ServerError, ServerUnavailable) as exc:
+            raise HarnessError(f"cannot start the test servers: {exc}") from exc
         yield servers
     finally:
         for server in servers.values():
-            server.stop()  # type: ignore[attr-defined]
+            server.stop()
 
 
-def _prepare_schemas(servers: dict[str, object]) -> None:
+def _prepare_schemas(servers: Servers) -> None:
     """The extra schemas SQLAlchemy's suite expects (``test_schema``, ``test_schema_2``)."""
     schemas = ("test_schema", "test_schema_2")
     pg = servers.get("postgres")
     if pg is not None:
-        sql = "".join(f"CREATE SCHEMA {s} AUTHORIZATION {pg.user};" for s in schemas)  # type: ignore[attr-defined]
-        pg.psql(sql, database=pg.database)  # type: ignore[attr-defined]
+        sql = "".join(f"CREATE SCHEMA {s} AUTHORIZATION {pg.user};" for s in schemas)
+        pg.psql(sql, database=pg.database)
     my = servers.get("mysql")
     if my is not None:
         from poolguard.testing.servers.mysql import APP_HOSTS
 
         sql = "".join(f"CREATE DATABASE {s};" for s in schemas)
         sql += "".join(
-            f"GRANT ALL ON {s}.* TO '{my.user}'@'{h}';"
-            for s in schemas
-            for h in APP_HOSTS  # type: ignore[attr-defined]
+            f"GRANT ALL ON {s}.* TO '{my.user}'@'{h}';" for s in schemas for h in APP_HOSTS
         )
-        my.sql(sql)  # type: ignore[attr-defined]
+        my.sql(sql)
 
 
-def backend_options(run: Run, servers: dict[str, object]) -> list[str]:
+def backend_options(run: Run, servers: Servers) -> list[str]:
     server = servers[SERVER_OF[run.backend]]
-    url: str = server.url  # type: ignore[attr-defined]
+    url: str = server.url
     if run.suite is REDIS:
         return ["--redis-url", url]
     return ["--dburi", run.driver + url[url.index(":") :], "--dropfirst"]
@@ -260,7 +264,7 @@ class Outcomes:
 def run_pytest(
     run: Run,
     root: Path,
-    servers: dict[str, object],
+    servers: Servers,
     mode: str,
     logs: Path,
     select: Sequence[str] | None = None,
@@ -389,7 +393,7 @@ def compare(
 
 
 def conform(
-    run: Run, root: Path, servers: dict[str, object], logs: Path, args: argparse.Namespace
+    run: Run, root: Path, servers: Servers, logs: Path, args: argparse.Namespace
 ) -> Verdict:
     expected = read_expected()
     guarded = run_pytest(run, root, servers, "guarded", logs)
@@ -404,7 +408,7 @@ def conform(
 
 
 def _plain(
-    run: Run, root: Path, servers: dict[str, object], logs: Path, select: Sequence[str] | None
+    run: Run, root: Path, servers: Servers, logs: Path, select: Sequence[str] | None
 ) -> Outcomes:
     if select is not None and not select:
         return Outcomes({}, {}, {}, 0.0)
@@ -414,9 +418,7 @@ def _plain(
     return plain
 
 
-def _rerun_new(
-    run: Run, root: Path, servers: dict[str, object], logs: Path, verdict: Verdict
-) -> None:
+def _rerun_new(run: Run, root: Path, servers: Servers, logs: Path, verdict: Verdict) -> None:
     """A new failure must fail again on an immediate rerun; one that passes is only flaky."""
     again = run_pytest(run, root, servers, "guarded", logs, list(verdict.new), tag="-rerun")
     for raw in list(verdict.new):
