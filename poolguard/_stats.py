@@ -10,7 +10,7 @@ from poolguard.errors import ConfigError
 def stats(obj: Any) -> dict[str, Any]:
     """Snapshot of the pool behind ``obj``: an Engine/AsyncEngine from ``create_engine()``, a
     Redis client from ``poolguard.redis``, or a pool from ``poolguard.postgres``."""
-    if getattr(getattr(obj, "connection_pool", None), "pg_policy", None) is not None:
+    if getattr(getattr(obj, "connection_pool", None), "guard_policy", None) is not None:
         from poolguard.redis import stats as redis_stats
 
         return redis_stats(obj)

@@ -198,7 +198,7 @@ def is_idempotent(*args: Any) -> bool:
 def stats(client: Any) -> dict[str, Any]:
     """Snapshot of the client's pool: gauges, connects, validations, retries, give-ups..."""
     pool = getattr(client, "connection_pool", None)
-    policy = getattr(pool, "pg_policy", None)
+    policy = getattr(pool, "guard_policy", None)
     if policy is None:
         raise TypeError("poolguard.redis.stats() needs a client made by poolguard.redis.from_url")
     counters = policy.guard.stats

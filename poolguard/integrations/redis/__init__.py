@@ -69,8 +69,8 @@ def _pubsub_options(redis_kwargs: dict[str, Any]) -> dict[str, Any]:
 
 def _finish(client: Any, pubsub: dict[str, Any]) -> Any:
     client.auto_close_connection_pool = True  # the client owns the pool it was built with
-    client.pg_pubsub_reconnect = bool(pubsub.get("pubsub_reconnect", False))
-    client.pg_on_resubscribe = pubsub.get("on_resubscribe")
+    client.guard_pubsub_reconnect = bool(pubsub.get("pubsub_reconnect", False))
+    client.guard_on_resubscribe = pubsub.get("on_resubscribe")
     return client
 
 
@@ -87,7 +87,9 @@ def build_client(
     kwargs = _prepare(settings, redis_kwargs, sync.CONNECTION_CLASSES, Connection)
     client_only = {k: kwargs.pop(k) for k in ("single_connection_client",) if k in kwargs}
     pool_holder: list[Any] = []
-    policy = c.build_policy(settings, _label(settings), lambda: pool_holder[0].pg_gauges(), hooks)
+    policy = c.build_policy(
+        settings, _label(settings), lambda: pool_holder[0].guard_gauges(), hooks
+    )
     pool = sync.GuardedBlockingConnectionPool(poolguard_policy=policy, **kwargs)
     pool_holder.append(pool)
     return _finish(sync.GuardedRedis(connection_pool=pool, **client_only), pubsub)
@@ -106,7 +108,9 @@ def build_async_client(
     kwargs = _prepare(settings, redis_kwargs, aio.CONNECTION_CLASSES, Connection)
     client_only = {k: kwargs.pop(k) for k in ("single_connection_client",) if k in kwargs}
     pool_holder: list[Any] = []
-    policy = c.build_policy(settings, _label(settings), lambda: pool_holder[0].pg_gauges(), hooks)
+    policy = c.build_policy(
+        settings, _label(settings), lambda: pool_holder[0].guard_gauges(), hooks
+    )
     pool = aio.AsyncGuardedBlockingConnectionPool(poolguard_policy=policy, **kwargs)
     pool_holder.append(pool)
     return _finish(aio.AsyncGuardedRedis(connection_pool=pool, **client_only), pubsub)
@@ -231,7 +235,7 @@ def build_sentinel_client(
     policy = c.build_policy(
         settings,
         label,
-        lambda: pool_holder[0].pg_gauges(),
+        lambda: pool_holder[0].guard_gauges(),
         hooks,
         target=f"the master of {service_name!r} (via Sentinel {where})",
     )
@@ -240,5 +244,5 @@ def build_sentinel_client(
     )
     pool_holder.append(pool)
     client = _finish(client_class(connection_pool=pool), pubsub)
-    client.pg_sentinel = manager  # kept for closing and inspection
+    client.guard_sentinel = manager  # kept for closing and inspection
     return client

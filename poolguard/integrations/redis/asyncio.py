@@ -66,28 +66,28 @@ def _poller(conn: Any) -> Any:
 
 
 class _AsyncGuardedConnectionMixin:
-    pg_policy: c.Policy
-    pg_born: float
-    pg_checked: float
-    pg_expires: float
-    pg_last_used: float
-    pg_sent: bool
+    guard_policy: c.Policy
+    guard_born: float
+    guard_checked: float
+    guard_expires: float
+    guard_last_used: float
+    guard_sent: bool
     socket_connect_timeout: float | None
     socket_timeout: float | None
 
-    def _pg_init(self, policy: c.Policy) -> None:
-        self.pg_poll: Any = None
-        self.pg_policy = policy
-        self.pg_born = self.pg_checked = self.pg_last_used = 0.0
-        self.pg_expires = float("inf")
-        self.pg_sent = False
+    def _guard_init(self, policy: c.Policy) -> None:
+        self.guard_poll: Any = None
+        self.guard_policy = policy
+        self.guard_born = self.guard_checked = self.guard_last_used = 0.0
+        self.guard_expires = float("inf")
+        self.guard_sent = False
 
     async def connect_check_health(
         self, check_health: bool = True, retry_socket_connect: bool = True
     ) -> None:
         if self.is_connected:  # type: ignore[attr-defined]
             return
-        policy = self.pg_policy
+        policy = self.guard_policy
         self.socket_connect_timeout = c.connect_timeout(policy.connect_timeout)
         # The handshake is part of connecting: connect timeout and deadline (see sync.py).
         configured = self.socket_timeout
@@ -103,27 +103,27 @@ class _AsyncGuardedConnectionMixin:
             self.socket_connect_timeout = policy.connect_timeout
             self.socket_timeout = configured
         now = time.monotonic()
-        self.pg_born = self.pg_checked = self.pg_last_used = now
-        self.pg_expires = policy.expiry(now)
-        self.pg_poll = _poller(self)
+        self.guard_born = self.guard_checked = self.guard_last_used = now
+        self.guard_expires = policy.expiry(now)
+        self.guard_poll = _poller(self)
         policy.guard.stats.incr("connects")
         if not policy.answered:
             policy.mark_answered()
 
     async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
         await super().send_packed_command(command, check_health)  # type: ignore[misc]
-        self.pg_sent = True
+        self.guard_sent = True
 
 
 class AsyncGuardedConnection(_AsyncGuardedConnectionMixin, aconn.Connection):
     def __init__(self, *, poolguard_policy: c.Policy, **kwargs: Any) -> None:
-        self._pg_init(poolguard_policy)
+        self._guard_init(poolguard_policy)
         super().__init__(**kwargs)
 
 
 class AsyncGuardedSSLConnection(_AsyncGuardedConnectionMixin, aconn.SSLConnection):
     def __init__(self, *, poolguard_policy: c.Policy, **kwargs: Any) -> None:
-        self._pg_init(poolguard_policy)
+        self._guard_init(poolguard_policy)
         super().__init__(**kwargs)
 
 
@@ -131,7 +131,7 @@ class AsyncGuardedUnixDomainSocketConnection(
     _AsyncGuardedConnectionMixin, aconn.UnixDomainSocketConnection
 ):
     def __init__(self, *, poolguard_policy: c.Policy, **kwargs: Any) -> None:
-        self._pg_init(poolguard_policy)
+        self._guard_init(poolguard_policy)
         super().__init__(**kwargs)
 
 
@@ -144,19 +144,19 @@ CONNECTION_CLASSES: dict[type[Any], type[Any]] = {
 
 class AsyncGuardedBlockingConnectionPool(aconn.BlockingConnectionPool):
     def __init__(self, *, poolguard_policy: c.Policy, **kwargs: Any) -> None:
-        self.pg_policy = poolguard_policy
+        self.guard_policy = poolguard_policy
         # First-contact Guard until the server has answered once (see sync.py).
-        self.pg_guard = poolguard_policy.entry_guard
-        poolguard_policy.on_answer.append(self._pg_answered)
-        self.pg_suspect_before = 0.0
-        self._pg_max_idle = poolguard_policy.max_idle
-        self._pg_validate_idle = poolguard_policy.validate_idle
-        thresholds = [t for t in (self._pg_max_idle, self._pg_validate_idle) if t is not None]
-        self._pg_idle_threshold = min(thresholds, default=float("inf"))
+        self.guard_active = poolguard_policy.entry_guard
+        poolguard_policy.on_answer.append(self._guard_answered)
+        self.guard_suspect_before = 0.0
+        self._guard_max_idle = poolguard_policy.max_idle
+        self._guard_validate_idle = poolguard_policy.validate_idle
+        thresholds = [t for t in (self._guard_max_idle, self._guard_validate_idle) if t is not None]
+        self._guard_idle_threshold = min(thresholds, default=float("inf"))
         super().__init__(poolguard_policy=poolguard_policy, **kwargs)
 
-    def _pg_answered(self) -> None:
-        self.pg_guard = self.pg_policy.guard
+    def _guard_answered(self) -> None:
+        self.guard_active = self.guard_policy.guard
 
     def set_retry(self, retry: Any) -> None:
         """Accepts a ``Retry`` with 0 retries (the one in place), refuses one that re-sends."""
@@ -167,12 +167,12 @@ class AsyncGuardedBlockingConnectionPool(aconn.BlockingConnectionPool):
     @property
     def timeout(self) -> float | None:
         if _deadline() is None:
-            return self._pg_acquire_timeout
-        return c.acquire_timeout(self._pg_acquire_timeout)
+            return self._guard_acquire_timeout
+        return c.acquire_timeout(self._guard_acquire_timeout)
 
     @timeout.setter
     def timeout(self, value: float | None) -> None:
-        self._pg_acquire_timeout = value
+        self._guard_acquire_timeout = value
 
     async def get_connection(self, *args: Any, **kwargs: Any) -> Any:
         start = _monotonic()
@@ -181,16 +181,18 @@ class AsyncGuardedBlockingConnectionPool(aconn.BlockingConnectionPool):
         except rex.ConnectionError as exc:
             if str(exc) == backend.ACQUIRE_TIMEOUT_MESSAGE and not backend.is_connect_phase(exc):
                 waited = time.monotonic() - start
-                label = self.pg_policy.label
+                label = self.guard_policy.label
                 raise c.pool_timeout_error(label, waited, self.max_connections) from exc
             raise
         now = _monotonic()
-        self.pg_guard.stats.record_wait(now - start)
-        if conn.pg_born < start and conn.pg_poll is not None and conn.pg_poll.poll(0):
+        self.guard_active.stats.record_wait(now - start)
+        if conn.guard_born < start and conn.guard_poll is not None and conn.guard_poll.poll(0):
             # Readable while idle: the peer closed it (CLIENT KILL, restart) and the event loop
             # has not run since, so redis-py's at_eof() check could not see it. Nothing was
             # sent yet: reconnect instead of finding out after sending.
-            self.pg_guard.stats.evict("disconnect", now - conn.pg_born, now - conn.pg_last_used)
+            self.guard_active.stats.evict(
+                "disconnect", now - conn.guard_born, now - conn.guard_last_used
+            )
             try:
                 await conn.disconnect()
                 await conn.connect()
@@ -198,41 +200,41 @@ class AsyncGuardedBlockingConnectionPool(aconn.BlockingConnectionPool):
                 await self.release(conn)
                 raise
         # Fresh connections are neither retired nor pinged; the rest only past a threshold.
-        elif conn.pg_born < start and (
-            now - conn.pg_last_used > self._pg_idle_threshold
-            or now >= conn.pg_expires
-            or conn.pg_checked < self.pg_suspect_before
+        elif conn.guard_born < start and (
+            now - conn.guard_last_used > self._guard_idle_threshold
+            or now >= conn.guard_expires
+            or conn.guard_checked < self.guard_suspect_before
         ):
             try:
-                await self._pg_checkout(conn, now)
+                await self._guard_checkout(conn, now)
             except BaseException:
                 await self.release(conn)
                 raise
         return conn
 
-    async def _pg_checkout(self, conn: Any, now: float) -> None:
-        idle = now - conn.pg_last_used
-        if now >= conn.pg_expires:
+    async def _guard_checkout(self, conn: Any, now: float) -> None:
+        idle = now - conn.guard_last_used
+        if now >= conn.guard_expires:
             reason = "lifetime"
-        elif self._pg_max_idle is not None and idle > self._pg_max_idle:
+        elif self._guard_max_idle is not None and idle > self._guard_max_idle:
             reason = "idle"
         elif (
-            self._pg_validate_idle is not None and idle > self._pg_validate_idle
-        ) or conn.pg_checked < self.pg_suspect_before:
-            if await self._pg_ping(conn):
-                conn.pg_checked = now
+            self._guard_validate_idle is not None and idle > self._guard_validate_idle
+        ) or conn.guard_checked < self.guard_suspect_before:
+            if await self._guard_ping(conn):
+                conn.guard_checked = now
                 return
             reason = "validation"
         else:
             return
-        self.pg_guard.stats.evict(reason, now - conn.pg_born, idle)
+        self.guard_active.stats.evict(reason, now - conn.guard_born, idle)
         await conn.disconnect()
         await conn.connect()
 
-    async def _pg_ping(self, conn: Any) -> bool:
-        stats = self.pg_policy.guard.stats
+    async def _guard_ping(self, conn: Any) -> bool:
+        stats = self.guard_policy.guard.stats
         stats.incr("validations")
-        timeout = self.pg_policy.ping_timeout()
+        timeout = self.guard_policy.ping_timeout()
         configured = conn.socket_timeout
         conn.socket_timeout = timeout
         try:
@@ -247,15 +249,15 @@ class AsyncGuardedBlockingConnectionPool(aconn.BlockingConnectionPool):
         return ok
 
     async def release(self, connection: Any) -> None:
-        connection.pg_last_used = _monotonic()
+        connection.guard_last_used = _monotonic()
         await super().release(connection)
 
-    def pg_mark_suspect(self, exc: BaseException) -> None:
+    def guard_mark_suspect(self, exc: BaseException) -> None:
         """A transport failure: validate every connection older than now at its next checkout."""
-        self.pg_suspect_before = time.monotonic()
-        self.pg_policy.guard.stats.disconnect(backend.classify(exc).reason, exc)
+        self.guard_suspect_before = time.monotonic()
+        self.guard_policy.guard.stats.disconnect(backend.classify(exc).reason, exc)
 
-    def pg_gauges(self) -> dict[str, Any]:
+    def guard_gauges(self) -> dict[str, Any]:
         idle = len(self._available_connections)
         in_use = len(self._in_use_connections)
         return {
@@ -272,8 +274,8 @@ class AsyncGuardedRedis(redis.asyncio.Redis):
     """A ``redis.asyncio.Redis`` whose commands are retried by poolguard, and only when safe."""
 
     #: Defaults of ``pubsub()`` (``async_from_url(pubsub_reconnect=..., on_resubscribe=...)``).
-    pg_pubsub_reconnect: bool = False
-    pg_on_resubscribe: Callable[[c.ResubscribeGap], Any] | None = None
+    guard_pubsub_reconnect: bool = False
+    guard_on_resubscribe: Callable[[c.ResubscribeGap], Any] | None = None
 
     def set_retry(self, retry: Any) -> None:
         c.check_set_retry(retry)  # before redis-py stores it in the connection kwargs
@@ -289,8 +291,8 @@ class AsyncGuardedRedis(redis.asyncio.Redis):
         forced = _forced()
         pool: Any = self.connection_pool
         try:
-            return await pool.pg_guard.arun_with(
-                lambda attempts: self._pg_attempt(attempts, info, forced, args, options),
+            return await pool.guard_active.arun_with(
+                lambda attempts: self._guard_attempt(attempts, info, forced, args, options),
                 c.NOT_SENT[False],
                 timeout_error=c.QueryTimeoutError,
             )
@@ -300,7 +302,7 @@ class AsyncGuardedRedis(redis.asyncio.Redis):
                 raise
             raise wrapped from exc
 
-    async def _pg_attempt(
+    async def _guard_attempt(
         self,
         attempts: Attempts,
         info: backend.CommandInfo,
@@ -313,7 +315,7 @@ class AsyncGuardedRedis(redis.asyncio.Redis):
         configured: Any = None
         try:
             conn = self.connection or await pool.get_connection()
-            conn.pg_sent = False
+            conn.guard_sent = False
             if info.block is not None or _deadline() is not None:
                 configured = conn.socket_timeout
                 timeout = c.command_timeout(configured, info, args)
@@ -326,12 +328,12 @@ class AsyncGuardedRedis(redis.asyncio.Redis):
                     return await self._send_command_parse_response(conn, args[0], *args, **options)
             return await self._send_command_parse_response(conn, args[0], *args, **options)
         except BaseException as exc:
-            sent = conn is not None and conn.pg_sent
+            sent = conn is not None and conn.guard_sent
             idem = c.rule_idempotent(info, args) if forced is None else forced
             attempts.op = (c.SENT if sent else c.NOT_SENT)[idem]
             if conn is not None and isinstance(exc, c.TRANSPORT_ERRORS):
                 await conn.disconnect(nowait=True)
-                pool.pg_mark_suspect(exc)
+                pool.guard_mark_suspect(exc)
             c.note_command(exc, args[0])
             raise
         finally:
@@ -363,8 +365,8 @@ class AsyncGuardedRedis(redis.asyncio.Redis):
         return AsyncGuardedPubSub(
             self.connection_pool,
             event_dispatcher=self._event_dispatcher,
-            reconnect=self.pg_pubsub_reconnect if reconnect is None else reconnect,
-            on_resubscribe=on_resubscribe or self.pg_on_resubscribe,
+            reconnect=self.guard_pubsub_reconnect if reconnect is None else reconnect,
+            on_resubscribe=on_resubscribe or self.guard_on_resubscribe,
             **kwargs,
         )
 
@@ -383,7 +385,7 @@ class AsyncGuardedPipeline(redis.asyncio.client.Pipeline):
         idempotent: bool | None = None,
     ) -> None:
         super().__init__(connection_pool, response_callbacks, transaction, shard_hint)
-        self.pg_idempotent = idempotent
+        self.guard_idempotent = idempotent
 
     async def reset(self) -> None:  # type: ignore[override]
         conn: Any = self.connection
@@ -415,12 +417,12 @@ class AsyncGuardedPipeline(redis.asyncio.client.Pipeline):
         transactional = bool(self.is_transaction or self.explicit_transaction)
         watching = self.watching
         # A WATCH lives on one connection: replaying elsewhere would drop the optimistic lock.
-        forced = False if watching else self.pg_idempotent
+        forced = False if watching else self.guard_idempotent
         if forced is None:
             forced = _forced()
         try:
-            return await self.connection_pool.pg_guard.arun_with(  # type: ignore[attr-defined,no-any-return]
-                lambda attempts: self._pg_attempt(
+            return await self.connection_pool.guard_active.arun_with(  # type: ignore[attr-defined,no-any-return]
+                lambda attempts: self._guard_attempt(
                     attempts, stack, raise_on_error, transactional, forced, watching
                 ),
                 c.NOT_SENT[False],
@@ -434,7 +436,7 @@ class AsyncGuardedPipeline(redis.asyncio.client.Pipeline):
         finally:
             await self.reset()
 
-    async def _pg_attempt(
+    async def _guard_attempt(
         self,
         attempts: Attempts,
         stack: list[Any],
@@ -452,7 +454,7 @@ class AsyncGuardedPipeline(redis.asyncio.client.Pipeline):
             elif watching and await _watch_connection_lost(conn):
                 self.watching = False
                 raise rex.WatchError(WATCH_LOST)
-            conn.pg_sent = False
+            conn.guard_sent = False
             configured = conn.socket_timeout
             timeout = c.pipeline_timeout(configured, stack)
             if timeout != configured:
@@ -466,17 +468,17 @@ class AsyncGuardedPipeline(redis.asyncio.client.Pipeline):
         except BaseException as exc:
             if configured is not None and conn is not None:
                 conn.socket_timeout, configured = configured, None
-            sent = conn is not None and (conn.pg_sent or not transactional)
+            sent = conn is not None and (conn.guard_sent or not transactional)
             idem = c.pipeline_idempotent(forced, stack)
             attempts.op = (c.SENT if sent else c.NOT_SENT)[idem]
             c.note_command(exc, "MULTI/EXEC" if transactional else "the pipeline")
             if conn is not None and isinstance(exc, c.TRANSPORT_ERRORS):
                 await conn.disconnect(nowait=True)
-                pool.pg_mark_suspect(exc)
+                pool.guard_mark_suspect(exc)
                 if watching:
                     # The WATCH died with the socket: no UNWATCH (reset() would reconnect).
                     self.watching = False
-                    if not conn.pg_sent:
+                    if not conn.guard_sent:
                         raise rex.WatchError(WATCH_LOST) from exc
             if not watching and self.connection is not None:
                 self.connection = None
@@ -486,10 +488,10 @@ class AsyncGuardedPipeline(redis.asyncio.client.Pipeline):
             if configured is not None and conn is not None:
                 conn.socket_timeout = configured
         if raise_on_error:
-            self._pg_raise_first(stack, response, transactional, forced)
+            self._guard_raise_first(stack, response, transactional, forced)
         return response  # type: ignore[no-any-return]
 
-    def _pg_raise_first(
+    def _guard_raise_first(
         self, stack: list[Any], response: list[Any], transactional: bool, forced: bool | None
     ) -> None:
         for index, reply in enumerate(response):
@@ -519,7 +521,9 @@ WATCH_LOST = (
 
 async def _watch_connection_lost(conn: Any) -> bool:
     """A WATCH lives on one socket: if the server closed it, EXEC must not be sent at all."""
-    closed = not conn.is_connected or (conn.pg_poll is not None and bool(conn.pg_poll.poll(0)))
+    closed = not conn.is_connected or (
+        conn.guard_poll is not None and bool(conn.guard_poll.poll(0))
+    )
     if closed:
         await conn.disconnect()
     return closed
@@ -537,31 +541,31 @@ class AsyncGuardedPubSub(redis.asyncio.client.PubSub):
         on_resubscribe: Callable[[c.ResubscribeGap], Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        self.pg_reconnect = reconnect
-        self.pg_on_resubscribe = on_resubscribe
-        self.pg_state = c.PubSubState()
+        self.guard_reconnect = reconnect
+        self.guard_on_resubscribe = on_resubscribe
+        self.guard_state = c.PubSubState()
         super().__init__(connection_pool, **kwargs)
 
     async def connect(self) -> None:
         conn: Any = self.connection
         if conn is not None and not conn.is_connected:
-            await self._pg_reconnect(conn)  # redis-py would reconnect here unbounded
+            await self._guard_reconnect(conn)  # redis-py would reconnect here unbounded
         await super().connect()
 
     async def parse_response(self, block: bool = True, timeout: float = 0) -> Any:
-        state = self.pg_state
+        state = self.guard_state
         state.wait = None if block else timeout
         start = _monotonic()
         try:
             conn: Any = self.connection
             if conn is not None and not conn.is_connected:
-                await self._pg_reconnect(conn)  # before redis-py's own, unbounded reconnect
+                await self._guard_reconnect(conn)  # before redis-py's own, unbounded reconnect
             return await super().parse_response(block=block, timeout=timeout)
         except c.SubscriptionLost:
-            if not self.pg_reconnect:
+            if not self.guard_reconnect:
                 raise
             # Opt-in: stay quiet, but never spin (see sync.py).
-            guard = self.connection_pool.pg_guard  # type: ignore[attr-defined]
+            guard = self.connection_pool.guard_active  # type: ignore[attr-defined]
             pause = state.backoff(guard) if block else (timeout or 0) - (_monotonic() - start)
             if pause > 0:
                 await asyncio.sleep(pause)
@@ -571,25 +575,27 @@ class AsyncGuardedPubSub(redis.asyncio.client.PubSub):
 
     async def _execute(self, conn: Any, command: Any, *args: Any, **kwargs: Any) -> Any:
         if not conn.is_connected:
-            await self._pg_reconnect(conn)
+            await self._guard_reconnect(conn)
         try:
             return await command(*args, **kwargs)
         except c.TRANSPORT_ERRORS as exc:
             await conn.disconnect(nowait=True)
             pool: Any = self.connection_pool
-            c.pubsub_dropped(pool.pg_guard, self.pg_state, exc)
-            pool.pg_mark_suspect(exc)
-            raise c.subscription_lost(pool.pg_policy.label, exc, self, reconnecting=False) from exc
+            c.pubsub_dropped(pool.guard_active, self.guard_state, exc)
+            pool.guard_mark_suspect(exc)
+            raise c.subscription_lost(
+                pool.guard_policy.label, exc, self, reconnecting=False
+            ) from exc
 
-    async def _pg_reconnect(self, conn: Any) -> None:
+    async def _guard_reconnect(self, conn: Any) -> None:
         """One reconnect (redis-py's connect callback resubscribes), bounded by the read."""
         pool: Any = self.connection_pool
-        guard = pool.pg_guard
-        state = self.pg_state
+        guard = pool.guard_active
+        state = self.guard_state
         state.lost(None)
         try:
             c.pubsub_admit(guard)
-            with deadline(state.reconnect_budget(pool.pg_policy.connect_timeout)):
+            with deadline(state.reconnect_budget(pool.guard_policy.connect_timeout)):
                 await conn.disconnect(nowait=True)
                 await conn.connect()
         except c.SubscriptionLost:
@@ -598,11 +604,11 @@ class AsyncGuardedPubSub(redis.asyncio.client.PubSub):
             c.pubsub_connect_failed(guard, exc)
             if not c.is_outage(exc):
                 raise
-            label = pool.pg_policy.label
+            label = pool.guard_policy.label
             raise c.subscription_lost(label, exc, self, reconnecting=True) from exc
         guard.breaker.record_success()
         gap = state.resubscribed(self)
-        c.report_resubscribe(guard, pool.pg_policy.label, gap, self.pg_on_resubscribe)
+        c.report_resubscribe(guard, pool.guard_policy.label, gap, self.guard_on_resubscribe)
 
 
 class AsyncGuardedSentinelConnection(
@@ -611,7 +617,7 @@ class AsyncGuardedSentinelConnection(
     """Asks Sentinel for the master at every connect; discovery failures are connect failures."""
 
     def __init__(self, *, poolguard_policy: c.Policy, **kwargs: Any) -> None:
-        self._pg_init(poolguard_policy)
+        self._guard_init(poolguard_policy)
         super().__init__(**kwargs)
 
     async def connect(self) -> None:

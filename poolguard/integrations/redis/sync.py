@@ -5,7 +5,7 @@ The hook points, chosen from redis-py 8.1's source:
 - ``GuardedRedis.execute_command`` replaces redis-py's retry wrapper with ``Guard.run_with``
   (redis-py's own ``Retry`` is disabled: ``Retry(NoBackoff(), 0)``). One attempt = check out a
   connection, send, read. Whether the command *may have reached the server* is known exactly:
-  the connection records when ``send_packed_command`` finished (``pg_sent``); a failure before
+  the connection records when ``send_packed_command`` finished (``guard_sent``); a failure before
   that (connect, checkout validation, a send that did not complete) cannot have executed
   anything, because Redis only executes a command once it has received all of it.
 - ``GuardedConnection.connect_check_health`` bounds connecting by the deadline and tags connect
@@ -71,28 +71,28 @@ _blocking_get_connection = getattr(
 class _GuardedConnectionMixin:
     """Connect bounded by the deadline, connect failures tagged, send completion recorded."""
 
-    pg_policy: c.Policy
-    pg_born: float
-    pg_checked: float
-    pg_expires: float
-    pg_last_used: float
-    pg_sent: bool
+    guard_policy: c.Policy
+    guard_born: float
+    guard_checked: float
+    guard_expires: float
+    guard_last_used: float
+    guard_sent: bool
     _sock: Any
     socket_connect_timeout: float | None
     socket_timeout: float | None
 
-    def _pg_init(self, policy: c.Policy) -> None:
-        self.pg_policy = policy
-        self.pg_born = self.pg_checked = self.pg_last_used = 0.0
-        self.pg_expires = float("inf")
-        self.pg_sent = False
+    def _guard_init(self, policy: c.Policy) -> None:
+        self.guard_policy = policy
+        self.guard_born = self.guard_checked = self.guard_last_used = 0.0
+        self.guard_expires = float("inf")
+        self.guard_sent = False
 
     def connect_check_health(
         self, check_health: bool = True, retry_socket_connect: bool = True
     ) -> None:
         if self._sock:
             return
-        policy = self.pg_policy
+        policy = self.guard_policy
         self.socket_connect_timeout = c.connect_timeout(policy.connect_timeout)
         # The handshake (HELLO, AUTH, SELECT, CLIENT SETINFO) is part of connecting (DESIGN:
         # "TCP + TLS + auth"): bounded by the connect timeout and the deadline, not only by the
@@ -114,26 +114,26 @@ class _GuardedConnectionMixin:
                 if self._sock is not None:  # socket and parser back to the command timeout
                     self.update_current_socket_timeout(-1)  # type: ignore[attr-defined]
         now = time.monotonic()
-        self.pg_born = self.pg_checked = self.pg_last_used = now
-        self.pg_expires = policy.expiry(now)
+        self.guard_born = self.guard_checked = self.guard_last_used = now
+        self.guard_expires = policy.expiry(now)
         policy.guard.stats.incr("connects")
         if not policy.answered:
             policy.mark_answered()
 
     def send_packed_command(self, command: Any, check_health: bool = True) -> None:
         super().send_packed_command(command, check_health)  # type: ignore[misc]
-        self.pg_sent = True
+        self.guard_sent = True
 
 
 class GuardedConnection(_GuardedConnectionMixin, redis.connection.Connection):
     def __init__(self, *, poolguard_policy: c.Policy, **kwargs: Any) -> None:
-        self._pg_init(poolguard_policy)
+        self._guard_init(poolguard_policy)
         super().__init__(**kwargs)
 
 
 class GuardedSSLConnection(_GuardedConnectionMixin, redis.connection.SSLConnection):
     def __init__(self, *, poolguard_policy: c.Policy, **kwargs: Any) -> None:
-        self._pg_init(poolguard_policy)
+        self._guard_init(poolguard_policy)
         super().__init__(**kwargs)
 
 
@@ -141,7 +141,7 @@ class GuardedUnixDomainSocketConnection(
     _GuardedConnectionMixin, redis.connection.UnixDomainSocketConnection
 ):
     def __init__(self, *, poolguard_policy: c.Policy, **kwargs: Any) -> None:
-        self._pg_init(poolguard_policy)
+        self._guard_init(poolguard_policy)
         super().__init__(**kwargs)
 
 
@@ -158,21 +158,21 @@ class GuardedBlockingConnectionPool(redis.connection.BlockingConnectionPool):
     """Bounded pool: deadline-aware acquire timeout, lifetime/idle eviction, idle validation."""
 
     def __init__(self, *, poolguard_policy: c.Policy, **kwargs: Any) -> None:
-        self.pg_policy = poolguard_policy
+        self.guard_policy = poolguard_policy
         # Until the server has answered once, operations start on the first-contact Guard
         # (one attempt, no breaker wait); the first successful connect swaps in the pool's.
-        self.pg_guard = poolguard_policy.entry_guard
-        poolguard_policy.on_answer.append(self._pg_answered)
-        self.pg_suspect_before = 0.0
+        self.guard_active = poolguard_policy.entry_guard
+        poolguard_policy.on_answer.append(self._guard_answered)
+        self.guard_suspect_before = 0.0
         # Plain attributes: read on every checkout, so no property or settings lookups.
-        self._pg_max_idle = poolguard_policy.max_idle
-        self._pg_validate_idle = poolguard_policy.validate_idle
-        thresholds = [t for t in (self._pg_max_idle, self._pg_validate_idle) if t is not None]
-        self._pg_idle_threshold = min(thresholds, default=float("inf"))
+        self._guard_max_idle = poolguard_policy.max_idle
+        self._guard_validate_idle = poolguard_policy.validate_idle
+        thresholds = [t for t in (self._guard_max_idle, self._guard_validate_idle) if t is not None]
+        self._guard_idle_threshold = min(thresholds, default=float("inf"))
         super().__init__(poolguard_policy=poolguard_policy, **kwargs)
 
-    def _pg_answered(self) -> None:
-        self.pg_guard = self.pg_policy.guard
+    def _guard_answered(self) -> None:
+        self.guard_active = self.guard_policy.guard
 
     def set_retry(self, retry: Any) -> None:
         """redis-py's API, for the retry layer poolguard keeps off: a ``Retry`` with 0 retries
@@ -186,12 +186,12 @@ class GuardedBlockingConnectionPool(redis.connection.BlockingConnectionPool):
     @property
     def timeout(self) -> float | None:
         if _deadline() is None:
-            return self._pg_acquire_timeout
-        return c.acquire_timeout(self._pg_acquire_timeout)
+            return self._guard_acquire_timeout
+        return c.acquire_timeout(self._guard_acquire_timeout)
 
     @timeout.setter
     def timeout(self, value: float | None) -> None:
-        self._pg_acquire_timeout = value
+        self._guard_acquire_timeout = value
 
     def get_connection(self, *args: Any, **kwargs: Any) -> Any:
         start = _monotonic()
@@ -202,15 +202,15 @@ class GuardedBlockingConnectionPool(redis.connection.BlockingConnectionPool):
                 raise self._pool_timeout(start) from exc
             raise
         now = _monotonic()
-        self.pg_guard.stats.record_wait(now - start)
+        self.guard_active.stats.record_wait(now - start)
         # Fresh connections are neither retired nor pinged; the rest only past a threshold.
-        if conn.pg_born < start and (
-            now - conn.pg_last_used > self._pg_idle_threshold
-            or now >= conn.pg_expires
-            or conn.pg_checked < self.pg_suspect_before
+        if conn.guard_born < start and (
+            now - conn.guard_last_used > self._guard_idle_threshold
+            or now >= conn.guard_expires
+            or conn.guard_checked < self.guard_suspect_before
         ):
             try:
-                self._pg_checkout(conn, now)
+                self._guard_checkout(conn, now)
             except BaseException:
                 self.release(conn)
                 raise
@@ -218,33 +218,33 @@ class GuardedBlockingConnectionPool(redis.connection.BlockingConnectionPool):
 
     def _pool_timeout(self, start: float) -> BaseException:
         waited = time.monotonic() - start
-        return c.pool_timeout_error(self.pg_policy.label, waited, self.max_connections)
+        return c.pool_timeout_error(self.guard_policy.label, waited, self.max_connections)
 
-    def _pg_checkout(self, conn: AnyConnection, now: float) -> None:
-        idle = now - conn.pg_last_used
-        if now >= conn.pg_expires:
+    def _guard_checkout(self, conn: AnyConnection, now: float) -> None:
+        idle = now - conn.guard_last_used
+        if now >= conn.guard_expires:
             reason = "lifetime"
-        elif self._pg_max_idle is not None and idle > self._pg_max_idle:
+        elif self._guard_max_idle is not None and idle > self._guard_max_idle:
             reason = "idle"
         elif (
-            self._pg_validate_idle is not None and idle > self._pg_validate_idle
-        ) or conn.pg_checked < self.pg_suspect_before:
-            if self._pg_ping(conn):
-                conn.pg_checked = now
+            self._guard_validate_idle is not None and idle > self._guard_validate_idle
+        ) or conn.guard_checked < self.guard_suspect_before:
+            if self._guard_ping(conn):
+                conn.guard_checked = now
                 return
             reason = "validation"
         else:
             return
-        self.pg_guard.stats.evict(reason, now - conn.pg_born, idle)
+        self.guard_active.stats.evict(reason, now - conn.guard_born, idle)
         conn.disconnect()
         conn.connect()
 
-    def _pg_ping(self, conn: AnyConnection) -> bool:
-        stats = self.pg_policy.guard.stats
+    def _guard_ping(self, conn: AnyConnection) -> bool:
+        stats = self.guard_policy.guard.stats
         stats.incr("validations")
         sock = conn._sock
         try:
-            sock.settimeout(self.pg_policy.ping_timeout())
+            sock.settimeout(self.guard_policy.ping_timeout())
             conn.send_command("PING", check_health=False)
             ok = conn.read_response() in (b"PONG", "PONG")
         except c.TRANSPORT_ERRORS:
@@ -257,15 +257,15 @@ class GuardedBlockingConnectionPool(redis.connection.BlockingConnectionPool):
         return ok
 
     def release(self, connection: Any) -> None:
-        connection.pg_last_used = _monotonic()
+        connection.guard_last_used = _monotonic()
         super().release(connection)
 
-    def pg_mark_suspect(self, exc: BaseException) -> None:
+    def guard_mark_suspect(self, exc: BaseException) -> None:
         """A transport failure: validate every connection older than now at its next checkout."""
-        self.pg_suspect_before = time.monotonic()
-        self.pg_policy.guard.stats.disconnect(backend.classify(exc).reason, exc)
+        self.guard_suspect_before = time.monotonic()
+        self.guard_policy.guard.stats.disconnect(backend.classify(exc).reason, exc)
 
-    def pg_gauges(self) -> dict[str, Any]:
+    def guard_gauges(self) -> dict[str, Any]:
         created = [conn for conn in getattr(self, "_connections", ()) if conn is not None]
         idle = sum(1 for conn in list(self.pool.queue) if conn is not None)
         connected = sum(1 for conn in created if conn._sock is not None)
@@ -284,8 +284,8 @@ class GuardedRedis(redis.Redis):
     """A ``redis.Redis`` whose commands are retried by poolguard, and only when safe."""
 
     #: Defaults of ``pubsub()`` (``from_url(pubsub_reconnect=..., on_resubscribe=...)``).
-    pg_pubsub_reconnect: bool = False
-    pg_on_resubscribe: Callable[[c.ResubscribeGap], Any] | None = None
+    guard_pubsub_reconnect: bool = False
+    guard_on_resubscribe: Callable[[c.ResubscribeGap], Any] | None = None
 
     def set_retry(self, retry: Any) -> None:
         c.check_set_retry(retry)  # before redis-py stores it in the connection kwargs
@@ -299,8 +299,8 @@ class GuardedRedis(redis.Redis):
         forced = _forced()
         pool: Any = self.connection_pool
         try:
-            return pool.pg_guard.run_with(
-                lambda attempts: self._pg_attempt(attempts, info, forced, args, options),
+            return pool.guard_active.run_with(
+                lambda attempts: self._guard_attempt(attempts, info, forced, args, options),
                 c.NOT_SENT[False],
                 timeout_error=c.QueryTimeoutError,
             )
@@ -310,7 +310,7 @@ class GuardedRedis(redis.Redis):
                 raise
             raise wrapped from exc
 
-    def _pg_attempt(
+    def _guard_attempt(
         self,
         attempts: Attempts,
         info: backend.CommandInfo,
@@ -323,7 +323,7 @@ class GuardedRedis(redis.Redis):
         sock = None
         try:
             conn = self.connection or pool.get_connection()
-            conn.pg_sent = False
+            conn.guard_sent = False
             if info.block is not None or _deadline() is not None:
                 configured = conn.socket_timeout
                 timeout = c.command_timeout(configured, info, args)
@@ -335,12 +335,12 @@ class GuardedRedis(redis.Redis):
                     return self._send_command_parse_response(conn, args[0], *args, **options)
             return self._send_command_parse_response(conn, args[0], *args, **options)
         except BaseException as exc:
-            sent = conn is not None and conn.pg_sent
+            sent = conn is not None and conn.guard_sent
             idem = c.rule_idempotent(info, args) if forced is None else forced
             attempts.op = (c.SENT if sent else c.NOT_SENT)[idem]
             if conn is not None and isinstance(exc, c.TRANSPORT_ERRORS):
                 conn.disconnect()
-                pool.pg_mark_suspect(exc)
+                pool.guard_mark_suspect(exc)
             c.note_command(exc, args[0])
             raise
         finally:
@@ -375,8 +375,8 @@ class GuardedRedis(redis.Redis):
         return GuardedPubSub(
             self.connection_pool,
             event_dispatcher=self._event_dispatcher,
-            reconnect=self.pg_pubsub_reconnect if reconnect is None else reconnect,
-            on_resubscribe=on_resubscribe or self.pg_on_resubscribe,
+            reconnect=self.guard_pubsub_reconnect if reconnect is None else reconnect,
+            on_resubscribe=on_resubscribe or self.guard_on_resubscribe,
             **kwargs,
         )
 
@@ -397,7 +397,7 @@ class GuardedPipeline(redis.client.Pipeline):
         idempotent: bool | None = None,
     ) -> None:
         super().__init__(connection_pool, response_callbacks, transaction, shard_hint)
-        self.pg_idempotent = idempotent
+        self.guard_idempotent = idempotent
 
     def reset(self) -> None:  # type: ignore[override]
         conn: Any = self.connection
@@ -433,13 +433,13 @@ class GuardedPipeline(redis.client.Pipeline):
         transactional = bool(self.transaction or self.explicit_transaction)  # type: ignore[truthy-function]
         watching = self.watching
         # A WATCH lives on one connection: replaying elsewhere would drop the optimistic lock.
-        forced = False if watching else self.pg_idempotent
+        forced = False if watching else self.guard_idempotent
         if forced is None:
             forced = _forced()
         try:
             pool: Any = self.connection_pool
-            return pool.pg_guard.run_with(  # type: ignore[no-any-return]
-                lambda attempts: self._pg_attempt(
+            return pool.guard_active.run_with(  # type: ignore[no-any-return]
+                lambda attempts: self._guard_attempt(
                     attempts, stack, raise_on_error, transactional, forced, watching
                 ),
                 c.NOT_SENT[False],
@@ -453,7 +453,7 @@ class GuardedPipeline(redis.client.Pipeline):
         finally:
             self.reset()
 
-    def _pg_attempt(
+    def _guard_attempt(
         self,
         attempts: Attempts,
         stack: list[Any],
@@ -471,7 +471,7 @@ class GuardedPipeline(redis.client.Pipeline):
             elif watching and _watch_connection_lost(conn):
                 self.watching = False
                 raise rex.WatchError(WATCH_LOST)
-            conn.pg_sent = False
+            conn.guard_sent = False
             configured = conn.socket_timeout
             timeout = c.pipeline_timeout(configured, stack)
             if timeout != configured and conn._sock is not None:
@@ -487,17 +487,17 @@ class GuardedPipeline(redis.client.Pipeline):
             sock = None
             # MULTI..EXEC that was not fully sent never ran (no EXEC arrived). A plain pipeline
             # executes command by command as bytes arrive: any failure may follow a prefix.
-            sent = conn is not None and (conn.pg_sent or not transactional)
+            sent = conn is not None and (conn.guard_sent or not transactional)
             idem = c.pipeline_idempotent(forced, stack)
             attempts.op = (c.SENT if sent else c.NOT_SENT)[idem]
             c.note_command(exc, "MULTI/EXEC" if transactional else "the pipeline")
             if conn is not None and isinstance(exc, c.TRANSPORT_ERRORS):
                 conn.disconnect()
-                pool.pg_mark_suspect(exc)
+                pool.guard_mark_suspect(exc)
                 if watching:
                     # The WATCH died with the socket: no UNWATCH (reset() would reconnect).
                     self.watching = False
-                    if not conn.pg_sent:
+                    if not conn.guard_sent:
                         raise rex.WatchError(WATCH_LOST) from exc
             if not watching and self.connection is not None:
                 self.connection = None  # the next attempt checks out (and validates) afresh
@@ -507,10 +507,10 @@ class GuardedPipeline(redis.client.Pipeline):
             if sock is not None and conn is not None and conn._sock is sock:
                 sock.settimeout(conn.socket_timeout)
         if raise_on_error:
-            self._pg_raise_first(stack, response, transactional, forced)
+            self._guard_raise_first(stack, response, transactional, forced)
         return response
 
-    def _pg_raise_first(
+    def _guard_raise_first(
         self, stack: list[Any], response: list[Any], transactional: bool, forced: bool | None
     ) -> None:
         for index, reply in enumerate(response):
@@ -569,23 +569,23 @@ class GuardedPubSub(redis.client.PubSub):
         on_resubscribe: Callable[[c.ResubscribeGap], Any] | None = None,
         **kwargs: Any,
     ) -> None:
-        self.pg_reconnect = reconnect
-        self.pg_on_resubscribe = on_resubscribe
-        self.pg_state = c.PubSubState()
+        self.guard_reconnect = reconnect
+        self.guard_on_resubscribe = on_resubscribe
+        self.guard_state = c.PubSubState()
         super().__init__(connection_pool, **kwargs)
 
     def parse_response(self, block: bool = True, timeout: float = 0) -> Any:
-        state = self.pg_state
+        state = self.guard_state
         state.wait = None if block else timeout
         start = _monotonic()
         try:
             return super().parse_response(block=block, timeout=timeout)
         except c.SubscriptionLost:
-            if not self.pg_reconnect:
+            if not self.guard_reconnect:
                 raise
             # Opt-in: stay quiet, but never spin: a read that gives up waits out its timeout
             # (or, blocking, a backoff) before the caller's loop asks again.
-            guard = self.connection_pool.pg_guard
+            guard = self.connection_pool.guard_active
             pause = state.backoff(guard) if block else (timeout or 0) - (_monotonic() - start)
             if pause > 0:
                 time.sleep(pause)
@@ -595,25 +595,27 @@ class GuardedPubSub(redis.client.PubSub):
 
     def _execute(self, conn: Any, command: Any, *args: Any, **kwargs: Any) -> Any:
         if conn._sock is None or conn.should_reconnect():
-            self._pg_reconnect(conn)
+            self._guard_reconnect(conn)
         try:
             return command(*args, **kwargs)
         except c.TRANSPORT_ERRORS as exc:
             conn.disconnect()  # pub/sub reads use disconnect_on_error=False
             pool: Any = self.connection_pool
-            c.pubsub_dropped(pool.pg_guard, self.pg_state, exc)
-            pool.pg_mark_suspect(exc)
-            raise c.subscription_lost(pool.pg_policy.label, exc, self, reconnecting=False) from exc
+            c.pubsub_dropped(pool.guard_active, self.guard_state, exc)
+            pool.guard_mark_suspect(exc)
+            raise c.subscription_lost(
+                pool.guard_policy.label, exc, self, reconnecting=False
+            ) from exc
 
-    def _pg_reconnect(self, conn: Any) -> None:
+    def _guard_reconnect(self, conn: Any) -> None:
         """One reconnect (redis-py's connect callback resubscribes), bounded by the read."""
         pool: Any = self.connection_pool
-        guard = pool.pg_guard
-        state = self.pg_state
+        guard = pool.guard_active
+        state = self.guard_state
         state.lost(None)
         try:
             c.pubsub_admit(guard)
-            with deadline(state.reconnect_budget(pool.pg_policy.connect_timeout)):
+            with deadline(state.reconnect_budget(pool.guard_policy.connect_timeout)):
                 conn.disconnect()
                 conn.connect()
         except c.SubscriptionLost:
@@ -622,18 +624,18 @@ class GuardedPubSub(redis.client.PubSub):
             c.pubsub_connect_failed(guard, exc)
             if not c.is_outage(exc):
                 raise
-            label = pool.pg_policy.label
+            label = pool.guard_policy.label
             raise c.subscription_lost(label, exc, self, reconnecting=True) from exc
         guard.breaker.record_success()
         gap = state.resubscribed(self)
-        c.report_resubscribe(guard, pool.pg_policy.label, gap, self.pg_on_resubscribe)
+        c.report_resubscribe(guard, pool.guard_policy.label, gap, self.guard_on_resubscribe)
 
 
 class GuardedSentinelConnection(_GuardedConnectionMixin, redis.sentinel.SentinelManagedConnection):
     """Asks Sentinel for the master at every connect; discovery failures are connect failures."""
 
     def __init__(self, *, poolguard_policy: c.Policy, **kwargs: Any) -> None:
-        self._pg_init(poolguard_policy)
+        self._guard_init(poolguard_policy)
         super().__init__(**kwargs)
 
     def connect(self) -> None:

@@ -278,9 +278,9 @@ def test_pubsub_keywords_are_poolguards_not_redis_pys() -> None:
     try:
         assert "pubsub_reconnect" not in client.get_connection_kwargs()
         pubsub = client.pubsub()
-        assert pubsub.pg_reconnect is True
-        assert pubsub.pg_on_resubscribe == gaps.append
-        assert client.pubsub(reconnect=False).pg_reconnect is False
+        assert pubsub.guard_reconnect is True
+        assert pubsub.guard_on_resubscribe == gaps.append
+        assert client.pubsub(reconnect=False).guard_reconnect is False
     finally:
         client.close()
 

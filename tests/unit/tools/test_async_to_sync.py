@@ -74,7 +74,7 @@ def test_names_renamed_in_code_strings_and_comments() -> None:
 
             async def __aenter__(self) -> AsyncGuardedRedis:
                 # AsyncGuardedRedis, not AsyncGuardedRedisX
-                return await self.pg_guard.arun_with(f"{x} AsyncGuardedPipeline")
+                return await self.guard_active.arun_with(f"{x} AsyncGuardedPipeline")
         ''',
         '''\
         __all__ = ["GuardedRedis"]
@@ -85,7 +85,7 @@ def test_names_renamed_in_code_strings_and_comments() -> None:
 
             def __enter__(self) -> GuardedRedis:
                 # GuardedRedis, not AsyncGuardedRedisX
-                return self.pg_guard.run_with(f"{x} GuardedPipeline")
+                return self.guard_active.run_with(f"{x} GuardedPipeline")
         ''',
     )
 
@@ -277,7 +277,7 @@ def test_comments_and_type_ignores_stay_on_their_lines() -> None:
         """\
         # mypy: disable-error-code="no-untyped-call"
         async def reset(self) -> None:  # type: ignore[override]
-            return await self.pool.pg_guard.arun_with(  # type: ignore[attr-defined]
+            return await self.pool.guard_active.arun_with(  # type: ignore[attr-defined]
                 lambda a: self._attempt(a),
                 # a comment between arguments
                 NOT_SENT,
@@ -286,7 +286,7 @@ def test_comments_and_type_ignores_stay_on_their_lines() -> None:
         """\
         # mypy: disable-error-code="no-untyped-call"
         def reset(self) -> None:  # type: ignore[override]
-            return self.pool.pg_guard.run_with(  # type: ignore[attr-defined]
+            return self.pool.guard_active.run_with(  # type: ignore[attr-defined]
                 lambda a: self._attempt(a),
                 # a comment between arguments
                 NOT_SENT,
