@@ -304,11 +304,18 @@ def _call(argv: list[str], cwd: Path, env: dict[str, str], log: Path) -> int:
         try:
             return proc.wait(timeout=RUN_TIMEOUT)
         except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)  # the run and any server client it started
-            proc.wait()
-            raise HarnessError(
-                f"{' '.join(argv[3:5])}... hung for {RUN_TIMEOUT} s; see {log}"
-            ) from None
+            _kill(proc)
+            raise HarnessError(f"pytest hung for {RUN_TIMEOUT} s; see {log}") from None
+        except BaseException:  # Ctrl-C, or SIGTERM from a CI timeout (see main)
+            _kill(proc)
+            raise
+
+
+def _kill(proc: subprocess.Popen[bytes]) -> None:
+    """The pytest run, with anything it started (it runs in its own session)."""
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
 
 
 def _tail(log: Path, lines: int = 30) -> str:
@@ -393,9 +400,13 @@ def compare(
 
 
 def conform(
-    run: Run, root: Path, servers: Servers, logs: Path, args: argparse.Namespace
+    run: Run,
+    root: Path,
+    servers: Servers,
+    logs: Path,
+    args: argparse.Namespace,
+    expected: dict[tuple[str, str], Expected],
 ) -> Verdict:
-    expected = read_expected()
     guarded = run_pytest(run, root, servers, "guarded", logs)
     if not guarded.routing.get("guarded"):
         raise HarnessError(f"{run.label}: nothing was built by poolguard: the routing did not take")
@@ -447,7 +458,7 @@ def report(
 
 COLUMNS = ("run", "passed", "failed", "expected-diff", "newly-passing", "flaky", "not-ours")
 COLUMNS += ("skipped", "routed", "seconds")
-WIDTHS = (26, 7, 7, 14, 14, 6, 9, 8, 7, 8)
+WIDTHS = (31, 7, 7, 14, 14, 6, 9, 8, 7, 8)
 
 
 def _row(cells: Sequence[object]) -> str:
@@ -482,18 +493,26 @@ def _report_details(verdicts: Sequence[Verdict], expected: dict[tuple[str, str],
             print(f"NEWLY PASSING [{v.run.backend}] {test} (listed: {reason})")
         for test in sorted(v.flaky):
             print(f"FLAKY (failed, then passed on rerun) [{v.run.backend}] {test}")
-    ran = {(v.run.backend, normalize(t)) for v in verdicts for t in (*v.expected, *v.newly_passing)}
-    backends = {v.run.backend for v in verdicts}
-    stale = [e for k, e in expected.items() if k not in ran and e.backend in backends]
+    ran = {(v.run.backend, t) for v in verdicts for t in (*v.expected, *v.newly_passing)}
+    stale = [
+        e for k, e in expected.items() if k not in ran and any(covers(v.run, e) for v in verdicts)
+    ]
     for entry in sorted(stale, key=lambda e: (e.backend, e.test)):
         print(f"LISTED, NOT A DIFFERENCE TODAY [{entry.backend}] {entry.test} (not run, or fails")
         print("    without poolguard too)")
 
 
-def write_expected(verdicts: Sequence[Verdict], expected: dict[tuple[str, str], Expected]) -> None:
+def covers(run: Run, entry: Expected) -> bool:
+    """Whether ``entry`` is a test of ``run`` (same backend, one of its test files)."""
+    files = {test.split("::", 1)[0] for test in run.tests}
+    return entry.backend == run.backend and entry.test.split("::", 1)[0] in files
+
+
+def write_expected(
+    verdicts: Sequence[Verdict], expected: dict[tuple[str, str], Expected], path: Path
+) -> None:
     """Rewrite the list: today's differences, keeping the reasons already written."""
-    backends = {v.run.backend for v in verdicts}
-    keep = [e for e in expected.values() if e.backend not in backends]
+    keep = [e for e in expected.values() if not any(covers(v.run, e) for v in verdicts)]
     now: list[Expected] = []
     for v in verdicts:
         for test in v.expected:
@@ -503,36 +522,43 @@ def write_expected(verdicts: Sequence[Verdict], expected: dict[tuple[str, str], 
             now.append(Expected(v.run.backend, normalize(raw), f"{UNEXPLAINED}: {first[:160]}"))
     entries = sorted([*keep, *now], key=lambda e: (e.backend, e.test))
     header = (
-        [line for line in EXPECTED_FILE.read_text().splitlines() if line.startswith("#")]
-        if EXPECTED_FILE.exists()
+        [line for line in path.read_text().splitlines() if line.startswith("#")]
+        if path.exists()
         else []
     )
-    EXPECTED_FILE.write_text(
+    path.write_text(
         "\n".join([*header, *(f"{e.backend} | {e.test} | {e.reason}" for e in entries)]) + "\n"
     )
     unexplained = sum(e.reason.startswith(UNEXPLAINED) for e in entries)
-    print(f"wrote {len(entries)} entries to {EXPECTED_FILE} ({unexplained} still {UNEXPLAINED})")
+    print(f"wrote {len(entries)} entries to {path} ({unexplained} still {UNEXPLAINED})")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = _parse(argv)
+    # A CI timeout sends SIGTERM: unwind, so the servers and the running pytest are stopped.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
     started = time.monotonic()
     cache = Path(args.cache_dir or os.environ.get(CACHE_ENV) or DEFAULT_CACHE)
     runs = [r for r in RUNS if not args.only or {r.suite.name, r.backend, r.label} & set(args.only)]
     try:
-        verdicts = _conform_all(runs, cache, args)
+        expected = read_expected(args.expected)
+        verdicts = _conform_all(runs, cache, args, expected)
     except HarnessError as exc:
         print(f"conformance harness error: {exc}", file=sys.stderr)
         return HARNESS_ERROR
-    expected = read_expected()
     if args.write_expected:
-        write_expected(verdicts, expected)
+        write_expected(verdicts, expected, args.expected)
     code = report(verdicts, expected, args.strict)
     print(f"total {time.monotonic() - started:.0f} s")
     return code
 
 
-def _conform_all(runs: Sequence[Run], cache: Path, args: argparse.Namespace) -> list[Verdict]:
+def _conform_all(
+    runs: Sequence[Run],
+    cache: Path,
+    args: argparse.Namespace,
+    expected: dict[tuple[str, str], Expected],
+) -> list[Verdict]:
     versions = {s.name: installed_version(s.dist) for s in {r.suite for r in runs}}
     roots = {
         name: unpack(s, versions[name], cache)
@@ -543,7 +569,7 @@ def _conform_all(runs: Sequence[Run], cache: Path, args: argparse.Namespace) -> 
     verdicts = []
     with started_servers({SERVER_OF[r.backend] for r in runs}) as servers:
         for run in runs:
-            verdict = conform(run, roots[run.suite.name], servers, logs, args)
+            verdict = conform(run, roots[run.suite.name], servers, logs, args, expected)
             print(
                 "-- " + " ".join(f"{c}={v}" for c, v in zip(COLUMNS, _counts(verdict), strict=True))
             )
@@ -583,6 +609,12 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         "--write-expected",
         action="store_true",
         help=f"rewrite {EXPECTED_FILE.name} with today's differences (new ones: {UNEXPLAINED})",
+    )
+    parser.add_argument(
+        "--expected",
+        type=Path,
+        default=EXPECTED_FILE,
+        help="the list of expected differences (default: the checked-in one)",
     )
     parser.add_argument(
         "--strict", action="store_true", help="a listed test that passes now fails the run too"
