@@ -59,11 +59,11 @@ SCRIPT = "tools/async_to_sync.py"
 
 #: Async source -> generated sync module, relative to the project directory.
 PAIRS: dict[str, str] = {
-    # Filled in as each integration is converted (issue 14), e.g.
-    # "poolguard/integrations/redis/asyncio.py": "poolguard/integrations/redis/sync.py",
+    # Filled in as each integration is converted (issue 14).
     "poolguard/integrations/psycopg_pool/pool_async.py": (
         "poolguard/integrations/psycopg_pool/pool.py"
     ),
+    "poolguard/integrations/redis/asyncio.py": "poolguard/integrations/redis/sync.py",
 }
 
 #: Identifiers renamed in code (names, attributes, parameters, imports) and, as whole words, in

@@ -1,6 +1,7 @@
 """What the sync and asyncio redis-py adapters share: policy, operations, errors, settings.
 
-Nothing here does I/O. The adapters (``sync.py``, ``asyncio.py``) differ only in ``await``.
+Nothing here does I/O. The adapters: ``asyncio.py``, and ``sync.py`` generated from it
+(``tools/async_to_sync.py``); they differ in ``await`` and in the ``if True:  # ASYNC`` blocks.
 """
 
 from __future__ import annotations

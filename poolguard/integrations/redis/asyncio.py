@@ -1,8 +1,33 @@
-"""Guarded redis-py (asyncio): the twin of ``sync.py``; same decisions, ``await`` at the I/O.
+"""Guarded redis-py: a real ``redis.asyncio.Redis`` whose commands go through poolguard's Guard.
 
-The per-command socket timeout is applied through ``Connection.socket_timeout`` (redis-py's
-asyncio connection reads it for every send and read) and restored afterwards; a connection is
-owned by one task while checked out, so this is not shared state.
+The hook points, chosen from redis-py 8.1's source:
+
+- ``AsyncGuardedRedis.execute_command`` replaces redis-py's retry wrapper with ``Guard.arun_with``
+  (redis-py's own ``Retry`` is disabled: ``Retry(NoBackoff(), 0)``). One attempt = check out a
+  connection, send, read. Whether the command *may have reached the server* is known exactly:
+  the connection records when ``send_packed_command`` finished (``guard_sent``); a failure before
+  that (connect, checkout validation, a send that did not complete) cannot have executed
+  anything, because Redis only executes a command once it has received all of it.
+- ``AsyncGuardedConnection.connect_check_health`` bounds connecting by the deadline and tags connect
+  failures (``backends.redis.mark_connect_phase``) so they count towards the breaker.
+- ``AsyncGuardedBlockingConnectionPool`` bounds the acquire wait (deadline-aware ``timeout``), turns
+  "No connection available." into ``PoolTimeout`` and, at checkout, retires connections past
+  their jittered lifetime or max idle and PINGs (own short timeout) those idle past
+  ``validate_idle`` or older than the last transport failure.
+- ``AsyncGuardedPipeline.execute`` replays a pipeline only when every command is idempotent (or the
+  caller vouches), never after a WATCH, never a partially applied non-transactional pipeline.
+- ``AsyncGuardedPubSub`` (``parse_response``/``_execute``): a dropped subscription raises a
+  ``ConnectionError`` at once (or, opt-in, is ridden out and reported); a reconnect is one
+  attempt bounded by the read's timeout, behind the pool's breaker.
+
+Per-command timeouts (blocking commands, the deadline) are applied for the one command and
+restored afterwards; a connection is owned by one task or thread while checked out, so this is
+not shared state. redis-py's asyncio connection reads ``Connection.socket_timeout`` for every
+send and read, so the asyncio module sets that attribute; the sync connection gives the socket
+its timeout once, at connect, so the sync module calls ``settimeout`` on the socket.
+
+``sync.py`` is generated from ``asyncio.py`` by ``tools/async_to_sync.py`` (``make generate``):
+edit ``asyncio.py``; ``if True:  # ASYNC`` blocks hold what differs.
 """
 
 # redis-py's internals (execute helpers, parse_url, pools) carry no annotations.
@@ -18,7 +43,7 @@ from typing import Any
 
 import redis.asyncio
 import redis.asyncio.client
-import redis.asyncio.connection as aconn
+import redis.asyncio.connection
 import redis.asyncio.sentinel
 import redis.exceptions as rex
 
@@ -41,42 +66,49 @@ __all__ = [
     "AsyncGuardedUnixDomainSocketConnection",
 ]
 
-
 _lookup = backend.lookup
 _forced = c.override
 _deadline = current_deadline
 _monotonic = time.monotonic
-# See sync.py: skip redis-py's deprecated-arguments wrapper (we never pass those arguments).
+# redis-py wraps get_connection in a deprecated-arguments check that costs ~0.5 us per call;
+# poolguard never passes the deprecated arguments, so it calls the function underneath.
 _blocking_get_connection = getattr(
-    aconn.BlockingConnectionPool.get_connection,
+    redis.asyncio.connection.BlockingConnectionPool.get_connection,
     "__wrapped__",
-    aconn.BlockingConnectionPool.get_connection,
+    redis.asyncio.connection.BlockingConnectionPool.get_connection,
 )
 
 
-def _poller(conn: Any) -> Any:
-    """A poll object on the connection's socket: one cheap syscall tells "closed by peer"."""
-    writer = getattr(conn, "_writer", None)
-    sock = writer.get_extra_info("socket") if writer is not None else None
-    if sock is None or not hasattr(select, "poll"):
-        return None
-    poller = select.poll()
-    poller.register(sock.fileno(), select.POLLIN | select.POLLPRI)
-    return poller
+if True:  # ASYNC
+
+    def _poller(conn: Any) -> Any:
+        """A poll object on the connection's socket: one cheap syscall tells "closed by peer"."""
+        writer = getattr(conn, "_writer", None)
+        sock = writer.get_extra_info("socket") if writer is not None else None
+        if sock is None or not hasattr(select, "poll"):
+            return None
+        poller = select.poll()
+        poller.register(sock.fileno(), select.POLLIN | select.POLLPRI)
+        return poller
 
 
 class _AsyncGuardedConnectionMixin:
+    """Connect bounded by the deadline, connect failures tagged, send completion recorded."""
+
     guard_policy: c.Policy
     guard_born: float
     guard_checked: float
     guard_expires: float
     guard_last_used: float
     guard_sent: bool
+    if False:  # ASYNC
+        _sock: Any
     socket_connect_timeout: float | None
     socket_timeout: float | None
 
     def _guard_init(self, policy: c.Policy) -> None:
-        self.guard_poll: Any = None
+        if True:  # ASYNC
+            self.guard_poll: Any = None
         self.guard_policy = policy
         self.guard_born = self.guard_checked = self.guard_last_used = 0.0
         self.guard_expires = float("inf")
@@ -85,14 +117,23 @@ class _AsyncGuardedConnectionMixin:
     async def connect_check_health(
         self, check_health: bool = True, retry_socket_connect: bool = True
     ) -> None:
-        if self.is_connected:  # type: ignore[attr-defined]
-            return
+        if True:  # ASYNC
+            if self.is_connected:  # type: ignore[attr-defined]
+                return
+        else:
+            if self._sock:
+                return
         policy = self.guard_policy
         self.socket_connect_timeout = c.connect_timeout(policy.connect_timeout)
-        # The handshake is part of connecting: connect timeout and deadline (see sync.py).
+        # The handshake (HELLO, AUTH, SELECT, CLIENT SETINFO) is part of connecting (DESIGN:
+        # "TCP + TLS + auth"): bounded by the connect timeout and the deadline, not only by the
+        # command timeout (a frozen server still accepts TCP connections).
         configured = self.socket_timeout
         handshake = c.handshake_timeout(configured, policy.connect_timeout)
-        self.socket_timeout = handshake
+        if True:  # ASYNC  # noqa: SIM114
+            self.socket_timeout = handshake
+        elif handshake != configured:
+            self.socket_timeout = handshake
         try:
             await super().connect_check_health(check_health, retry_socket_connect)  # type: ignore[misc]
         except Exception as exc:
@@ -101,11 +142,17 @@ class _AsyncGuardedConnectionMixin:
             raise
         finally:
             self.socket_connect_timeout = policy.connect_timeout
-            self.socket_timeout = configured
+            if True:  # ASYNC
+                self.socket_timeout = configured
+            elif handshake != configured:
+                self.socket_timeout = configured
+                if self._sock is not None:  # socket and parser back to the command timeout
+                    self.update_current_socket_timeout(-1)  # type: ignore[attr-defined,unused-ignore]
         now = time.monotonic()
         self.guard_born = self.guard_checked = self.guard_last_used = now
         self.guard_expires = policy.expiry(now)
-        self.guard_poll = _poller(self)
+        if True:  # ASYNC
+            self.guard_poll = _poller(self)
         policy.guard.stats.incr("connects")
         if not policy.answered:
             policy.mark_answered()
@@ -115,20 +162,22 @@ class _AsyncGuardedConnectionMixin:
         self.guard_sent = True
 
 
-class AsyncGuardedConnection(_AsyncGuardedConnectionMixin, aconn.Connection):
+class AsyncGuardedConnection(_AsyncGuardedConnectionMixin, redis.asyncio.connection.Connection):
     def __init__(self, *, poolguard_policy: c.Policy, **kwargs: Any) -> None:
         self._guard_init(poolguard_policy)
         super().__init__(**kwargs)
 
 
-class AsyncGuardedSSLConnection(_AsyncGuardedConnectionMixin, aconn.SSLConnection):
+class AsyncGuardedSSLConnection(
+    _AsyncGuardedConnectionMixin, redis.asyncio.connection.SSLConnection
+):
     def __init__(self, *, poolguard_policy: c.Policy, **kwargs: Any) -> None:
         self._guard_init(poolguard_policy)
         super().__init__(**kwargs)
 
 
 class AsyncGuardedUnixDomainSocketConnection(
-    _AsyncGuardedConnectionMixin, aconn.UnixDomainSocketConnection
+    _AsyncGuardedConnectionMixin, redis.asyncio.connection.UnixDomainSocketConnection
 ):
     def __init__(self, *, poolguard_policy: c.Policy, **kwargs: Any) -> None:
         self._guard_init(poolguard_policy)
@@ -136,19 +185,27 @@ class AsyncGuardedUnixDomainSocketConnection(
 
 
 CONNECTION_CLASSES: dict[type[Any], type[Any]] = {
-    aconn.Connection: AsyncGuardedConnection,
-    aconn.SSLConnection: AsyncGuardedSSLConnection,
-    aconn.UnixDomainSocketConnection: AsyncGuardedUnixDomainSocketConnection,
+    redis.asyncio.connection.Connection: AsyncGuardedConnection,
+    redis.asyncio.connection.SSLConnection: AsyncGuardedSSLConnection,
+    redis.asyncio.connection.UnixDomainSocketConnection: AsyncGuardedUnixDomainSocketConnection,
 }
 
+AnyConnection = (
+    AsyncGuardedConnection | AsyncGuardedSSLConnection | AsyncGuardedUnixDomainSocketConnection
+)
 
-class AsyncGuardedBlockingConnectionPool(aconn.BlockingConnectionPool):
+
+class AsyncGuardedBlockingConnectionPool(redis.asyncio.connection.BlockingConnectionPool):
+    """Bounded pool: deadline-aware acquire timeout, lifetime/idle eviction, idle validation."""
+
     def __init__(self, *, poolguard_policy: c.Policy, **kwargs: Any) -> None:
         self.guard_policy = poolguard_policy
-        # First-contact Guard until the server has answered once (see sync.py).
+        # Until the server has answered once, operations start on the first-contact Guard
+        # (one attempt, no breaker wait); the first successful connect swaps in the pool's.
         self.guard_active = poolguard_policy.entry_guard
         poolguard_policy.on_answer.append(self._guard_answered)
         self.guard_suspect_before = 0.0
+        # Plain attributes: read on every checkout, so no property or settings lookups.
         self._guard_max_idle = poolguard_policy.max_idle
         self._guard_validate_idle = poolguard_policy.validate_idle
         thresholds = [t for t in (self._guard_max_idle, self._guard_validate_idle) if t is not None]
@@ -159,11 +216,17 @@ class AsyncGuardedBlockingConnectionPool(aconn.BlockingConnectionPool):
         self.guard_active = self.guard_policy.guard
 
     def set_retry(self, retry: Any) -> None:
-        """Accepts a ``Retry`` with 0 retries (the one in place), refuses one that re-sends."""
+        """redis-py's API, for the retry layer poolguard keeps off: a ``Retry`` with 0 retries
+        is accepted (it is the one in place); one that re-sends commands is refused."""
         c.check_set_retry(retry)
         self.connection_kwargs["retry"] = retry
-        super().set_retry(retry)
+        if True:  # ASYNC
+            super().set_retry(retry)
+        else:
+            for conn in list(getattr(self, "_connections", ())):
+                conn.retry = retry
 
+    # redis-py reads ``self.timeout`` once per get_connection: make it deadline-aware.
     @property
     def timeout(self) -> float | None:
         if _deadline() is None:
@@ -180,27 +243,27 @@ class AsyncGuardedBlockingConnectionPool(aconn.BlockingConnectionPool):
             conn = await _blocking_get_connection(self)
         except rex.ConnectionError as exc:
             if str(exc) == backend.ACQUIRE_TIMEOUT_MESSAGE and not backend.is_connect_phase(exc):
-                waited = time.monotonic() - start
-                label = self.guard_policy.label
-                raise c.pool_timeout_error(label, waited, self.max_connections) from exc
+                raise self._pool_timeout(start) from exc
             raise
         now = _monotonic()
         self.guard_active.stats.record_wait(now - start)
-        if conn.guard_born < start and conn.guard_poll is not None and conn.guard_poll.poll(0):
-            # Readable while idle: the peer closed it (CLIENT KILL, restart) and the event loop
-            # has not run since, so redis-py's at_eof() check could not see it. Nothing was
-            # sent yet: reconnect instead of finding out after sending.
-            self.guard_active.stats.evict(
-                "disconnect", now - conn.guard_born, now - conn.guard_last_used
-            )
-            try:
-                await conn.disconnect()
-                await conn.connect()
-            except BaseException:
-                await self.release(conn)
-                raise
+        if True:  # ASYNC
+            if conn.guard_born < start and conn.guard_poll is not None and conn.guard_poll.poll(0):
+                # Readable while idle: the peer closed it (CLIENT KILL, restart) and the event
+                # loop has not run since, so redis-py's at_eof() check could not see it. Nothing
+                # was sent yet: reconnect instead of finding out after sending.
+                self.guard_active.stats.evict(
+                    "disconnect", now - conn.guard_born, now - conn.guard_last_used
+                )
+                try:
+                    await conn.disconnect()
+                    await conn.connect()
+                except BaseException:
+                    await self.release(conn)
+                    raise
+                return conn
         # Fresh connections are neither retired nor pinged; the rest only past a threshold.
-        elif conn.guard_born < start and (
+        if conn.guard_born < start and (
             now - conn.guard_last_used > self._guard_idle_threshold
             or now >= conn.guard_expires
             or conn.guard_checked < self.guard_suspect_before
@@ -212,7 +275,11 @@ class AsyncGuardedBlockingConnectionPool(aconn.BlockingConnectionPool):
                 raise
         return conn
 
-    async def _guard_checkout(self, conn: Any, now: float) -> None:
+    def _pool_timeout(self, start: float) -> BaseException:
+        waited = time.monotonic() - start
+        return c.pool_timeout_error(self.guard_policy.label, waited, self.max_connections)
+
+    async def _guard_checkout(self, conn: AnyConnection, now: float) -> None:
         idle = now - conn.guard_last_used
         if now >= conn.guard_expires:
             reason = "lifetime"
@@ -231,19 +298,31 @@ class AsyncGuardedBlockingConnectionPool(aconn.BlockingConnectionPool):
         await conn.disconnect()
         await conn.connect()
 
-    async def _guard_ping(self, conn: Any) -> bool:
+    async def _guard_ping(self, conn: AnyConnection) -> bool:
         stats = self.guard_policy.guard.stats
         stats.incr("validations")
-        timeout = self.guard_policy.ping_timeout()
-        configured = conn.socket_timeout
-        conn.socket_timeout = timeout
+        if True:  # ASYNC
+            timeout = self.guard_policy.ping_timeout()
+            configured = conn.socket_timeout
+            conn.socket_timeout = timeout
+        else:
+            sock = conn._sock
         try:
-            await conn.send_command("PING", check_health=False)
-            ok = await conn.read_response(timeout=timeout) in (b"PONG", "PONG")
+            if True:  # ASYNC
+                await conn.send_command("PING", check_health=False)
+                ok = await conn.read_response(timeout=timeout) in (b"PONG", "PONG")
+            else:
+                sock.settimeout(self.guard_policy.ping_timeout())
+                await conn.send_command("PING", check_health=False)
+                ok = await conn.read_response() in (b"PONG", "PONG")
         except c.TRANSPORT_ERRORS:
             ok = False
         finally:
-            conn.socket_timeout = configured
+            if True:  # ASYNC
+                conn.socket_timeout = configured
+            else:
+                if conn._sock is not None:
+                    conn._sock.settimeout(conn.socket_timeout)
         if not ok:
             stats.incr("validation_failures")
         return ok
@@ -258,14 +337,25 @@ class AsyncGuardedBlockingConnectionPool(aconn.BlockingConnectionPool):
         self.guard_policy.guard.stats.disconnect(backend.classify(exc).reason, exc)
 
     def guard_gauges(self) -> dict[str, Any]:
-        idle = len(self._available_connections)
-        in_use = len(self._in_use_connections)
+        if True:  # ASYNC
+            idle = len(self._available_connections)
+            in_use = len(self._in_use_connections)
+            size = idle + in_use
+            # Tasks blocked in get_connection wait on the pool's condition (a gauge only).
+            waiting = len(getattr(self._condition, "_waiters", None) or ())
+        else:
+            created = [conn for conn in getattr(self, "_connections", ()) if conn is not None]
+            idle = sum(1 for conn in list(self.pool.queue) if conn is not None)
+            size = sum(1 for conn in created if conn._sock is not None)
+            in_use = len(created) - idle
+            # Threads blocked in Queue.get wait on its not_empty condition (CPython internals;
+            # a gauge only, so a missing attribute reads as 0).
+            waiting = len(getattr(self.pool.not_empty, "_waiters", ()))
         return {
-            "size": idle + in_use,
+            "size": size,
             "checked_out": in_use,
             "idle": idle,
-            # Tasks blocked in get_connection wait on the pool's condition (a gauge only).
-            "waiting": len(getattr(self._condition, "_waiters", None) or ()),
+            "waiting": waiting,
             "max_size": self.max_connections,
         }
 
@@ -282,8 +372,9 @@ class AsyncGuardedRedis(redis.asyncio.Redis):
         super().set_retry(retry)
 
     async def execute_command(self, *args: Any, **options: Any) -> Any:
-        if self.single_connection_client:
-            await self.initialize()
+        if True:  # ASYNC
+            if self.single_connection_client:
+                await self.initialize()
         # The hot path: one dict get for the command, one ContextVar get for the override.
         info = _lookup(args[0]) or backend.command_info(args)
         # Idempotency matters only after a failure: read the caller's override now (it is
@@ -313,18 +404,29 @@ class AsyncGuardedRedis(redis.asyncio.Redis):
         pool: Any = self.connection_pool
         conn: Any = None
         configured: Any = None
+        sock = None
         try:
             conn = self.connection or await pool.get_connection()
             conn.guard_sent = False
             if info.block is not None or _deadline() is not None:
                 configured = conn.socket_timeout
                 timeout = c.command_timeout(configured, info, args)
-                if timeout != configured:
-                    conn.socket_timeout = timeout
-                else:
-                    configured = None  # nothing to restore
-            if self.single_connection_client:
-                async with self._single_conn_lock:
+                if True:  # ASYNC
+                    if timeout != configured:
+                        conn.socket_timeout = timeout
+                    else:
+                        configured = None  # nothing to restore
+                elif timeout != configured and conn._sock is not None:
+                    sock = conn._sock
+                    sock.settimeout(timeout)
+            if True:  # ASYNC
+                if self.single_connection_client:
+                    async with self._single_conn_lock:
+                        return await self._send_command_parse_response(
+                            conn, args[0], *args, **options
+                        )
+            elif self._single_connection_client:
+                with self.single_connection_lock:
                     return await self._send_command_parse_response(conn, args[0], *args, **options)
             return await self._send_command_parse_response(conn, args[0], *args, **options)
         except BaseException as exc:
@@ -338,18 +440,22 @@ class AsyncGuardedRedis(redis.asyncio.Redis):
             raise
         finally:
             if conn is not None:
-                if configured is not None:
-                    conn.socket_timeout = configured
+                if True:  # ASYNC
+                    if configured is not None:
+                        conn.socket_timeout = configured
+                elif sock is not None and conn._sock is sock:
+                    sock.settimeout(conn.socket_timeout)
                 if not self.connection:
                     await pool.release(conn)
 
     def pipeline(
         self,
         transaction: bool = True,
-        shard_hint: str | None = None,
+        shard_hint: Any = None,
         *,
         idempotent: bool | None = None,
     ) -> AsyncGuardedPipeline:
+        """A pipeline; ``idempotent=True`` vouches that the whole batch may be replayed."""
         return AsyncGuardedPipeline(
             self.connection_pool, self.response_callbacks, transaction, shard_hint, idempotent
         )
@@ -361,7 +467,9 @@ class AsyncGuardedRedis(redis.asyncio.Redis):
         on_resubscribe: Callable[[c.ResubscribeGap], Any] | None = None,
         **kwargs: Any,
     ) -> AsyncGuardedPubSub:
-        """redis-py's ``pubsub()`` with poolguard's ``reconnect``/``on_resubscribe`` (sync.py)."""
+        """redis-py's ``pubsub()``; ``reconnect=True`` resubscribes transparently after a drop
+        and reports each gap to ``on_resubscribe`` (defaults: ``async_from_url``'s
+        ``pubsub_reconnect`` / ``on_resubscribe``)."""
         return AsyncGuardedPubSub(
             self.connection_pool,
             event_dispatcher=self._event_dispatcher,
@@ -376,6 +484,8 @@ class AsyncPipelinePartiallyApplied(rex.ResponseError):
 
 
 class AsyncGuardedPipeline(redis.asyncio.client.Pipeline):
+    """Replayed as a whole only when safe; WATCH and partial application are never replayed."""
+
     def __init__(
         self,
         connection_pool: Any,
@@ -389,24 +499,37 @@ class AsyncGuardedPipeline(redis.asyncio.client.Pipeline):
 
     async def reset(self) -> None:  # type: ignore[override]
         conn: Any = self.connection
-        if self.watching and conn is not None and not conn.is_connected:
+        if True:  # ASYNC
+            if self.watching and conn is not None and not conn.is_connected:
+                self.watching = False  # the WATCH died with its socket: UNWATCH would reconnect
+        elif self.watching and conn is not None and conn._sock is None:
             self.watching = False  # the WATCH died with its socket: UNWATCH would reconnect
         await super().reset()
 
     async def immediate_execute_command(self, *args: Any, **options: Any) -> Any:
-        """WATCH and the reads after it: never retried, but bounded by the deadline."""
+        """WATCH and the reads after it: pinned to one connection, so never retried, but
+        bounded by the deadline like every other command."""
         if _deadline() is None:
             return await super().immediate_execute_command(*args, **options)
         conn: Any = self.connection
         if conn is None:
             conn = self.connection = await self.connection_pool.get_connection()
         info = _lookup(args[0]) or backend.command_info(args)
-        configured = conn.socket_timeout
-        conn.socket_timeout = c.command_timeout(configured, info, args)
+        if True:  # ASYNC
+            configured = conn.socket_timeout
+            conn.socket_timeout = c.command_timeout(configured, info, args)
+        else:
+            timeout = c.command_timeout(conn.socket_timeout, info, args)
+            sock = conn._sock
+            if sock is not None:
+                sock.settimeout(timeout)
         try:
             return await super().immediate_execute_command(*args, **options)
         finally:
-            conn.socket_timeout = configured
+            if True:  # ASYNC
+                conn.socket_timeout = configured
+            elif sock is not None and conn._sock is sock:
+                sock.settimeout(conn.socket_timeout)
 
     async def execute(self, raise_on_error: bool = True) -> list[Any]:
         stack = self.command_stack
@@ -414,14 +537,18 @@ class AsyncGuardedPipeline(redis.asyncio.client.Pipeline):
             return []
         if self.scripts:
             await self.load_scripts()
-        transactional = bool(self.is_transaction or self.explicit_transaction)
+        if True:  # ASYNC
+            transactional = bool(self.is_transaction or self.explicit_transaction)
+        else:
+            transactional = bool(self.transaction or self.explicit_transaction)  # type: ignore[truthy-function,unused-ignore]
         watching = self.watching
         # A WATCH lives on one connection: replaying elsewhere would drop the optimistic lock.
         forced = False if watching else self.guard_idempotent
         if forced is None:
             forced = _forced()
         try:
-            return await self.connection_pool.guard_active.arun_with(  # type: ignore[attr-defined,no-any-return]
+            pool: Any = self.connection_pool
+            return await pool.guard_active.arun_with(  # type: ignore[no-any-return]
                 lambda attempts: self._guard_attempt(
                     attempts, stack, raise_on_error, transactional, forced, watching
                 ),
@@ -448,6 +575,8 @@ class AsyncGuardedPipeline(redis.asyncio.client.Pipeline):
         pool: Any = self.connection_pool
         conn: Any = self.connection
         configured: Any = None
+        sock = None
+        response: list[Any]
         try:
             if conn is None:
                 conn = self.connection = await pool.get_connection()
@@ -457,17 +586,28 @@ class AsyncGuardedPipeline(redis.asyncio.client.Pipeline):
             conn.guard_sent = False
             configured = conn.socket_timeout
             timeout = c.pipeline_timeout(configured, stack)
-            if timeout != configured:
-                conn.socket_timeout = timeout
-            else:
-                configured = None
+            if True:  # ASYNC
+                if timeout != configured:
+                    conn.socket_timeout = timeout
+                else:
+                    configured = None
+            elif timeout != configured and conn._sock is not None:
+                sock = conn._sock
+                sock.settimeout(timeout)
             if transactional:
                 response = await self._execute_transaction(conn, stack, False)
             else:
                 response = await self._execute_pipeline(conn, stack, False)
         except BaseException as exc:
-            if configured is not None and conn is not None:
-                conn.socket_timeout, configured = configured, None
+            if True:  # ASYNC
+                if configured is not None and conn is not None:
+                    conn.socket_timeout, configured = configured, None
+            else:
+                if sock is not None and conn is not None and conn._sock is sock:
+                    sock.settimeout(conn.socket_timeout)
+                sock = None
+            # MULTI..EXEC that was not fully sent never ran (no EXEC arrived). A plain pipeline
+            # executes command by command as bytes arrive: any failure may follow a prefix.
             sent = conn is not None and (conn.guard_sent or not transactional)
             idem = c.pipeline_idempotent(forced, stack)
             attempts.op = (c.SENT if sent else c.NOT_SENT)[idem]
@@ -481,15 +621,18 @@ class AsyncGuardedPipeline(redis.asyncio.client.Pipeline):
                     if not conn.guard_sent:
                         raise rex.WatchError(WATCH_LOST) from exc
             if not watching and self.connection is not None:
-                self.connection = None
+                self.connection = None  # the next attempt checks out (and validates) afresh
                 await pool.release(conn)
             raise
         finally:
-            if configured is not None and conn is not None:
-                conn.socket_timeout = configured
+            if True:  # ASYNC
+                if configured is not None and conn is not None:
+                    conn.socket_timeout = configured
+            elif sock is not None and conn is not None and conn._sock is sock:
+                sock.settimeout(conn.socket_timeout)
         if raise_on_error:
             self._guard_raise_first(stack, response, transactional, forced)
-        return response  # type: ignore[no-any-return]
+        return response
 
     def _guard_raise_first(
         self, stack: list[Any], response: list[Any], transactional: bool, forced: bool | None
@@ -521,17 +664,31 @@ WATCH_LOST = (
 
 async def _watch_connection_lost(conn: Any) -> bool:
     """A WATCH lives on one socket: if the server closed it, EXEC must not be sent at all."""
-    closed = not conn.is_connected or (
-        conn.guard_poll is not None and bool(conn.guard_poll.poll(0))
-    )
+    if True:  # ASYNC
+        closed = not conn.is_connected or (
+            conn.guard_poll is not None and bool(conn.guard_poll.poll(0))
+        )
+    else:
+        try:
+            closed = conn._sock is None or conn.can_read(timeout=0)
+        except c.TRANSPORT_ERRORS:
+            closed = True
     if closed:
         await conn.disconnect()
-    return closed
+    return bool(closed)
 
 
 class AsyncGuardedPubSub(redis.asyncio.client.PubSub):
-    """The asyncio twin of ``sync.GuardedPubSub``: drops raise (or, opt-in, are ridden out and
-    reported); a reconnect is one attempt bounded by the read's timeout, behind the breaker."""
+    """redis-py's PubSub whose reads honour their timeout and whose drops are never hidden.
+
+    By default a dropped connection raises :class:`~._common.SubscriptionLost` (also the
+    ``ConnectionError`` redis-py raises) at once; the next ``get_message()``/``listen()``
+    reconnects and resubscribes, as in redis-py. With ``reconnect=True`` the reads ride the
+    outage out instead (``get_message`` returns None when its timeout ends, ``listen`` keeps
+    waiting) and every resubscription is reported to ``on_resubscribe``. Either way a
+    reconnect is one attempt bounded by the read's timeout, behind the pool's breaker, and the
+    channels are resubscribed once (redis-py's connect callback).
+    """
 
     def __init__(
         self,
@@ -546,26 +703,31 @@ class AsyncGuardedPubSub(redis.asyncio.client.PubSub):
         self.guard_state = c.PubSubState()
         super().__init__(connection_pool, **kwargs)
 
-    async def connect(self) -> None:
-        conn: Any = self.connection
-        if conn is not None and not conn.is_connected:
-            await self._guard_reconnect(conn)  # redis-py would reconnect here unbounded
-        await super().connect()
+    if True:  # ASYNC
+
+        async def connect(self) -> None:
+            conn: Any = self.connection
+            if conn is not None and not conn.is_connected:
+                await self._guard_reconnect(conn)  # redis-py would reconnect here unbounded
+            await super().connect()
 
     async def parse_response(self, block: bool = True, timeout: float = 0) -> Any:
         state = self.guard_state
         state.wait = None if block else timeout
         start = _monotonic()
         try:
-            conn: Any = self.connection
-            if conn is not None and not conn.is_connected:
-                await self._guard_reconnect(conn)  # before redis-py's own, unbounded reconnect
+            if True:  # ASYNC
+                conn: Any = self.connection
+                if conn is not None and not conn.is_connected:
+                    await self._guard_reconnect(conn)  # before redis-py's own, unbounded reconnect
             return await super().parse_response(block=block, timeout=timeout)
         except c.SubscriptionLost:
             if not self.guard_reconnect:
                 raise
-            # Opt-in: stay quiet, but never spin (see sync.py).
-            guard = self.connection_pool.guard_active  # type: ignore[attr-defined]
+            # Opt-in: stay quiet, but never spin: a read that gives up waits out its timeout
+            # (or, blocking, a backoff) before the caller's loop asks again.
+            pool: Any = self.connection_pool
+            guard = pool.guard_active
             pause = state.backoff(guard) if block else (timeout or 0) - (_monotonic() - start)
             if pause > 0:
                 await asyncio.sleep(pause)
@@ -574,12 +736,16 @@ class AsyncGuardedPubSub(redis.asyncio.client.PubSub):
             state.wait = None  # a reconnect made for a command gets the connect timeout
 
     async def _execute(self, conn: Any, command: Any, *args: Any, **kwargs: Any) -> Any:
-        if not conn.is_connected:
-            await self._guard_reconnect(conn)
+        if True:  # ASYNC
+            if not conn.is_connected:
+                await self._guard_reconnect(conn)
+        else:
+            if conn._sock is None or conn.should_reconnect():
+                await self._guard_reconnect(conn)
         try:
             return await command(*args, **kwargs)
         except c.TRANSPORT_ERRORS as exc:
-            await conn.disconnect(nowait=True)
+            await conn.disconnect(nowait=True)  # pub/sub reads use disconnect_on_error=False
             pool: Any = self.connection_pool
             c.pubsub_dropped(pool.guard_active, self.guard_state, exc)
             pool.guard_mark_suspect(exc)
@@ -623,7 +789,7 @@ class AsyncGuardedSentinelConnection(
     async def connect(self) -> None:
         try:
             await super().connect()
-        except Exception as exc:
+        except Exception as exc:  # MasterNotFoundError, refused master ...: nothing was sent
             backend.mark_connect_phase(exc)
             raise
 
@@ -631,7 +797,7 @@ class AsyncGuardedSentinelConnection(
 class AsyncGuardedSentinelPool(
     redis.asyncio.sentinel.SentinelConnectionPool, AsyncGuardedBlockingConnectionPool
 ):
-    """redis-py's asyncio Sentinel pool over poolguard's bounded pool."""
+    """redis-py's Sentinel pool (master discovery, ownership) over poolguard's bounded pool."""
 
     def __init__(self, service_name: str, sentinel_manager: Any, **kwargs: Any) -> None:
         redis.asyncio.sentinel.SentinelConnectionPool.__init__(

@@ -1,4 +1,6 @@
-"""Guarded redis-py (sync): a real ``redis.Redis`` whose commands go through poolguard's Guard.
+# WARNING: generated from poolguard/integrations/redis/asyncio.py
+# by tools/async_to_sync.py — edit the async source and run `make generate`.
+"""Guarded redis-py: a real ``redis.Redis`` whose commands go through poolguard's Guard.
 
 The hook points, chosen from redis-py 8.1's source:
 
@@ -19,6 +21,15 @@ The hook points, chosen from redis-py 8.1's source:
 - ``GuardedPubSub`` (``parse_response``/``_execute``): a dropped subscription raises a
   ``ConnectionError`` at once (or, opt-in, is ridden out and reported); a reconnect is one
   attempt bounded by the read's timeout, behind the pool's breaker.
+
+Per-command timeouts (blocking commands, the deadline) are applied for the one command and
+restored afterwards; a connection is owned by one task or thread while checked out, so this is
+not shared state. redis-py's asyncio connection reads ``Connection.socket_timeout`` for every
+send and read, so the asyncio module sets that attribute; the sync connection gives the socket
+its timeout once, at connect, so the sync module calls ``settimeout`` on the socket.
+
+``sync.py`` is generated from ``asyncio.py`` by ``tools/async_to_sync.py`` (``make generate``):
+edit ``asyncio.py``; ``if True:  # ASYNC`` blocks hold what differs.
 """
 
 # redis-py's internals (execute helpers, parse_url, pools) carry no annotations.
@@ -112,7 +123,7 @@ class _GuardedConnectionMixin:
             if handshake != configured:
                 self.socket_timeout = configured
                 if self._sock is not None:  # socket and parser back to the command timeout
-                    self.update_current_socket_timeout(-1)  # type: ignore[attr-defined]
+                    self.update_current_socket_timeout(-1)  # type: ignore[attr-defined,unused-ignore]
         now = time.monotonic()
         self.guard_born = self.guard_checked = self.guard_last_used = now
         self.guard_expires = policy.expiry(now)
@@ -268,14 +279,16 @@ class GuardedBlockingConnectionPool(redis.connection.BlockingConnectionPool):
     def guard_gauges(self) -> dict[str, Any]:
         created = [conn for conn in getattr(self, "_connections", ()) if conn is not None]
         idle = sum(1 for conn in list(self.pool.queue) if conn is not None)
-        connected = sum(1 for conn in created if conn._sock is not None)
+        size = sum(1 for conn in created if conn._sock is not None)
+        in_use = len(created) - idle
+        # Threads blocked in Queue.get wait on its not_empty condition (CPython internals;
+        # a gauge only, so a missing attribute reads as 0).
+        waiting = len(getattr(self.pool.not_empty, "_waiters", ()))
         return {
-            "size": connected,
-            "checked_out": len(created) - idle,
+            "size": size,
+            "checked_out": in_use,
             "idle": idle,
-            # Threads blocked in Queue.get wait on its not_empty condition (CPython internals;
-            # a gauge only, so a missing attribute reads as 0).
-            "waiting": len(getattr(self.pool.not_empty, "_waiters", ())),
+            "waiting": waiting,
             "max_size": self.max_connections,
         }
 
@@ -320,6 +333,7 @@ class GuardedRedis(redis.Redis):
     ) -> Any:
         pool: Any = self.connection_pool
         conn: Any = None
+        configured: Any = None
         sock = None
         try:
             conn = self.connection or pool.get_connection()
@@ -339,7 +353,7 @@ class GuardedRedis(redis.Redis):
             idem = c.rule_idempotent(info, args) if forced is None else forced
             attempts.op = (c.SENT if sent else c.NOT_SENT)[idem]
             if conn is not None and isinstance(exc, c.TRANSPORT_ERRORS):
-                conn.disconnect()
+                conn.disconnect(nowait=True)
                 pool.guard_mark_suspect(exc)
             c.note_command(exc, args[0])
             raise
@@ -410,7 +424,7 @@ class GuardedPipeline(redis.client.Pipeline):
         bounded by the deadline like every other command."""
         if _deadline() is None:
             return super().immediate_execute_command(*args, **options)
-        conn = self.connection
+        conn: Any = self.connection
         if conn is None:
             conn = self.connection = self.connection_pool.get_connection()
         info = _lookup(args[0]) or backend.command_info(args)
@@ -430,7 +444,7 @@ class GuardedPipeline(redis.client.Pipeline):
             return []
         if self.scripts:
             self.load_scripts()
-        transactional = bool(self.transaction or self.explicit_transaction)  # type: ignore[truthy-function]
+        transactional = bool(self.transaction or self.explicit_transaction)  # type: ignore[truthy-function,unused-ignore]
         watching = self.watching
         # A WATCH lives on one connection: replaying elsewhere would drop the optimistic lock.
         forced = False if watching else self.guard_idempotent
@@ -464,7 +478,9 @@ class GuardedPipeline(redis.client.Pipeline):
     ) -> list[Any]:
         pool: Any = self.connection_pool
         conn: Any = self.connection
+        configured: Any = None
         sock = None
+        response: list[Any]
         try:
             if conn is None:
                 conn = self.connection = pool.get_connection()
@@ -492,7 +508,7 @@ class GuardedPipeline(redis.client.Pipeline):
             attempts.op = (c.SENT if sent else c.NOT_SENT)[idem]
             c.note_command(exc, "MULTI/EXEC" if transactional else "the pipeline")
             if conn is not None and isinstance(exc, c.TRANSPORT_ERRORS):
-                conn.disconnect()
+                conn.disconnect(nowait=True)
                 pool.guard_mark_suspect(exc)
                 if watching:
                     # The WATCH died with the socket: no UNWATCH (reset() would reconnect).
@@ -585,7 +601,8 @@ class GuardedPubSub(redis.client.PubSub):
                 raise
             # Opt-in: stay quiet, but never spin: a read that gives up waits out its timeout
             # (or, blocking, a backoff) before the caller's loop asks again.
-            guard = self.connection_pool.guard_active
+            pool: Any = self.connection_pool
+            guard = pool.guard_active
             pause = state.backoff(guard) if block else (timeout or 0) - (_monotonic() - start)
             if pause > 0:
                 time.sleep(pause)
@@ -599,7 +616,7 @@ class GuardedPubSub(redis.client.PubSub):
         try:
             return command(*args, **kwargs)
         except c.TRANSPORT_ERRORS as exc:
-            conn.disconnect()  # pub/sub reads use disconnect_on_error=False
+            conn.disconnect(nowait=True)  # pub/sub reads use disconnect_on_error=False
             pool: Any = self.connection_pool
             c.pubsub_dropped(pool.guard_active, self.guard_state, exc)
             pool.guard_mark_suspect(exc)
@@ -616,7 +633,7 @@ class GuardedPubSub(redis.client.PubSub):
         try:
             c.pubsub_admit(guard)
             with deadline(state.reconnect_budget(pool.guard_policy.connect_timeout)):
-                conn.disconnect()
+                conn.disconnect(nowait=True)
                 conn.connect()
         except c.SubscriptionLost:
             raise  # the resubscription itself failed: already reported
