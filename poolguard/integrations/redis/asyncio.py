@@ -404,6 +404,8 @@ class AsyncGuardedRedis(redis.asyncio.Redis):
         pool: Any = self.connection_pool
         conn: Any = None
         configured: Any = None
+        if True:  # ASYNC
+            restore = False  # configured may be None (no query timeout): a flag says "restore"
         sock = None
         try:
             conn = self.connection or await pool.get_connection()
@@ -412,10 +414,9 @@ class AsyncGuardedRedis(redis.asyncio.Redis):
                 configured = conn.socket_timeout
                 timeout = c.command_timeout(configured, info, args)
                 if True:  # ASYNC
-                    if timeout != configured:
+                    restore = timeout != configured
+                    if restore:
                         conn.socket_timeout = timeout
-                    else:
-                        configured = None  # nothing to restore
                 elif timeout != configured and conn._sock is not None:
                     sock = conn._sock
                     sock.settimeout(timeout)
@@ -441,7 +442,7 @@ class AsyncGuardedRedis(redis.asyncio.Redis):
         finally:
             if conn is not None:
                 if True:  # ASYNC
-                    if configured is not None:
+                    if restore:
                         conn.socket_timeout = configured
                 elif sock is not None and conn._sock is sock:
                     sock.settimeout(conn.socket_timeout)
@@ -575,6 +576,8 @@ class AsyncGuardedPipeline(redis.asyncio.client.Pipeline):
         pool: Any = self.connection_pool
         conn: Any = self.connection
         configured: Any = None
+        if True:  # ASYNC
+            restore = False  # configured may be None (no query timeout): a flag says "restore"
         sock = None
         response: list[Any]
         try:
@@ -587,10 +590,9 @@ class AsyncGuardedPipeline(redis.asyncio.client.Pipeline):
             configured = conn.socket_timeout
             timeout = c.pipeline_timeout(configured, stack)
             if True:  # ASYNC
-                if timeout != configured:
+                restore = timeout != configured
+                if restore:
                     conn.socket_timeout = timeout
-                else:
-                    configured = None
             elif timeout != configured and conn._sock is not None:
                 sock = conn._sock
                 sock.settimeout(timeout)
@@ -600,8 +602,8 @@ class AsyncGuardedPipeline(redis.asyncio.client.Pipeline):
                 response = await self._execute_pipeline(conn, stack, False)
         except BaseException as exc:
             if True:  # ASYNC
-                if configured is not None and conn is not None:
-                    conn.socket_timeout, configured = configured, None
+                if restore and conn is not None:
+                    conn.socket_timeout, restore = configured, False
             else:
                 if sock is not None and conn is not None and conn._sock is sock:
                     sock.settimeout(conn.socket_timeout)
@@ -626,7 +628,7 @@ class AsyncGuardedPipeline(redis.asyncio.client.Pipeline):
             raise
         finally:
             if True:  # ASYNC
-                if configured is not None and conn is not None:
+                if restore and conn is not None:
                     conn.socket_timeout = configured
             elif sock is not None and conn is not None and conn._sock is sock:
                 sock.settimeout(conn.socket_timeout)

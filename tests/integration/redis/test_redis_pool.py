@@ -255,3 +255,36 @@ async def test_async_handshake_with_a_frozen_server_is_bounded_by_the_deadline(
     async with poolguard.deadline(5):
         await client.ping()
     assert await client.get("k") is None
+
+
+async def test_async_deadline_timeout_does_not_stay_on_the_connection(
+    redis_server: Any, aguarded: Any, key: str
+) -> None:
+    # With no query timeout, a command under a deadline borrows the deadline's remainder as its
+    # socket timeout; it must be given back, not left on the pooled connection (it was: None
+    # was both "no timeout configured" and "nothing to restore").
+    client = aguarded(redis_server.url, query_timeout="off", pool_size=1)
+    with poolguard.deadline(5):
+        await client.set(key, "1")
+        await client.pipeline().get(key).get(key).execute()
+    conn = await client.connection_pool.get_connection()
+    try:
+        assert conn.socket_timeout is None
+    finally:
+        await client.connection_pool.release(conn)
+
+
+def test_deadline_timeout_does_not_stay_on_the_connection(
+    redis_server: Any, guarded: Any, key: str
+) -> None:
+    client = guarded(redis_server.url, query_timeout="off", pool_size=1)
+    with poolguard.deadline(5):
+        client.set(key, "1")
+        client.pipeline().get(key).get(key).execute()
+    conn = client.connection_pool.get_connection()
+    try:
+        assert conn.socket_timeout is None
+        assert conn._sock is not None
+        assert conn._sock.gettimeout() is None
+    finally:
+        client.connection_pool.release(conn)
