@@ -50,6 +50,8 @@ def _from_pool(pool: Any, default_pool: type[Any]) -> tuple[str, dict[str, Any]]
     host, port, db = (kwargs.pop(k, d) for k, d in zip(URL_PARTS, URL_DEFAULTS, strict=True))
     if pool.max_connections != default_pool().max_connections:  # only if the test chose it
         kwargs["max_connections"] = pool.max_connections
+    # Connection, SSLConnection...: poolguard swaps in its guarded twin, or refuses the class.
+    kwargs["connection_class"] = pool.connection_class
     return f"redis://{host}:{port}/{db}", kwargs
 
 
