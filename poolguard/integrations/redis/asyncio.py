@@ -92,6 +92,40 @@ if True:  # ASYNC
         return poller
 
 
+class _LentTimeout:
+    """A socket timeout lent to one pooled connection for one call, then given back.
+
+    The asyncio connection reads ``socket_timeout`` at every read, so lending is setting that
+    attribute; the sync one applied its timeout to the socket once, at connect, so the sync twin
+    sets the socket's own and restores the connection's afterwards. ``configured`` may itself be
+    None (no query timeout): whether anything was lent is kept apart from it.
+    """
+
+    __slots__ = ("configured", "conn", "lent", "sock")
+
+    def __init__(self, conn: Any, timeout: float | None) -> None:
+        self.conn = conn
+        self.configured = conn.socket_timeout
+        self.lent = timeout != self.configured
+        self.sock: Any = None
+        if True:  # ASYNC
+            if self.lent:
+                conn.socket_timeout = timeout
+        elif self.lent and conn._sock is not None:
+            self.sock = conn._sock
+            self.sock.settimeout(timeout)
+
+    def give_back(self) -> None:
+        """Restore the connection's own timeout (once; later calls do nothing)."""
+        if True:  # ASYNC
+            if self.lent:
+                self.conn.socket_timeout, self.lent = self.configured, False
+        else:
+            sock, self.sock = self.sock, None
+            if sock is not None and self.conn._sock is sock:
+                sock.settimeout(self.conn.socket_timeout)
+
+
 class _AsyncGuardedConnectionMixin:
     """Connect bounded by the deadline, connect failures tagged, send completion recorded."""
 
@@ -403,23 +437,12 @@ class AsyncGuardedRedis(redis.asyncio.Redis):
     ) -> Any:
         pool: Any = self.connection_pool
         conn: Any = None
-        configured: Any = None
-        if True:  # ASYNC
-            restore = False  # configured may be None (no query timeout): a flag says "restore"
-        sock = None
+        lent: _LentTimeout | None = None
         try:
             conn = self.connection or await pool.get_connection()
             conn.guard_sent = False
             if info.block is not None or _deadline() is not None:
-                configured = conn.socket_timeout
-                timeout = c.command_timeout(configured, info, args)
-                if True:  # ASYNC
-                    restore = timeout != configured
-                    if restore:
-                        conn.socket_timeout = timeout
-                elif timeout != configured and conn._sock is not None:
-                    sock = conn._sock
-                    sock.settimeout(timeout)
+                lent = _LentTimeout(conn, c.command_timeout(conn.socket_timeout, info, args))
             if True:  # ASYNC
                 if self.single_connection_client:
                     async with self._single_conn_lock:
@@ -440,14 +463,10 @@ class AsyncGuardedRedis(redis.asyncio.Redis):
             c.note_command(exc, args[0])
             raise
         finally:
-            if conn is not None:
-                if True:  # ASYNC
-                    if restore:
-                        conn.socket_timeout = configured
-                elif sock is not None and conn._sock is sock:
-                    sock.settimeout(conn.socket_timeout)
-                if not self.connection:
-                    await pool.release(conn)
+            if lent is not None:
+                lent.give_back()
+            if conn is not None and not self.connection:
+                await pool.release(conn)
 
     def pipeline(
         self,
@@ -516,21 +535,11 @@ class AsyncGuardedPipeline(redis.asyncio.client.Pipeline):
         if conn is None:
             conn = self.connection = await self.connection_pool.get_connection()
         info = _lookup(args[0]) or backend.command_info(args)
-        if True:  # ASYNC
-            configured = conn.socket_timeout
-            conn.socket_timeout = c.command_timeout(configured, info, args)
-        else:
-            timeout = c.command_timeout(conn.socket_timeout, info, args)
-            sock = conn._sock
-            if sock is not None:
-                sock.settimeout(timeout)
+        lent = _LentTimeout(conn, c.command_timeout(conn.socket_timeout, info, args))
         try:
             return await super().immediate_execute_command(*args, **options)
         finally:
-            if True:  # ASYNC
-                conn.socket_timeout = configured
-            elif sock is not None and conn._sock is sock:
-                sock.settimeout(conn.socket_timeout)
+            lent.give_back()
 
     async def execute(self, raise_on_error: bool = True) -> list[Any]:
         stack = self.command_stack
@@ -575,10 +584,7 @@ class AsyncGuardedPipeline(redis.asyncio.client.Pipeline):
     ) -> list[Any]:
         pool: Any = self.connection_pool
         conn: Any = self.connection
-        configured: Any = None
-        if True:  # ASYNC
-            restore = False  # configured may be None (no query timeout): a flag says "restore"
-        sock = None
+        lent: _LentTimeout | None = None
         response: list[Any]
         try:
             if conn is None:
@@ -587,27 +593,14 @@ class AsyncGuardedPipeline(redis.asyncio.client.Pipeline):
                 self.watching = False
                 raise rex.WatchError(WATCH_LOST)
             conn.guard_sent = False
-            configured = conn.socket_timeout
-            timeout = c.pipeline_timeout(configured, stack)
-            if True:  # ASYNC
-                restore = timeout != configured
-                if restore:
-                    conn.socket_timeout = timeout
-            elif timeout != configured and conn._sock is not None:
-                sock = conn._sock
-                sock.settimeout(timeout)
+            lent = _LentTimeout(conn, c.pipeline_timeout(conn.socket_timeout, stack))
             if transactional:
                 response = await self._execute_transaction(conn, stack, False)
             else:
                 response = await self._execute_pipeline(conn, stack, False)
         except BaseException as exc:
-            if True:  # ASYNC
-                if restore and conn is not None:
-                    conn.socket_timeout, restore = configured, False
-            else:
-                if sock is not None and conn is not None and conn._sock is sock:
-                    sock.settimeout(conn.socket_timeout)
-                sock = None
+            if lent is not None:
+                lent.give_back()  # before the connection is disconnected or released
             # MULTI..EXEC that was not fully sent never ran (no EXEC arrived). A plain pipeline
             # executes command by command as bytes arrive: any failure may follow a prefix.
             sent = conn is not None and (conn.guard_sent or not transactional)
@@ -627,11 +620,8 @@ class AsyncGuardedPipeline(redis.asyncio.client.Pipeline):
                 await pool.release(conn)
             raise
         finally:
-            if True:  # ASYNC
-                if restore and conn is not None:
-                    conn.socket_timeout = configured
-            elif sock is not None and conn is not None and conn._sock is sock:
-                sock.settimeout(conn.socket_timeout)
+            if lent is not None:
+                lent.give_back()
         if raise_on_error:
             self._guard_raise_first(stack, response, transactional, forced)
         return response

@@ -79,6 +79,33 @@ _blocking_get_connection = getattr(
 )
 
 
+class _LentTimeout:
+    """A socket timeout lent to one pooled connection for one call, then given back.
+
+    The asyncio connection reads ``socket_timeout`` at every read, so lending is setting that
+    attribute; the sync one applied its timeout to the socket once, at connect, so the sync twin
+    sets the socket's own and restores the connection's afterwards. ``configured`` may itself be
+    None (no query timeout): whether anything was lent is kept apart from it.
+    """
+
+    __slots__ = ("configured", "conn", "lent", "sock")
+
+    def __init__(self, conn: Any, timeout: float | None) -> None:
+        self.conn = conn
+        self.configured = conn.socket_timeout
+        self.lent = timeout != self.configured
+        self.sock: Any = None
+        if self.lent and conn._sock is not None:
+            self.sock = conn._sock
+            self.sock.settimeout(timeout)
+
+    def give_back(self) -> None:
+        """Restore the connection's own timeout (once; later calls do nothing)."""
+        sock, self.sock = self.sock, None
+        if sock is not None and self.conn._sock is sock:
+            sock.settimeout(self.conn.socket_timeout)
+
+
 class _GuardedConnectionMixin:
     """Connect bounded by the deadline, connect failures tagged, send completion recorded."""
 
@@ -333,17 +360,12 @@ class GuardedRedis(redis.Redis):
     ) -> Any:
         pool: Any = self.connection_pool
         conn: Any = None
-        configured: Any = None
-        sock = None
+        lent: _LentTimeout | None = None
         try:
             conn = self.connection or pool.get_connection()
             conn.guard_sent = False
             if info.block is not None or _deadline() is not None:
-                configured = conn.socket_timeout
-                timeout = c.command_timeout(configured, info, args)
-                if timeout != configured and conn._sock is not None:
-                    sock = conn._sock
-                    sock.settimeout(timeout)
+                lent = _LentTimeout(conn, c.command_timeout(conn.socket_timeout, info, args))
             if self._single_connection_client:
                 with self.single_connection_lock:
                     return self._send_command_parse_response(conn, args[0], *args, **options)
@@ -358,11 +380,10 @@ class GuardedRedis(redis.Redis):
             c.note_command(exc, args[0])
             raise
         finally:
-            if conn is not None:
-                if sock is not None and conn._sock is sock:
-                    sock.settimeout(conn.socket_timeout)
-                if not self.connection:
-                    pool.release(conn)
+            if lent is not None:
+                lent.give_back()
+            if conn is not None and not self.connection:
+                pool.release(conn)
 
     def pipeline(
         self,
@@ -428,15 +449,11 @@ class GuardedPipeline(redis.client.Pipeline):
         if conn is None:
             conn = self.connection = self.connection_pool.get_connection()
         info = _lookup(args[0]) or backend.command_info(args)
-        timeout = c.command_timeout(conn.socket_timeout, info, args)
-        sock = conn._sock
-        if sock is not None:
-            sock.settimeout(timeout)
+        lent = _LentTimeout(conn, c.command_timeout(conn.socket_timeout, info, args))
         try:
             return super().immediate_execute_command(*args, **options)
         finally:
-            if sock is not None and conn._sock is sock:
-                sock.settimeout(conn.socket_timeout)
+            lent.give_back()
 
     def execute(self, raise_on_error: bool = True) -> list[Any]:
         stack = self.command_stack
@@ -478,8 +495,7 @@ class GuardedPipeline(redis.client.Pipeline):
     ) -> list[Any]:
         pool: Any = self.connection_pool
         conn: Any = self.connection
-        configured: Any = None
-        sock = None
+        lent: _LentTimeout | None = None
         response: list[Any]
         try:
             if conn is None:
@@ -488,19 +504,14 @@ class GuardedPipeline(redis.client.Pipeline):
                 self.watching = False
                 raise rex.WatchError(WATCH_LOST)
             conn.guard_sent = False
-            configured = conn.socket_timeout
-            timeout = c.pipeline_timeout(configured, stack)
-            if timeout != configured and conn._sock is not None:
-                sock = conn._sock
-                sock.settimeout(timeout)
+            lent = _LentTimeout(conn, c.pipeline_timeout(conn.socket_timeout, stack))
             if transactional:
                 response = self._execute_transaction(conn, stack, False)
             else:
                 response = self._execute_pipeline(conn, stack, False)
         except BaseException as exc:
-            if sock is not None and conn is not None and conn._sock is sock:
-                sock.settimeout(conn.socket_timeout)
-            sock = None
+            if lent is not None:
+                lent.give_back()  # before the connection is disconnected or released
             # MULTI..EXEC that was not fully sent never ran (no EXEC arrived). A plain pipeline
             # executes command by command as bytes arrive: any failure may follow a prefix.
             sent = conn is not None and (conn.guard_sent or not transactional)
@@ -520,8 +531,8 @@ class GuardedPipeline(redis.client.Pipeline):
                 pool.release(conn)
             raise
         finally:
-            if sock is not None and conn is not None and conn._sock is sock:
-                sock.settimeout(conn.socket_timeout)
+            if lent is not None:
+                lent.give_back()
         if raise_on_error:
             self._guard_raise_first(stack, response, transactional, forced)
         return response
