@@ -1,4 +1,16 @@
-"""poolguard: resilient connection pools for PostgreSQL, MySQL/MariaDB and Redis."""
+"""poolguard: resilient connection pools for PostgreSQL, MySQL/MariaDB and Redis.
+
+The whole public API is re-exported here: ``create_engine`` / ``create_async_engine`` and
+``run_transaction`` / ``run_transaction_async`` (SQLAlchemy), :mod:`poolguard.postgres`
+(psycopg_pool), :mod:`poolguard.redis` (redis-py), ``deadline``, ``stats``, ``Hooks``,
+``set_testing`` and the error tree of ``errors.py``. The SQLAlchemy names and the two
+submodules load on first use, so ``import poolguard`` needs no driver.
+
+One folder per layer, each importing only the ones before it: ``core/`` decides (retry safety,
+backoff, breaker, budget, deadline; no I/O), ``backends/`` knows each server (error tables,
+pings, timeouts), ``integrations/`` wires both into SQLAlchemy, psycopg_pool and redis-py.
+Beside them: ``config/`` (settings), ``check/`` (``poolguard check``), ``testing/``.
+"""
 
 from __future__ import annotations
 

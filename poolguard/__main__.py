@@ -1,4 +1,4 @@
-"""``python -m poolguard`` runs the ``poolguard`` command line."""
+"""``python -m poolguard`` runs the ``poolguard`` command line (``cli.py``)."""
 
 import sys
 

@@ -1,4 +1,9 @@
-"""``poolguard.stats(obj)``: one entry point for every guarded pool, whatever wraps it."""
+"""``poolguard.stats(obj)``: one entry point for every guarded pool, whatever wraps it.
+
+It only dispatches: a Redis client to :func:`poolguard.redis.stats`, a ``poolguard.postgres``
+pool to its own ``stats()``, an engine to ``integrations/sqlalchemy/engine.py``. Every one of
+them returns the snapshot of a ``core/stats.py`` :class:`PoolStats`; ``metrics/`` exports it.
+"""
 
 from __future__ import annotations
 

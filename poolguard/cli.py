@@ -5,6 +5,9 @@ configuration is invalid. Local throw-away servers are started only with ``--loc
 deploy-time check that found no URL must fail, not report on servers the app will never use.
 Nothing printed ever contains a password: URLs go through ``redact`` and every string of the
 report is scrubbed of the configured passwords as a second line of defense.
+
+The work is in ``check/``: ``runner.py`` (what to check, time bounds), one probe module per
+backend, ``render.py`` (the table).
 """
 
 from __future__ import annotations

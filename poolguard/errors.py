@@ -8,6 +8,10 @@ error and the foreign one (``sqlalchemy.exc.OperationalError``, ``redis.exceptio
 
 Messages are written for people: what happened, after how many attempts, what to tune. They
 never contain a password; callers pass URLs through :func:`poolguard.config.redact` first.
+
+Which drop-in class each integration raises: ``integrations/sqlalchemy/_errors.py``,
+``integrations/psycopg_pool/_errors.py`` (both through ``integrations/_giveup.py``) and
+``integrations/redis/_common.py``.
 """
 
 from __future__ import annotations

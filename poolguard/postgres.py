@@ -20,6 +20,10 @@ max lifetime, max idle, classification, retries, breaker and stats. Keyword argu
 poolguard settings (``query_timeout=2``), psycopg_pool arguments (``open``, ``num_workers``,
 ``configure``, ``max_waiting``, ``reconnect_failed`` ...) or ``kwargs={...}`` for psycopg's
 connect (``application_name``, ``row_factory`` ...). See docs/postgres-native.md.
+
+This module only builds settings and pools; the pools are ``poolguard/integrations/psycopg_pool/``,
+the PostgreSQL knowledge ``poolguard/backends/postgres.py``. For SQLAlchemy, use
+:func:`poolguard.create_engine`.
 """
 
 from __future__ import annotations

@@ -17,6 +17,9 @@ the Redis defaults (``Settings.from_env(backend="redis")``). ``pubsub_reconnect=
 ``on_resubscribe=`` configure ``pubsub()``; other keyword arguments (``decode_responses=True``,
 ``client_name=...``) go to redis-py unchanged, except redis-py retry options that would re-send
 commands (refused with a ConfigError). See docs/redis.md.
+
+This module only builds settings and clients; the adapters are ``poolguard/integrations/redis/``,
+the command and error tables ``poolguard/backends/redis.py``.
 """
 
 from __future__ import annotations

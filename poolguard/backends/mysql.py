@@ -21,7 +21,8 @@ and may have run (after send). A write to a peer that has already closed usually
 buffers writes and never raises 2006; both raise ``InterfaceError`` "(0, ...)" on a connection
 they already know is closed (before send).
 
-Nothing here imports SQLAlchemy.
+Nothing here imports SQLAlchemy: ``integrations/sqlalchemy/_backend.py`` (``MySQLBackend``)
+wires it into engines, and ``core/disposition.py`` decides what a Classification allows.
 """
 
 from __future__ import annotations

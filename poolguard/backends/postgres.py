@@ -10,7 +10,10 @@
 - :func:`ping` / :func:`ping_async`, :func:`needs_reset`: cheap validation and reset decisions;
 - :func:`is_idempotent`: may this statement run twice? (a conservative parse, see ``sql.py``).
 
-Nothing here imports SQLAlchemy: the native psycopg_pool integration uses it too.
+Nothing here imports SQLAlchemy: ``integrations/sqlalchemy/_backend.py`` (``PostgresBackend``)
+and the native pools of ``integrations/psycopg_pool/`` both build on it (their connections
+derive from :class:`DeadlineConnection`); ``core/disposition.py`` decides what a
+Classification allows.
 """
 
 from __future__ import annotations

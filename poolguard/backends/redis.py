@@ -1,7 +1,10 @@
 """Redis knowledge: error replies → Classification, which commands are idempotent, which block.
 
-Tables and small pure functions only; the integration (``poolguard.integrations.redis``) wires
-them into redis-py. Rules, in the words of DESIGN.md "Retry safety":
+Tables and small pure functions only: :func:`classify`, :func:`is_idempotent`,
+:func:`block_seconds`, :func:`learn` (readonly commands a server reports that the table lacks) and
+:func:`mark_connect_phase`. ``integrations/redis/_common.py`` wires them into redis-py and
+``core/disposition.py`` decides what a Classification allows. Rules, in the words of DESIGN.md
+"Retry safety":
 
 - A reply the server sends *before* executing (LOADING, BUSY, MASTERDOWN, TRYAGAIN, CLUSTERDOWN,
   READONLY, NOREPLICAS, max clients) is safe to retry for any command.

@@ -19,8 +19,9 @@ a write twice. So it says yes only to
 The tokenizer knows comments (``--``, nested ``/* */``, MySQL ``#`` when asked), string literals
 (``'...'`` with doubled quotes, ``E'...'`` with backslash escapes, PostgreSQL ``$tag$...$tag$``),
 and quoted identifiers (``"..."``, MySQL backticks). Backend modules supply their own extra
-dangerous functions and safe functions. Results are cached by SQL text: SQLAlchemy renders the
-same string for each compiled statement, so the parse runs once per distinct statement.
+dangerous and safe functions as a :class:`SqlRules` (``postgres.py``, ``mysql.py``). Results are
+cached by SQL text: SQLAlchemy renders the same string for each compiled statement, so the parse
+runs once per distinct statement.
 """
 
 from __future__ import annotations

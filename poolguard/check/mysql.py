@@ -3,6 +3,9 @@
 MariaDB takes ``max_statement_time`` in seconds for any statement and has
 ``idle_transaction_timeout``; MySQL takes ``max_execution_time`` in milliseconds and only for
 SELECT (DESIGN "Known traps"), so the probe asks the server which one it is before trying.
+
+:func:`probe_mysql` fills a ``report.BackendReport``; ``runner.py`` calls it under a time bound.
+The same flavour rule, for real pools, is ``poolguard/backends/mysql.py``.
 """
 
 from __future__ import annotations

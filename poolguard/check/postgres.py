@@ -11,6 +11,9 @@ PgBouncer detection (no admin access needed), strongest signal first:
 Transaction vs session pooling cannot be told apart from the client side, hence the warning
 wording. Timeouts are tried with ``SET LOCAL`` inside a transaction, which works behind
 PgBouncer too.
+
+:func:`probe_postgres` fills a ``report.BackendReport``; ``runner.py`` calls it under a time
+bound. What real pools do with these timeouts is ``poolguard/backends/postgres.py``.
 """
 
 from __future__ import annotations

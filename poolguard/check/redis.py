@@ -2,6 +2,8 @@
 
 Redis has no per-connection server-side timeouts: every timeout is a client socket setting, so
 the table says "client" and the server's answer is the PING itself.
+
+:func:`probe_redis` fills a ``report.BackendReport``; ``runner.py`` calls it under a time bound.
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""The human-readable table of ``poolguard check`` (input: the JSON-ready result dict)."""
+"""The human-readable table of ``poolguard check`` (input: the JSON-ready result dict).
+
+:func:`render_text` draws one block per backend from ``report.BackendReport.to_dict()`` output;
+``poolguard/cli.py`` prints it, or the dict itself as JSON with ``--json``.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,10 @@
-"""What a probe found about one backend: plain data, rendered as a table or JSON by the CLI."""
+"""What a probe found about one backend: plain data, rendered as a table or JSON by the CLI.
+
+:class:`BackendReport` (one per backend) holds :class:`TimeoutCheck` rows and warnings; the
+helpers every probe shares are :func:`measure_latency`, :func:`scrub` (passwords out of every
+string) and the TLS and idle-kill warnings. Probes: ``postgres.py``, ``mysql.py``, ``redis.py``;
+the table: ``render.py``.
+"""
 
 from __future__ import annotations
 

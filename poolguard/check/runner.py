@@ -1,5 +1,9 @@
 """Which backends to check, and running each probe under a hard time bound.
 
+:func:`targets_from_env` (or :func:`local_targets` for ``--local``) says what to check,
+:func:`run_targets` runs the probes of ``postgres.py``, ``mysql.py`` and ``redis.py``;
+``poolguard/cli.py`` calls both.
+
 Every probe runs in a daemon thread joined with a bound of ``connect + --timeout + grace``:
 the drivers' own timeouts should fire first, but a check must never hang whatever the server
 does (frozen, blackholed), and a daemon thread cannot keep the process alive.

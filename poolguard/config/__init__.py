@@ -1,6 +1,10 @@
 """Configuration: Settings from keyword arguments over environment variables.
 
-See docs/configuration.md for every variable, its default and accepted form.
+The frozen :class:`Settings` and :func:`load_settings` are in ``settings.py``; which variables it
+reads, and in what order, is ``env.py``; what each field accepts is ``fields.py`` (text parsed by
+``parse.py``); URLs and the one redaction helper are ``urls.py``. Every integration turns a Settings
+into a ``core/retry.py`` :class:`Guard` (``Guard.from_settings``). See docs/configuration.md for
+every variable, its default and accepted form.
 """
 
 from poolguard.config.parse import format_duration, parse_duration, parse_optional_duration

@@ -14,6 +14,9 @@ An unknown ``POOLGUARD_*`` variable is almost always a typo that would otherwise
 default in place (``POOLGUARD_QUERY_TIMEOUTS=5s`` meaning *no* query timeout), so it fails with a
 suggestion; ``POOLGUARD_ALLOW_UNKNOWN=1`` turns that into a logged warning, for environments
 shared with a newer poolguard that knows more variables.
+
+Main names: :func:`lookup_order`, :func:`url_variable`, :func:`check_unknown`. ``settings.py``
+reads through them; what a value may be is ``fields.py``.
 """
 
 from __future__ import annotations

@@ -4,6 +4,9 @@ A value may arrive as text (environment variable, or a keyword such as ``query_t
 or already typed (``query_timeout=0.25``); both go through :func:`coerce`, so the same rules
 and the same messages apply whichever way a setting was given. ``label`` is what a message calls
 the setting: the environment variable it came from, or the keyword name.
+
+:data:`ENV_FIELDS` maps each field to its :class:`FieldSpec`; :func:`check_relations` rejects
+contradictions between fields. Text is parsed by ``parse.py``; ``settings.py`` is the caller.
 """
 
 from __future__ import annotations

@@ -8,6 +8,8 @@ Rules, shared by every parser here:
 * matching is ASCII-only and case-insensitive, surrounding whitespace is ignored: ``float()``
   would happily accept ``"٣"``, ``"1_0"``, ``"inf"`` or ``"nan"``, none of which anybody means;
 * ``format_*`` is the inverse of ``parse_*``: ``parse(format(x)) == x`` for every valid ``x``.
+
+Which parser a setting uses is ``fields.py``.
 """
 
 from __future__ import annotations

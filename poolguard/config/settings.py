@@ -3,6 +3,10 @@
 Durations are floats in seconds; ``None`` means "off" (no timeout / no limit). The field list
 is the public vocabulary shared by every integration; each field maps to ``POOLGUARD_<NAME>``
 (upper-cased field name) and, for the Redis client, ``POOLGUARD_REDIS_<NAME>`` first.
+
+:func:`load_settings` (``Settings.from_env``) builds one; :data:`REDIS_DEFAULTS` are the defaults
+that differ for the Redis client. Variable lookup is ``env.py``, value rules are ``fields.py``; the
+core reads a Settings once, in ``poolguard/core/retry.py`` (``Guard.from_settings``).
 """
 
 from __future__ import annotations

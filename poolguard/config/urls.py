@@ -10,6 +10,8 @@ URL, so a password is never half-shown.
 each dialect and mode: psycopg 3 for PostgreSQL (sync and async), PyMySQL (sync) or aiomysql
 (async) for MySQL/MariaDB. Everything after ``://`` is kept verbatim (query parameters such as
 ``sslmode`` or ``application_name`` included).
+:func:`dialect_of` and :func:`normalize_redis_url` complete the set; ``settings.py`` normalizes
+every URL it is given through them.
 """
 
 from __future__ import annotations

@@ -2,6 +2,11 @@
 
 Backends classify errors into :class:`Classification`; :func:`decide` applies the retry-safety
 rule; :class:`Guard` (one per pool) runs the one retry loop with budget, breaker and stats.
+
+One module per idea: ``disposition.py`` (what an error means, :func:`decide`), ``retry.py``
+(:class:`Guard`, :class:`Attempts`), ``backoff.py``, ``breaker.py``, ``budget.py``,
+``deadline.py``, ``stats.py``. Below the core is nothing; above it, ``backends/`` supplies the
+classifications and ``integrations/`` calls :meth:`Guard.run_with` / ``arun_with``.
 """
 
 from poolguard.core.backoff import Backoff, JitterKind

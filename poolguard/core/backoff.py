@@ -1,5 +1,8 @@
 """Exponential backoff with jitter, deterministic under an injected RNG.
 
+:class:`Backoff` gives the delay before each retry; ``retry.py`` (:class:`Attempts`) asks it
+and clips the sleep to the deadline.
+
 For retry ``n`` (1 for the first retry) the exponential ceiling is
 ``cap(n) = min(max, initial * multiplier ** (n - 1))`` and the delay is:
 

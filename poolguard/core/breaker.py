@@ -1,5 +1,9 @@
 """Circuit breaker over connect-level failures.
 
+:class:`CircuitBreaker` (one per pool, held by the ``retry.py`` :class:`Guard`) and
+:class:`BreakerState`; a backend says which failures are connect-level through its
+``Classification`` (``disposition.py``).
+
 closed ──(N consecutive connect failures)──▶ open ──(open interval elapsed)──▶ half-open
   ▲                                                                               │
   └───────────────────────────(probe succeeds)────────────────────────────────────┘

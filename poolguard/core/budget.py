@@ -1,5 +1,7 @@
 """Retry budget: a token bucket that keeps retries a bounded fraction of traffic.
 
+:class:`RetryBudget`, one per pool, held by the ``retry.py`` :class:`Guard`.
+
 Modelled on gRPC retry throttling and Finagle/Envoy retry budgets. Every operation deposits
 ``ratio`` tokens (capped at ``capacity``); every retry withdraws one. A retry is allowed only
 while at least one token is left. Over time retries are therefore at most ``ratio`` of requests,

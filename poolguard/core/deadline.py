@@ -4,6 +4,10 @@
 each backoff sleep. Because the deadline lives in a ContextVar it follows asyncio tasks (each
 task copies the context when it is created) and does not leak between threads. Nested deadlines
 only shrink: an inner ``deadline(10)`` inside an outer ``deadline(1)`` still ends at the outer one.
+
+Main names: :func:`deadline` (public as ``poolguard.deadline``), :func:`remaining`,
+:func:`effective_timeout` (a configured timeout clipped to the deadline). ``retry.py`` stops
+retrying at it; the integrations clip acquire, connect and query timeouts with it.
 """
 
 from __future__ import annotations

@@ -12,7 +12,8 @@ connection is dead and at which scope to invalidate. :func:`decide` combines it 
 - a definitive rollback (serialization failure, deadlock) → re-run the whole unit of work;
 - a lost COMMIT (or autocommit write) reply → ambiguous, never retried transparently.
 
-The whole truth table is exercised by ``tests/unit/core/test_disposition.py``.
+The whole truth table is exercised by ``tests/unit/core/test_disposition.py``. The tables that
+produce Classifications are ``poolguard/backends/``; ``retry.py`` acts on the Action.
 """
 
 from __future__ import annotations

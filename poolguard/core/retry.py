@@ -4,6 +4,12 @@ All decisions live in :class:`Attempts` (one per operation) and are shared by th
 :meth:`Guard.run_with` and the async one :meth:`Guard.arun_with`; the two front ends differ only
 in how they call and how they sleep. A :class:`Guard` is the per-pool bundle of policy and shared
 state (budget, breaker, stats) that every integration builds once from :class:`Settings`.
+
+What an error means comes from ``disposition.py`` (fed by the integration's classifier, i.e. the
+tables of ``poolguard/backends/``); the loop's parts are ``backoff.py``, ``breaker.py``,
+``budget.py``, ``deadline.py`` and ``stats.py``. Also here: :class:`RetryPolicy`, :class:`GiveUp`
+(why the loop stopped, for the integration's error factory) and :func:`set_testing` (no backoff in
+users' test suites).
 """
 
 from __future__ import annotations

@@ -8,6 +8,9 @@ increment); acquire waits go to a bounded reservoir so percentiles cost nothing 
 Hooks receive frozen event dataclasses; a hook that raises is logged and ignored — observability
 must never break a request. Log records go to the ``poolguard.<backend>`` logger with structured
 ``extra`` fields; messages carry redacted URLs only.
+
+:class:`PoolStats` and :class:`Hooks` (with the event classes it passes); users reach a
+snapshot through ``poolguard.stats()`` (``poolguard/_stats.py``) or ``poolguard/metrics/``.
 """
 
 from __future__ import annotations

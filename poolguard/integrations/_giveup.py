@@ -1,10 +1,11 @@
 """One give-up policy for every SQL integration: which poolguard error a final failure becomes.
 
-The decision is the same whether the user holds a SQLAlchemy engine or a psycopg pool — a
-poolguard error stays itself, a lost reply becomes :class:`AmbiguousResultError`, a server-side
-timeout becomes the matching poolguard timeout, anything else is the driver's error annotated
-with the attempt count. Only the *drop-in class* differs (``sqlalchemy.exc.OperationalError`` vs
-``psycopg.OperationalError``); each integration passes its builder as ``wrap``.
+The decision is the same whether the user holds a SQLAlchemy engine or a psycopg pool — a poolguard
+error stays itself, a lost reply becomes :class:`AmbiguousResultError`, a server-side timeout
+becomes the matching poolguard timeout, anything else is the driver's error annotated with the
+attempt count. Only the *drop-in class* differs (``sqlalchemy.exc.OperationalError`` vs
+``psycopg.OperationalError``); each integration passes its builder as ``wrap`` to
+:func:`error_factory` (``sqlalchemy/_errors.py``, ``psycopg_pool/_errors.py``).
 """
 
 from __future__ import annotations

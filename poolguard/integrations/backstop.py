@@ -19,7 +19,10 @@ the socket will never be cut later — a connection returned to the pool is safe
 finished *just* before the deadline but the ticket fired before ``cancel()``, ``cancel()``
 returns False: the caller must discard the connection even though its call succeeded.
 
-Nothing here knows about SQLAlchemy or psycopg beyond "an object with ``fileno()``".
+Nothing here knows about SQLAlchemy or psycopg beyond "an object with ``fileno()``". Callers
+use :func:`backstop` (a context manager around one call) or :func:`watchdog`: the SQLAlchemy
+integration's ``pool.py`` and ``connection.py``, the native pools' ``connection.py`` and
+``_rules.py``.
 """
 
 from __future__ import annotations

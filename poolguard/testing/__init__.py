@@ -7,6 +7,10 @@ pytest imports in every run) costs nothing and needs no database driver::
 
     with PostgresServer() as pg, FaultProxy(pg.host, pg.port) as proxy:
         url = proxy.url(pg.url)
+
+Where the names live: ``servers/`` (one launcher per server over ``servers/_base.py``'s
+:class:`LocalServer`), ``proxy.py`` (:class:`FaultProxy`, :class:`DeafListener`),
+``workload.py`` (:func:`stream_during`) and ``plugin.py`` (the pytest fixtures).
 """
 
 from __future__ import annotations

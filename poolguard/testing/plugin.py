@@ -19,7 +19,7 @@ A server whose software is missing skips the test with the install command, exce
 ``CI=true``, where every test must run and a missing server fails instead.
 
 This module is imported by pytest in every run: it imports no driver and starts nothing until a
-fixture is used.
+fixture is used. The servers are ``servers/``, the proxy ``proxy.py``.
 """
 
 from __future__ import annotations

@@ -4,6 +4,9 @@
 circuit breaker and ambiguous commits; ``except psycopg_pool.PoolTimeout`` keeps catching a pool
 that ran dry; a server-side ``statement_timeout`` stays a ``psycopg.errors.QueryCanceled``.
 Every error is chained (``from``) to the driver's original.
+
+:func:`pg_dropin` builds one; ``make_error`` is the give-up policy of ``integrations/_giveup.py``
+with psycopg's classes. The error tree itself is ``poolguard/errors.py``.
 """
 
 from __future__ import annotations

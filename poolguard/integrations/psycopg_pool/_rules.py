@@ -8,10 +8,13 @@ drop-in error to raise. The two pool classes only do the I/O, each in its own co
 Per-connection state lives in attributes poolguard sets on the connection object (declared on
 the connection classes): ``_pg_rules``, ``_pg_mode``, ``_pg_created`` and ``_pg_expires`` (set
 when the connection is configured), ``_pg_returned`` (None while the connection was never handed
-out: fresh connections are not pinged) and ``_pg_txn_end``. poolguard reads none of
-psycopg_pool's private connection attributes (``_created_at`` only exists from psycopg_pool 3.3,
-``_expire_at`` is psycopg_pool's business); a connection to discard is closed, which every
-psycopg_pool version replaces when it comes back.
+out: fresh connections are not pinged), ``_pg_txn_end`` and ``_pg_isolation``. poolguard
+reads none of psycopg_pool's private connection attributes (``_created_at`` only exists from
+psycopg_pool 3.3, ``_expire_at`` is psycopg_pool's business); a connection to discard is closed,
+which every psycopg_pool version replaces when it comes back.
+
+The pools are ``pool_async.py`` / ``pool.py``, the connections ``connection.py``; the server
+knowledge behind these answers is ``poolguard/backends/postgres.py``.
 """
 
 from __future__ import annotations

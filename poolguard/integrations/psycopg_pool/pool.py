@@ -18,6 +18,10 @@ each a small override:
 - guarded helpers: :meth:`execute`, :meth:`fetchall`, :meth:`fetchone`, :meth:`fetchval`
   (one statement, retried per the retry-safety rule) and :meth:`transaction` (a unit of work,
   re-run on serialization failures, deadlocks and disconnects before COMMIT).
+
+The decisions are ``_rules.py`` (:class:`PoolRules`); this module only does the I/O. Public
+entry point: :mod:`poolguard.postgres`. ``pool.py`` is generated from ``pool_async.py`` by
+``tools/async_to_sync.py`` (``make generate``): edit ``pool_async.py``.
 """
 
 from __future__ import annotations

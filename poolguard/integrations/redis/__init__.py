@@ -1,6 +1,10 @@
 """redis-py integration: guarded ``redis.Redis`` / ``redis.asyncio.Redis`` built from Settings.
 
 Public entry points live in :mod:`poolguard.redis`; this package holds the adapters.
+Here: :func:`build_client`, :func:`build_async_client` and :func:`build_sentinel_client`.
+``_common.py`` holds what the two adapters share, ``asyncio.py`` the asyncio classes and
+``sync.py`` the sync ones (generated from ``asyncio.py``); the Redis knowledge is
+``poolguard/backends/redis.py``.
 """
 
 # redis-py's internals (execute helpers, parse_url, pools) carry no annotations.

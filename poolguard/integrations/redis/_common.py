@@ -2,6 +2,10 @@
 
 Nothing here does I/O. The adapters: ``asyncio.py``, and ``sync.py`` generated from it
 (``tools/async_to_sync.py``); they differ in ``await`` and in the ``if True:  # ASYNC`` blocks.
+
+:func:`build_policy` makes the per-pool :class:`Policy` (a core ``Guard`` and the timeouts);
+the pubsub helpers and the drop-in errors are here too. Which reply or command is safe is
+``poolguard/backends/redis.py``; the loop that acts on it is ``poolguard/core/retry.py``.
 """
 
 from __future__ import annotations

@@ -20,14 +20,16 @@ The hook points, chosen from redis-py 8.1's source:
   ``ConnectionError`` at once (or, opt-in, is ridden out and reported); a reconnect is one
   attempt bounded by the read's timeout, behind the pool's breaker.
 
-Per-command timeouts (blocking commands, the deadline) are applied for the one command and
-restored afterwards; a connection is owned by one task or thread while checked out, so this is
-not shared state. redis-py's asyncio connection reads ``Connection.socket_timeout`` for every
-send and read, so the asyncio module sets that attribute; the sync connection gives the socket
+Per-command timeouts (blocking commands, the deadline) are lent for the one command and given back
+afterwards (``_LentTimeout``); a connection is owned by one task or thread while checked out, so
+this is not shared state. redis-py's asyncio connection reads ``Connection.socket_timeout`` for
+every send and read, so the asyncio module sets that attribute; the sync connection gives the socket
 its timeout once, at connect, so the sync module calls ``settimeout`` on the socket.
 
-``sync.py`` is generated from ``asyncio.py`` by ``tools/async_to_sync.py`` (``make generate``):
-edit ``asyncio.py``; ``if True:  # ASYNC`` blocks hold what differs.
+``sync.py`` is generated from ``asyncio.py`` by ``tools/async_to_sync.py`` (``make generate``): edit
+``asyncio.py``; ``if True:  # ASYNC`` blocks hold what differs. What the two share (policy,
+timeouts, errors, pubsub state) is ``_common.py``; the Redis tables are
+``poolguard/backends/redis.py``; clients are built by ``__init__.py`` for :mod:`poolguard.redis`.
 """
 
 # redis-py's internals (execute helpers, parse_url, pools) carry no annotations.

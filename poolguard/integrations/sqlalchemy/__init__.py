@@ -1,4 +1,11 @@
-"""SQLAlchemy integration: guarded engines (sync + asyncio psycopg) and run_transaction."""
+"""SQLAlchemy integration: guarded engines (sync + asyncio) and run_transaction.
+
+PostgreSQL through psycopg 3, MySQL/MariaDB through PyMySQL or aiomysql. Public names are
+re-exported from ``poolguard/__init__.py``. Start at ``engine.py`` (what gets installed where);
+then ``pool.py`` (checkout), ``connection.py`` (statement retry), ``transaction.py`` (units of
+work), ``_state.py`` (per-engine state) and ``_backend.py`` (per-dialect adapters onto
+``poolguard/backends/``).
+"""
 
 from __future__ import annotations
 

@@ -14,6 +14,9 @@ by the client deadline. When SQLAlchemy's own connect would not call the driver'
 ``connect`` (``module=``, a patched ``dbapi.connect``, a dialect overriding ``connect``), that
 override is called as is; asyncio creators (``async_creator=``, ``async_creator_fn``) are
 bounded by ``asyncio.wait_for``.
+
+The adapters sit below the engine state: they read it through the :class:`StateView`
+protocol and never import ``_state.py``, which holds one (:class:`EngineState`).
 """
 
 from __future__ import annotations

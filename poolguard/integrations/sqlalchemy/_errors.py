@@ -3,6 +3,9 @@
 ``except sqlalchemy.exc.OperationalError`` keeps catching connect and query timeouts, an open
 circuit breaker and ambiguous commits; ``except sqlalchemy.exc.TimeoutError`` keeps catching a
 pool that ran dry. Every error is chained (``from``) to the driver's or SQLAlchemy's original.
+
+:func:`sa_dropin` builds one; ``make_error`` is the give-up policy of ``integrations/_giveup.py``
+with SQLAlchemy's classes. The error tree itself is ``poolguard/errors.py``.
 """
 
 from __future__ import annotations

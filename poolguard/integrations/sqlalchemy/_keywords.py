@@ -1,6 +1,7 @@
 """``sqlalchemy.create_engine`` keywords that poolguard takes over: each is honoured (mapped onto
 the poolguard setting that replaces it) or refused with a :class:`ConfigError` naming it; none is
-silently ignored. The table is docs/postgres.md "SQLAlchemy keywords".
+silently ignored. ``engine.py`` applies it through :func:`translate` and :func:`reset_mode`;
+the table is docs/postgres.md "SQLAlchemy keywords".
 
 =====================  ===========================================================
 keyword                becomes

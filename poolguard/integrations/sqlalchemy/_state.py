@@ -3,6 +3,8 @@
 ``EngineState`` is dialect-neutral (PostgreSQL and MySQL engines alike): everything
 driver-specific goes through ``state.backend`` (see ``_backend.py``). A guarded pool keeps it as
 ``pool._guard_state``; per-connection bookkeeping lives on the pool record (see ``pool.py``).
+``engine.py`` builds one per engine; the tunables shared by the pool and the Connection
+(:data:`BACKSTOP_GRACE`, :data:`VALIDATE_TIMEOUT`, :data:`LIFETIME_JITTER`) are here too.
 """
 
 from __future__ import annotations

@@ -12,7 +12,8 @@ The returned objects are SQLAlchemy's own ``Engine`` / ``AsyncEngine`` (``sessio
 - the ``handle_error`` event (classification).
 
 Drop-in rule: every ``sqlalchemy.create_engine`` keyword is honoured or refused with a
-``ConfigError`` naming it (``_keywords.py``, docs/postgres.md "SQLAlchemy keywords").
+``ConfigError`` naming it (``_keywords.py``, docs/postgres.md "SQLAlchemy keywords"). Also here:
+:func:`guard_of` (an engine's :class:`EngineState`, ``_state.py``) and :func:`stats`.
 """
 
 from __future__ import annotations

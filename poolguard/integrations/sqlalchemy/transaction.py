@@ -16,7 +16,8 @@ itself was sent and its reply was lost: that raises :class:`~poolguard.Ambiguous
     MariaDB have no equivalent: ``resolve_ambiguous=True`` raises ConfigError there.
 
 Everything runs under the engine's Guard (deadline, retry budget, breaker; backoff between
-attempts), with ``Operation(unit_of_work=True)``.
+attempts), with ``Operation(unit_of_work=True)``. A single statement is retried by ``connection.py``
+instead; the native pools' ``transaction()`` (``psycopg_pool/``) follows the same rules.
 """
 
 from __future__ import annotations

@@ -1,6 +1,11 @@
 """Real PostgreSQL, MariaDB, Redis and PgBouncer servers, started on free loopback ports.
 
 Standard library only: importing this never needs a database driver.
+
+One launcher per server (``postgres.py``, ``mysql.py``, ``redis.py``, ``pgbouncer.py``), each a
+subclass of :class:`LocalServer` (``_base.py``: lifecycle, restart, freeze, kill); finding
+binaries and free ports is ``_system.py``. ``poolguard/testing/plugin.py`` turns them into
+fixtures.
 """
 
 from __future__ import annotations

@@ -1,4 +1,9 @@
-"""Finding server programs and free loopback ports: what the launchers ask of the machine."""
+"""Finding server programs and free loopback ports: what the launchers ask of the machine.
+
+:func:`find_binary` (or :class:`ServerUnavailable`, carrying the install command),
+:func:`free_port`, :func:`tcp_accepts` / :func:`unix_accepts` (readiness) and
+:func:`binary_version`. Used by ``_base.py`` and each launcher, and by ``../proxy.py``.
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,7 @@
-"""A throwaway MariaDB (or MySQL-named binaries): install-db into a temp dir, user ``app``."""
+"""A throwaway MariaDB (or MySQL-named binaries): install-db into a temp dir, user ``app``.
+
+:class:`MySQLServer`; the lifecycle and chaos methods are :class:`LocalServer`'s (``_base.py``).
+"""
 
 from __future__ import annotations
 

@@ -1,4 +1,8 @@
-"""A throwaway PgBouncer in front of a :class:`PostgresServer` (transaction pooling by default)."""
+"""A throwaway PgBouncer in front of a :class:`PostgresServer` (transaction pooling by default).
+
+:class:`PgBouncerServer`; the lifecycle and chaos methods are :class:`LocalServer`'s
+(``_base.py``), the PostgreSQL behind it is ``postgres.py``.
+"""
 
 from __future__ import annotations
 

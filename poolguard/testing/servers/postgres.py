@@ -1,4 +1,8 @@
-"""A throwaway PostgreSQL cluster: initdb in a temp dir, role and database ``app``."""
+"""A throwaway PostgreSQL cluster: initdb in a temp dir, role and database ``app``.
+
+:class:`PostgresServer`; the lifecycle and chaos methods are :class:`LocalServer`'s (``_base.py``).
+No fsync, for start-up speed; an acknowledged commit still survives ``restart(crash=True)``.
+"""
 
 from __future__ import annotations
 

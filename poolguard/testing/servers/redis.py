@@ -1,4 +1,8 @@
-"""A throwaway Redis: generated config, no persistence, DEBUG enabled (tests use DEBUG SLEEP)."""
+"""A throwaway Redis: generated config, no persistence, DEBUG enabled (tests use DEBUG SLEEP).
+
+:class:`RedisServer`, with a tiny RESP client (:meth:`RedisServer.command`) so that no
+redis-py is needed; the lifecycle and chaos methods are :class:`LocalServer`'s (``_base.py``).
+"""
 
 from __future__ import annotations
 
