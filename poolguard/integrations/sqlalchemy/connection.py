@@ -91,15 +91,7 @@ class GuardedConnection(Connection):
             return super()._execute_context(
                 dialect, constructor, statement, parameters, execution_options, *args, **kw
             )
-        position = self._guard_position(state)
-        idempotent = self._guard_idempotent(state, statement, parameters, execution_options)
-        if not idempotent:
-            self._guard_wrote = True
-        if position is not Position.LATER:
-            # The clock only matters for transaction_timeout; MySQL's position needs the mark.
-            self._guard_txn_started = (
-                time.monotonic() if state.settings.transaction_timeout else 0.0
-            )
+        position, idempotent = self._guard_mark(state, statement, parameters, execution_options)
         # PgBouncer: the transaction's timeouts go in before its first statement.
         local_sql = (
             state.local_timeouts_sql() if state.pgbouncer and position is Position.FIRST else None
@@ -134,6 +126,22 @@ class GuardedConnection(Connection):
         swappable = _CHARACTERISTICS.isdisjoint(self._execution_options)
         op = Operation(position if swappable else Position.LATER, idempotent=idempotent)
         return self._guard_retry(state, op, swappable, local_sql, call, kw, failure, started)
+
+    def _guard_mark(
+        self, state: EngineState, statement: Any, parameters: Any, options: Any
+    ) -> tuple[Position, bool]:
+        """Where this statement stands in its transaction and whether it may run twice; marks
+        the transaction as written to / started (for COMMIT ambiguity and its timeouts)."""
+        position = self._guard_position(state)
+        idempotent = self._guard_idempotent(state, statement, parameters, options)
+        if not idempotent:
+            self._guard_wrote = True
+        if position is not Position.LATER:
+            # The clock only matters for transaction_timeout; MySQL's position needs the mark.
+            self._guard_txn_started = (
+                time.monotonic() if state.settings.transaction_timeout else 0.0
+            )
+        return position, idempotent
 
     def _guard_retry(
         self,
