@@ -72,7 +72,7 @@ def error_factory(
         if isinstance(err, PoolguardError):
             return as_dropin(err)
         if g.classification.connect_phase:
-            return _cannot_connect(g, err)
+            return _cannot_connect(g, wrap, driver_error, marks_invalidated)
         if g.action is Action.AMBIGUOUS:
             return wrap(
                 AmbiguousResultError,
@@ -101,12 +101,19 @@ def error_factory(
             err.add_note(f"poolguard: gave up after {g.attempts} attempts: {g.why}")
         return err
 
-    def _cannot_connect(g: GiveUp, err: BaseException) -> BaseException:
-        # The headline says what is unreachable and the driver's last words; the class stays
-        # what users catch (OperationalError), ConnectTimeout when the connect timed out.
-        message, hint = g.cannot_connect(error_text(driver_error(err)))
-        cls = ConnectTimeout if g.classification.reason == "connect_timeout" else PoolguardError
-        kw = {"invalidated": False} if marks_invalidated else {}
-        return wrap(cls, message, orig=err, attempts=g.attempts, history=g.history, hint=hint, **kw)
-
     return make_error
+
+
+def _cannot_connect(
+    g: GiveUp,
+    wrap: Wrap,
+    driver_error: Callable[[BaseException], BaseException],
+    marks_invalidated: bool,
+) -> BaseException:
+    # The headline says what is unreachable and the driver's last words; the class stays what
+    # users catch (OperationalError), ConnectTimeout when the connect timed out.
+    err = g.error
+    message, hint = g.cannot_connect(error_text(driver_error(err)))
+    cls = ConnectTimeout if g.classification.reason == "connect_timeout" else PoolguardError
+    kw = {"invalidated": False} if marks_invalidated else {}
+    return wrap(cls, message, orig=err, attempts=g.attempts, history=g.history, hint=hint, **kw)
