@@ -568,12 +568,35 @@ HEADER = (
 )
 
 
+def _cell(report: RunReport | None) -> str:
+    if report is None:
+        return "— | — | —"
+    split = "/".join(str(len(report.errors(k))) for k in ("read", "cached", "transfer"))
+    return f"{len(report.calls)} | {len(report.errors())} ({split}) | {report.max_latency():.2f} s"
+
+
+def markdown(reports: list[RunReport]) -> str:
+    """Side by side per (fault, mode): requests, errors (read/cached/transfer), max latency."""
+    by_key = {(r.fault, r.mode, r.stack): r for r in reports}
+    lines = [
+        "| fault | mode | poolguard requests | errors | max latency "
+        "| anchor requests | errors | max latency |",
+        "|---|---|--:|--:|--:|--:|--:|--:|",
+    ]
+    for fault, mode in dict.fromkeys((r.fault, r.mode) for r in reports):
+        poolguard_cell = _cell(by_key.get((fault, mode, "poolguard")))
+        anchor_cell = _cell(by_key.get((fault, mode, "anchor")))
+        lines.append(f"| {fault} | {mode} | {poolguard_cell} | {anchor_cell} |")
+    return "\n".join(lines)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--faults", default=",".join(FAULTS))
     parser.add_argument("--modes", default=",".join(MODES))
     parser.add_argument("--stacks", default=",".join(STACKS))
     parser.add_argument("-v", "--verbose", action="store_true", help="errors and stats per run")
+    parser.add_argument("--markdown", action="store_true", help="also print a markdown table")
     args = parser.parse_args(argv)
     from poolguard.testing import PostgresServer, RedisServer
 
@@ -591,6 +614,8 @@ def main(argv: list[str] | None = None) -> int:
                             print(f"    {line}")
                         if stack == "poolguard":
                             print(f"    violations: {violations(report)}")
+    if args.markdown:
+        print(markdown(reports))
     broken = [r for r in reports if r.stack == "poolguard" and violations(r)]
     for report in broken:
         print(f"poolguard {report.fault}/{report.mode}: {violations(report)}")
