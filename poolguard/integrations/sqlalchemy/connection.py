@@ -1,4 +1,4 @@
-"""Statement-level guard: a ``sqlalchemy.engine.Connection`` subclass.
+"""Statement-level guard: :class:`GuardedConnection`, a ``sqlalchemy.engine.Connection`` subclass.
 
 Why a Connection subclass (installed as ``engine._connection_cls``) rather than events or the
 dialect's ``do_execute``: a transparent retry must (1) know where the statement stands in its
@@ -35,6 +35,9 @@ Cost: a statement that succeeds runs one admission check of the core loop
 (``Guard.first_attempt``) and SQLAlchemy's own ``_execute_context``; the retry loop (an
 ``Attempts``, a closure) is built only after a failure (``Guard.resume_with``), with the same
 decisions, counting and breaker accounting as if it had run from the start.
+
+Checkout and its retries are ``pool.py``; whole units of work are ``transaction.py``; what the
+driver reports (transaction status, error class) is asked of ``_backend.py``.
 """
 
 from __future__ import annotations
