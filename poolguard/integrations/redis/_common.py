@@ -612,15 +612,23 @@ def pubsub_dropped(guard: Guard, state: PubSubState, exc: BaseException) -> None
     state.lost(exc)
 
 
-def pubsub_admit(guard: Guard) -> None:
-    """Raise CircuitOpenError while the breaker keeps callers off a server known to be down.
+def pubsub_admit(guard: Guard, budget: float | None) -> float:
+    """0.0: reconnect now (maybe as the breaker's probe); else the seconds to wait for the
+    breaker's next probe, when that fits the read's ``budget``; CircuitOpenError otherwise.
 
-    A pub/sub reconnect is one attempt, never a wait: the caller's timeout is what matters.
+    A pub/sub reconnect is one attempt: the caller's timeout is what matters, so it waits for a
+    probe only inside that timeout (the core loop's rule), and never takes longer. Without the
+    wait, the first reads after an outage failed although the probe was due (found with the
+    breaker on at its defaults: "next probe in 0.0s").
     """
     wait = guard.breaker.admission()
-    if wait is not None:
-        guard.stats.incr("circuit_open_rejections")
-        raise guard.breaker.open_error(guard.breaker.state, wait)
+    if wait is None:
+        return 0.0
+    if budget is not None and wait < budget:
+        guard.stats.incr("breaker_waits")
+        return wait
+    guard.stats.incr("circuit_open_rejections")
+    raise guard.breaker.open_error(guard.breaker.state, wait)
 
 
 def pubsub_connect_failed(guard: Guard, exc: BaseException) -> None:

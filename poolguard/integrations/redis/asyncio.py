@@ -753,9 +753,13 @@ class AsyncGuardedPubSub(redis.asyncio.client.PubSub):
         guard = pool.guard_active
         state = self.guard_state
         state.lost(None)
+        budget = state.reconnect_budget(pool.guard_policy.connect_timeout)
         try:
-            c.pubsub_admit(guard)
-            with deadline(state.reconnect_budget(pool.guard_policy.connect_timeout)):
+            wait = c.pubsub_admit(guard, budget)
+            if wait:
+                await asyncio.sleep(wait)  # off the network, inside the read's timeout
+                c.pubsub_admit(guard, None)  # the probe is due now, or another caller's runs
+            with deadline(None if budget is None else budget - wait):
                 await conn.disconnect(nowait=True)
                 await conn.connect()
         except c.SubscriptionLost:

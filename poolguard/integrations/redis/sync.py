@@ -643,9 +643,13 @@ class GuardedPubSub(redis.client.PubSub):
         guard = pool.guard_active
         state = self.guard_state
         state.lost(None)
+        budget = state.reconnect_budget(pool.guard_policy.connect_timeout)
         try:
-            c.pubsub_admit(guard)
-            with deadline(state.reconnect_budget(pool.guard_policy.connect_timeout)):
+            wait = c.pubsub_admit(guard, budget)
+            if wait:
+                time.sleep(wait)  # off the network, inside the read's timeout
+                c.pubsub_admit(guard, None)  # the probe is due now, or another caller's runs
+            with deadline(None if budget is None else budget - wait):
                 conn.disconnect(nowait=True)
                 conn.connect()
         except c.SubscriptionLost:

@@ -12,14 +12,13 @@ import redis.asyncio
 
 import poolguard.redis
 
-#: Fast retries for tests: a restart's downtime is covered by attempts, not by long sleeps.
+#: Fast retries for tests: a restart's downtime is covered by attempts, not by long sleeps. The
+#: breaker and the retry budget stay at the library's defaults, as users run them.
 FAST_RETRIES: dict[str, Any] = {
     "retry_attempts": 40,
     "retry_backoff_initial": "10ms",
     "retry_backoff_max": "100ms",
     "retry_timeout": "15s",
-    "retry_budget": "off",
-    "breaker_failures": "off",
 }
 
 
