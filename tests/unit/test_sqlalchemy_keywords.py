@@ -101,3 +101,25 @@ def test_async_driver_kept_only_where_written() -> None:
         normalize_sql_url("postgresql+psycopg_async://h/db", async_=False)
         == "postgresql+psycopg://h/db"
     )
+
+
+@pytest.mark.parametrize("instance", [False, True])
+@pytest.mark.parametrize(
+    ("poolclass", "is_async"),
+    [
+        (sqlalchemy.pool.QueuePool, True),
+        (sqlalchemy.pool.SingletonThreadPool, True),
+        (sqlalchemy.pool.AsyncAdaptedQueuePool, False),
+    ],
+)
+def test_wrong_kind_of_pool_names_the_users_class(
+    poolclass: type[sqlalchemy.pool.Pool], is_async: bool, instance: bool
+) -> None:
+    # SQLAlchemy's own error, naming the class the user passed (not poolguard's guarded twin):
+    # SQLAlchemy's test_pool_classes matches on that name.
+    import poolguard
+
+    kw: dict[str, Any] = {"pool": poolclass(lambda: None)} if instance else {"poolclass": poolclass}
+    create = poolguard.create_async_engine if is_async else poolguard.create_engine
+    with pytest.raises(sqlalchemy.exc.ArgumentError, match=rf"Pool class {poolclass.__name__} "):
+        create("postgresql://u:p@127.0.0.1:1/db", **kw)

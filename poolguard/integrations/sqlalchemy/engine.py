@@ -152,14 +152,34 @@ def _prepare(
         backend.connect_args(settings, is_async=is_async), sa_kwargs.get("connect_args") or {}
     )
     if kwargs.get("pool") is None:
+        _check_asyncio(kwargs.get("poolclass"), is_async)
         kwargs.update(_pool_kwargs(settings, kwargs.get("poolclass"), given, is_async=is_async))
     else:
+        _check_asyncio(type(kwargs["pool"]), is_async)
         # The instance was built with its own size, timeout and reset: poolguard's would not
         # reach it.
         pool_keywords = {"poolclass", "pool_reset_on_return"} & set(kwargs)
         _refuse([given[s] for s, _arg, _kw in _POOL_ARGS if s in given] + sorted(pool_keywords))
         kwargs["pool"] = guard_instance(kwargs["pool"])
     return state, kwargs
+
+
+def _check_asyncio(poolclass: type[Pool] | None, is_async: bool) -> None:
+    """SQLAlchemy's own check, made before the class is swapped for its guarded twin, so that
+    the error names the user's class (``QueuePool``), not poolguard's (``GuardedQueuePool``)."""
+    if poolclass is None:
+        return
+    # Only a class that fixes it (QueuePool: False, AsyncAdaptedQueuePool: True); others
+    # (NullPool, StaticPool...) follow their dialect, through a property.
+    owner = next((k for k in poolclass.__mro__ if "_is_asyncio" in k.__dict__), None)
+    fixed = None if owner is None else owner.__dict__["_is_asyncio"]
+    if not isinstance(fixed, bool) or fixed is is_async:
+        return
+    raise sqlalchemy.exc.ArgumentError(
+        f"Pool class {poolclass.__name__} cannot be used with"
+        f" {'non-' if not is_async else ''}asyncio engine",
+        code="pcls",
+    )
 
 
 def _pool_kwargs(
