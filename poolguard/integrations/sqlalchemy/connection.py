@@ -19,8 +19,9 @@ and SQLAlchemy's FAQ recipe ("How do I retry a statement execution automatically
   done in the lost DBAPI transaction (psycopg's BEGIN is implicit, sent with the first
   statement; MySQL's transaction starts implicitly with it too), so the caller's transaction
   object keeps its meaning;
-- not with connection characteristics set on this Connection (isolation level, read-only...),
-  which a fresh DBAPI connection would not carry;
+- connection characteristics set on this Connection (``isolation_level="AUTOCOMMIT"``,
+  read-only...) are set again on the fresh DBAPI connection and undone when it returns to the
+  pool, as SQLAlchemy does for the one it replaces;
 - a mid-transaction failure is never retried here: it propagates, and ``run_transaction``
   re-runs the whole unit.
 
@@ -42,6 +43,7 @@ driver reports (transaction status, error class) is asked of ``_backend.py``.
 
 from __future__ import annotations
 
+import functools
 import time
 from collections.abc import Callable
 from typing import Any
@@ -66,8 +68,9 @@ from poolguard.integrations.sqlalchemy.pool import driver_of, socket_of
 
 __all__ = ["GuardedConnection", "GuardedOptionEngine"]
 
-#: Connection-level options a fresh DBAPI connection would not have: no swap under them.
-_CHARACTERISTICS = frozenset({"isolation_level", "postgresql_readonly", "postgresql_deferrable"})
+#: Execution options that are connection characteristics in SQLAlchemy's dialects: set on the
+#: DBAPI connection, so they must follow this Connection to a fresh one.
+_CHARACTERISTIC_OPTIONS = ("isolation_level", "postgresql_readonly", "postgresql_deferrable")
 
 Limit = tuple[float, type[PoolguardError], str]
 
@@ -124,9 +127,10 @@ class GuardedConnection(Connection):
                 return result
         else:
             failure = None
-        # A fresh DBAPI connection would lack these characteristics (and SQLAlchemy refuses
-        # to set them inside a transaction): never move this Connection to another one.
-        swappable = _CHARACTERISTICS.isdisjoint(self._execution_options)
+        # A fresh DBAPI connection can be given this Connection's characteristics again (see
+        # _guard_reattach) when the dialect knows them all; otherwise it must not move.
+        known = getattr(self.dialect, "connection_characteristics", {})  # DefaultDialect's
+        swappable = all(name in known for name in self._guard_characteristics())
         op = Operation(position if swappable else Position.LATER, idempotent=idempotent)
         return self._guard_retry(state, op, swappable, local_sql, call, kw, failure, started)
 
@@ -233,7 +237,31 @@ class GuardedConnection(Connection):
         if not swappable:
             return  # let SQLAlchemy raise its usual PendingRollbackError
         # Same RootTransaction, fresh DBAPI connection: see the module docstring for why.
-        self._dbapi_connection = self.engine.raw_connection()
+        self._dbapi_connection = fresh = self.engine.raw_connection()
+        characteristics = self._guard_characteristics()
+        if characteristics:
+            self._guard_reapply(fresh, characteristics)
+
+    def _guard_characteristics(self) -> dict[str, Any]:
+        """Characteristics set on this Connection (isolation level, read-only...): they live on
+        its DBAPI connection, so a fresh one needs them again."""
+        options = self._execution_options
+        return {name: options[name] for name in _CHARACTERISTIC_OPTIONS if name in options}
+
+    def _guard_reapply(self, fresh: Any, characteristics: dict[str, Any]) -> None:
+        # What SQLAlchemy's dialect._set_connection_characteristics does, minus its refusal
+        # inside a transaction: this RootTransaction's DBAPI transaction was lost with the old
+        # connection, nothing ran on the fresh one. Without it an AUTOCOMMIT connection never
+        # moved, so its reads (and resolve_ambiguous's pg_xact_status) were not retried.
+        dialect: Any = self.dialect  # a DefaultDialect: the Dialect interface lacks these
+        for name, value in characteristics.items():
+            characteristic = dialect.connection_characteristics[name]
+            characteristic.set_connection_characteristic(
+                dialect, self, fresh.dbapi_connection, value
+            )
+        fresh._connection_record.finalize_callback.append(
+            functools.partial(dialect._reset_characteristics, characteristics)
+        )
 
     # -- backstop -------------------------------------------------------------------------------
     def _guard_limit(self, state: EngineState, *, cleanup: bool = False) -> Limit | None:

@@ -29,12 +29,7 @@ pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.chaos, pytest
 
 #: Open poolguard bugs these runs meet (xfail, not strict: they are intermittent). Remove an
 #: entry with its fix.
-KNOWN_BUGS = {
-    "pg_restart": "run_transaction(resolve_ambiguous=True) stays ambiguous: the resolver's"
-    " pg_xact_status query runs on an isolation_level=AUTOCOMMIT connection, which poolguard"
-    " never retries on a fresh one (connection.py: not 'swappable' -> Position.LATER), and the"
-    " pooled connection it gets is being shut down too (AdminShutdown); ~1 run in 7",
-}
+KNOWN_BUGS: dict[str, str] = {}
 
 
 def _case(fault: str, mode: str) -> Any:

@@ -129,3 +129,17 @@ async def test_async_killed_mid_query_read_is_retried(
         assert result.scalar() == 7
         await killing
     assert poolguard.stats(engine)["retries_by_reason"].get("lost_connection", 0) >= 1
+
+
+# An AUTOCOMMIT Connection meeting a killed session: retried on a fresh connection that gets
+# AUTOCOMMIT again (it never moved before), and the pool undoes it on return.
+def test_mysql_autocommit_read_retried(make_engine: Any, mysql_server: Any) -> None:
+    engine = make_engine(mysql_server.url, pool_size=1, validate_idle=None)
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        before = connection_id(conn)
+        kill(mysql_server, before)
+        assert connection_id(conn) != before  # retried on a fresh connection
+        assert conn.execute(text("SELECT @@autocommit")).scalar() == 1
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT @@autocommit")).scalar() == 0
+    assert poolguard.stats(engine)["give_ups"] == 0

@@ -172,7 +172,7 @@ def test_orm_session_first_statement_moves_to_a_fresh_connection(
     assert poolguard.stats(engine)["retries"] == 1
 
 
-def test_connection_level_isolation_is_never_swapped(
+def test_connection_level_isolation_follows_the_swap(
     make_engine: Any, postgres_server: Any, app_name: str
 ) -> None:
     engine = make_engine(postgres_server.url)
@@ -181,7 +181,10 @@ def test_connection_level_isolation_is_never_swapped(
         conn.execute(text("SELECT 1"))
         conn.commit()
         postgres_server.kill_connections(application_name=app_name)
-        # a fresh connection would run at READ COMMITTED: surface the error instead
-        with pytest.raises(sqlalchemy.exc.OperationalError):
-            conn.execute(text("SELECT 1"))
-    assert poolguard.stats(engine)["retries"] == 0
+        # Retried on a fresh connection, which must run at SERIALIZABLE too, not READ COMMITTED
+        # (until the isolation level was set again on it, this surfaced the error instead).
+        level = conn.execute(text("SHOW transaction_isolation")).scalar()
+        assert level == "serializable"
+    with engine.connect() as conn:  # returned to the pool: SQLAlchemy's reset undid it
+        assert conn.execute(text("SHOW transaction_isolation")).scalar() == "read committed"
+    assert poolguard.stats(engine)["retries"] == 1
