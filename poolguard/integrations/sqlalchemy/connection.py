@@ -68,9 +68,6 @@ from poolguard.integrations.sqlalchemy.pool import driver_of, socket_of
 
 __all__ = ["GuardedConnection", "GuardedOptionEngine"]
 
-#: Execution options that are connection characteristics in SQLAlchemy's dialects: set on the
-#: DBAPI connection, so they must follow this Connection to a fresh one.
-_CHARACTERISTIC_OPTIONS = ("isolation_level", "postgresql_readonly", "postgresql_deferrable")
 
 Limit = tuple[float, type[PoolguardError], str]
 
@@ -127,12 +124,8 @@ class GuardedConnection(Connection):
                 return result
         else:
             failure = None
-        # A fresh DBAPI connection can be given this Connection's characteristics again (see
-        # _guard_reattach) when the dialect knows them all; otherwise it must not move.
-        known = getattr(self.dialect, "connection_characteristics", {})  # DefaultDialect's
-        swappable = all(name in known for name in self._guard_characteristics())
-        op = Operation(position if swappable else Position.LATER, idempotent=idempotent)
-        return self._guard_retry(state, op, swappable, local_sql, call, kw, failure, started)
+        op = Operation(position, idempotent=idempotent)
+        return self._guard_retry(state, op, local_sql, call, kw, failure, started)
 
     def _guard_mark(
         self, state: EngineState, statement: Any, parameters: Any, options: Any
@@ -154,7 +147,6 @@ class GuardedConnection(Connection):
         self,
         state: EngineState,
         op: Operation,
-        swappable: bool,
         local_sql: str | None,
         call: tuple[Any, ...],
         kw: dict[str, Any],
@@ -165,7 +157,7 @@ class GuardedConnection(Connection):
 
         def attempt(attempts: Attempts) -> Any:
             if attempts.number > 1:
-                self._guard_reattach(state, swappable)
+                self._guard_reattach(state)
             return self._guard_attempt(state, local_sql, call, kw)
 
         guard = state.guard
@@ -227,15 +219,13 @@ class GuardedConnection(Connection):
             return Position.LATER if started else Position.FIRST
         return Position.FIRST if idle else Position.LATER
 
-    def _guard_reattach(self, state: EngineState, swappable: bool) -> None:
+    def _guard_reattach(self, state: EngineState) -> None:
         """Before a retry: make sure a live, idle DBAPI connection sits under this Connection."""
         conn = self._dbapi_connection
         if conn is not None:
             if state.backend.is_idle(driver_of(conn)):
                 return
             self.invalidate()
-        if not swappable:
-            return  # let SQLAlchemy raise its usual PendingRollbackError
         # Same RootTransaction, fresh DBAPI connection: see the module docstring for why.
         self._dbapi_connection = fresh = self.engine.raw_connection()
         characteristics = self._guard_characteristics()
@@ -244,9 +234,11 @@ class GuardedConnection(Connection):
 
     def _guard_characteristics(self) -> dict[str, Any]:
         """Characteristics set on this Connection (isolation level, read-only...): they live on
-        its DBAPI connection, so a fresh one needs them again."""
+        its DBAPI connection, so a fresh one needs them again. Which options are
+        characteristics is the dialect's own table."""
+        known = getattr(self.dialect, "connection_characteristics", {})  # DefaultDialect's
         options = self._execution_options
-        return {name: options[name] for name in _CHARACTERISTIC_OPTIONS if name in options}
+        return {name: options[name] for name in known if name in options}
 
     def _guard_reapply(self, fresh: Any, characteristics: dict[str, Any]) -> None:
         # What SQLAlchemy's dialect._set_connection_characteristics does, minus its refusal
