@@ -5,6 +5,9 @@ Faults ("toxics") are state on the proxy, read by every link for every chunk, so
 existing links as soon as they are set, and on new ones. Directions follow toxiproxy:
 ``upstream`` is client -> server, ``downstream`` is server -> client, ``both`` is both.
 
+:attr:`FaultProxy.flights` counts round trips on the wire, deterministically (benchmarks and tests
+of "fewer round trips" read it instead of timing anything).
+
 The proxy runs its own event loop in a daemon thread, so the same object serves sync tests and
 async tests (whose loop is another one); every public method is thread-safe and returns once the
 change is in force.
@@ -73,6 +76,8 @@ class _Link:
     client: asyncio.StreamWriter
     server: asyncio.StreamWriter
     counted: dict[tuple[str, int], int] = field(default_factory=dict)
+    # The direction of the last data read on this link: a change to "upstream" starts a flight.
+    last_direction: str = ""
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     closed: bool = False
 
@@ -124,6 +129,7 @@ class FaultProxy:
         self._toxics = {"upstream": _Toxics(), "downstream": _Toxics()}
         self._reset = False
         self._links: set[_Link] = set()
+        self._flights = 0
         self._server: asyncio.Server | None = None
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
@@ -179,6 +185,18 @@ class FaultProxy:
     @property
     def is_up(self) -> bool:
         return self._server is not None
+
+    @property
+    def flights(self) -> int:
+        """Client -> server *flights* so far, over every link since start.
+
+        A flight is data the client sends after the link opened or after data from the server:
+        consecutive chunks in the same direction are one flight. When the client waits for each
+        reply before sending again, flights are exactly its round trips (a TCP connect is not
+        one). Messages sent together (pipelined) are one flight; a message sent without waiting
+        for the previous reply counts one flight if the server answered in between.
+        """
+        return self._flights
 
     def url(self, original_url: str) -> str:
         """``original_url`` with its host:port replaced by the proxy's (credentials kept)."""
@@ -316,6 +334,7 @@ class FaultProxy:
                 data = await reader.read(CHUNK)
                 if not data:
                     break
+                self._count_flight(link, direction)
                 # Set while we waited in read(): hold what arrived, as a blackholed path would.
                 await self._while_blackholed(direction)
                 if not await self._forward(link, direction, data, writer):
@@ -327,6 +346,14 @@ class FaultProxy:
         finally:
             self._links.discard(link)
             link.close()
+
+    def _count_flight(self, link: _Link, direction: str) -> None:
+        # Both pumps of a link run on this loop, so the order of reads is the order on the wire
+        # for a client that waits for replies: the reply is read here before it reaches it.
+        if direction != link.last_direction:
+            link.last_direction = direction
+            if direction == "upstream":
+                self._flights += 1
 
     async def _while_blackholed(self, direction: str) -> None:
         while self._toxics[direction].blackhole:

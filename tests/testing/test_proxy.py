@@ -96,6 +96,19 @@ def test_relays_and_counts_links(fault_proxy: Factory, echo: tuple[str, int]) ->
     wait_for(lambda: proxy.links == 0)
 
 
+def test_flights_count_each_client_send_after_a_reply_per_link(
+    fault_proxy: Factory, echo: tuple[str, int]
+) -> None:
+    proxy = fault_proxy(*echo)
+    with dial(proxy) as a, dial(proxy) as b:
+        assert proxy.flights == 0  # a TCP connect is not a flight
+        for _ in range(3):
+            roundtrip(a)
+        roundtrip(b)
+        roundtrip(a)  # a's last direction is its own: b's reply in between changes nothing
+    assert proxy.flights == 5
+
+
 def test_latency_applies_to_existing_links_per_direction(
     fault_proxy: Factory, echo: tuple[str, int]
 ) -> None:
@@ -317,6 +330,30 @@ def test_postgres_through_the_proxy(fault_proxy: Factory, postgres_server: Any) 
         _pg(url)
     proxy.up()
     assert _pg(url).execute("SELECT 2").fetchone() == (2,)
+
+
+@pytest.mark.postgres
+def test_postgres_flights_are_round_trips(fault_proxy: Factory, postgres_server: Any) -> None:
+    import psycopg
+
+    proxy = fault_proxy(postgres_server)
+    url = proxy.url(postgres_server.url)
+    conn = _pg(url)
+    before = proxy.flights
+    for _ in range(4):
+        conn.execute("SELECT 1").fetchone()
+    assert proxy.flights - before == 4  # autocommit: one round trip per statement
+    with psycopg.connect(url, connect_timeout=5) as tx:
+        before = proxy.flights
+        tx.execute("SELECT 1").fetchone()
+        tx.commit()
+        assert proxy.flights - before == 3  # BEGIN, SELECT, COMMIT
+        before = proxy.flights
+        with tx.pipeline():
+            tx.execute("SELECT 1")
+            tx.execute("SELECT 2")
+        tx.commit()
+        assert proxy.flights - before < 4  # pipelined: fewer than BEGIN, 2 x SELECT, COMMIT
 
 
 @pytest.mark.postgres
