@@ -40,7 +40,7 @@ from __future__ import annotations
 import functools
 import threading
 import time
-from typing import Any
+from typing import Any, Literal
 
 from sqlalchemy import event
 from sqlalchemy import exc as sa_exc
@@ -52,6 +52,7 @@ from poolguard.core.disposition import Operation, Scope
 from poolguard.errors import ConnectTimeout, PoolguardError, PoolTimeout
 from poolguard.integrations.backstop import backstop
 from poolguard.integrations.sqlalchemy._errors import as_dropin, sa_dropin
+from poolguard.integrations.sqlalchemy._handoff import CREATE, AsyncFairQueue, FairQueue
 from poolguard.integrations.sqlalchemy._state import (
     VALIDATE_TIMEOUT,
     EngineState,
@@ -239,12 +240,40 @@ def _held(pool: Any) -> int:
 
 
 class _GuardedQueueMixin(_GuardedPoolMixin):
-    """The queue pools: ``_do_get`` waits ``min(acquire_timeout, deadline)`` per call."""
+    """The queue pools, on a fair queue (:mod:`._handoff`): a returned connection, or room
+    freed by a failed connect, goes to the longest waiter; ``_do_get`` waits
+    ``min(acquire_timeout, deadline)`` per call."""
 
-    # attributes of QueuePool used below (declared for mypy)
+    # QueuePool's attribute (declared for mypy): a FairQueue / AsyncFairQueue (_queue_class)
     _pool: Any
-    _max_overflow: int
-    _overflow: int
+
+    # QueuePool's capacity counters live in the queue, under its lock (see _handoff): reading
+    # and setting them as attributes (QueuePool.__init__, dispose, status) goes through here.
+    @property
+    def _overflow(self) -> int:
+        return self._pool.overflow  # type: ignore[no-any-return]
+
+    @_overflow.setter
+    def _overflow(self, value: int) -> None:
+        # dispose() resets it: room for the waiters, who then open connections.
+        self._pool.set_overflow(value)
+
+    @property
+    def _max_overflow(self) -> int:
+        return self._pool.max_overflow  # type: ignore[no-any-return]
+
+    @_max_overflow.setter
+    def _max_overflow(self, value: int) -> None:
+        self._pool.set_max_overflow(value)
+
+    def _inc_overflow(self) -> bool:
+        return self._pool.take_slot()  # type: ignore[no-any-return]
+
+    def _dec_overflow(self) -> Literal[True]:
+        # The freed slot goes to the oldest waiter (it opens a connection), not back to the
+        # counter where SQLAlchemy leaves it while that waiter sleeps until its timeout.
+        self._pool.release_slot()
+        return True
 
     def _do_get(self) -> ConnectionPoolEntry:
         state = self._guard_state
@@ -252,45 +281,30 @@ class _GuardedQueueMixin(_GuardedPoolMixin):
         timeout = state.settings.acquire_timeout
         if current_deadline() is not None:
             timeout = effective_timeout(timeout, what="connection checkout", error=PoolTimeout)
-        try:
-            # An idle connection is there: no wait to time (and no clock to read).
-            record: ConnectionPoolEntry = self._pool.get(False)
-        except sqla_queue.Empty:
-            pass
-        else:
-            state.guard.stats.record_wait(0.0)
-            return _vetted(state, record)
-        started = time.monotonic()
-        try:
-            record = self._get(state, timeout)
-        finally:
-            state.guard.stats.record_wait(time.monotonic() - started)
-        return _vetted(state, record)
-
-    def _get(self, state: EngineState, timeout: float | None) -> ConnectionPoolEntry:
-        # QueuePool._do_get with a per-call timeout (SQLAlchemy's is a pool-wide attribute).
-        while True:
-            use_overflow = self._max_overflow > -1
-            wait = use_overflow and self._overflow >= self._max_overflow
-            if wait:
-                state.waiting += 1
+        got = self._pool.take()
+        if got is None:
+            started = time.monotonic()
             try:
-                return self._pool.get(wait, timeout)  # type: ignore[no-any-return]
+                got = self._pool.wait(timeout)
             except sqla_queue.Empty:
-                pass
+                got = None
             finally:
-                if wait:
-                    state.waiting -= 1
-            if use_overflow and self._overflow >= self._max_overflow:
-                if wait:
-                    raise self._pool_timeout(state, timeout)
-                continue
-            if self._inc_overflow():  # type: ignore[attr-defined]
-                try:
-                    return self._create_connection()  # type: ignore[attr-defined, no-any-return]
-                except BaseException:
-                    self._dec_overflow()  # type: ignore[attr-defined]
-                    raise
+                state.guard.stats.record_wait(time.monotonic() - started)
+            if got is None:  # raised outside "except Empty": the timeout is the error
+                raise self._pool_timeout(state, timeout)
+        else:
+            # An idle connection or room was there: no wait to time (and no clock to read).
+            state.guard.stats.record_wait(0.0)
+        if got is CREATE:
+            got = self._create()
+        return _vetted(state, got)
+
+    def _create(self) -> ConnectionPoolEntry:
+        try:
+            return self._create_connection()  # type: ignore[attr-defined, no-any-return]
+        except BaseException:
+            self._dec_overflow()  # the slot to the next waiter: it tries in turn
+            raise
 
     def _pool_timeout(self, state: EngineState, timeout: float | None) -> PoolguardError:
         g = self.gauges()
@@ -306,12 +320,11 @@ class _GuardedQueueMixin(_GuardedPoolMixin):
     def gauges(self) -> dict[str, Any]:
         checked_out = int(self.checkedout())  # type: ignore[attr-defined]
         idle = int(self.checkedin())  # type: ignore[attr-defined]
-        state = self._guard_state
         return {
             "size": checked_out + idle,
             "checked_out": checked_out,
             "idle": idle,
-            "waiting": state.waiting if state is not None else 0,
+            "waiting": self._pool.waiting,
         }
 
 
@@ -321,6 +334,7 @@ class GuardedQueuePool(_GuardedQueueMixin, QueuePool):
     # SQLAlchemy's own pool messages stay under the logger users already configure.
     _sqla_logger_namespace = "sqlalchemy.pool.impl.QueuePool"
     _guard_base = QueuePool
+    _queue_class = FairQueue
 
 
 class GuardedAsyncQueuePool(_GuardedQueueMixin, AsyncAdaptedQueuePool):
@@ -328,6 +342,7 @@ class GuardedAsyncQueuePool(_GuardedQueueMixin, AsyncAdaptedQueuePool):
 
     _sqla_logger_namespace = "sqlalchemy.pool.impl.AsyncAdaptedQueuePool"
     _guard_base = AsyncAdaptedQueuePool
+    _queue_class = AsyncFairQueue
 
 
 _QUEUE_POOLS: dict[type[Pool], type[Pool]] = {
