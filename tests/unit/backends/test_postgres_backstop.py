@@ -4,11 +4,20 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
+from collections.abc import Callable
 
 import pytest
 
-from poolguard.integrations.backstop import Watchdog, backstop, shutdown_socket, watchdog
+from poolguard.integrations.backstop import (
+    COMPACT_AT,
+    Ticket,
+    Watchdog,
+    backstop,
+    shutdown_socket,
+    watchdog,
+)
 
 
 def test_fires_and_unblocks_a_blocked_read() -> None:
@@ -78,3 +87,106 @@ def test_forked_child_does_not_inherit_pending_tickets() -> None:
         _, status = os.waitpid(pid, 0)
         assert os.waitstatus_to_exitcode(status) == 0
         assert ticket.cancel() is True
+
+
+class _CountingLock:
+    """A lock that counts acquisitions (to show which paths take the watchdog's lock)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self.acquired = 0
+
+    def acquire(self, blocking: bool = True, timeout: float = -1) -> bool:
+        self.acquired += 1
+        return self._lock.acquire(blocking, timeout)
+
+    def release(self) -> None:
+        self._lock.release()
+
+    def __enter__(self) -> bool:
+        return self.acquire()
+
+    def __exit__(self, *exc: object) -> None:
+        self.release()
+
+
+def test_arm_and_cancel_take_no_lock_while_the_thread_sleeps_past_them() -> None:
+    # Under many threads a lock per arm()/cancel() made callers queue behind each other; the
+    # common case (the thread already sleeps until an earlier deadline) must take none.
+    dog = Watchdog()
+    a, b = socket.socketpair()
+    with a, b:
+        first = dog.arm(a, 30.0)  # starts the thread; it then sleeps until this deadline
+        _wait_until(lambda: dog._wake_at == first.at)
+        lock = _CountingLock()
+        dog._cond = threading.Condition(lock)  # type: ignore[arg-type]
+        firing = _CountingLock()
+        dog._firing = firing  # type: ignore[assignment]
+        for _ in range(100):
+            assert dog.arm(a, 60.0).cancel() is True
+        assert lock.acquired == 0
+        assert firing.acquired == 0
+        assert first.cancel() is True
+
+
+def test_an_earlier_deadline_wakes_the_sleeping_thread() -> None:
+    dog = Watchdog()
+    a, b = socket.socketpair()
+    with a, b:
+        late = dog.arm(a, 30.0)
+        _wait_until(lambda: dog._wake_at == late.at)
+        early = dog.arm(a, 0.05)
+        _wait_until(lambda: early.fired)
+        assert early.cancel() is False
+        assert late.cancel() is True  # not due yet: it never fires
+        assert not late.fired
+
+
+def test_concurrent_arms_fire_exactly_the_uncancelled_tickets() -> None:
+    dog = Watchdog()
+    pairs = [socket.socketpair() for _ in range(8)]
+    kept: list[Ticket] = []
+    cancelled: list[tuple[Ticket, bool]] = []
+
+    def worker(i: int) -> None:
+        sock = pairs[i][0]
+        for n in range(300):
+            ticket = dog.arm(sock, 0.02 if n % 100 == 0 else 30.0)
+            if n % 100 == 0:
+                kept.append(ticket)
+            else:
+                cancelled.append((ticket, ticket.cancel()))
+
+    threads = [threading.Thread(target=worker, args=(i,)) for i in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    try:
+        _wait_until(lambda: all(t.fired for t in kept))
+        assert all(ok and not t.fired for t, ok in cancelled)
+        assert dog.pending() == 0
+    finally:
+        for x, y in pairs:
+            x.close()
+            y.close()
+
+
+def test_the_inbox_of_cancelled_tickets_stays_bounded() -> None:
+    dog = Watchdog()
+    a, b = socket.socketpair()
+    with a, b:
+        keep = dog.arm(a, 60.0)
+        for _ in range(20_000):
+            dog.arm(a, 60.0).cancel()
+        _wait_until(lambda: len(dog._inbox) < COMPACT_AT)
+        assert len(dog._heap) < COMPACT_AT
+        assert dog.pending() == 1
+        assert keep.cancel() is True
+
+
+def _wait_until(check: Callable[[], bool], timeout: float = 5.0) -> None:
+    stop = time.monotonic() + timeout
+    while not check():
+        assert time.monotonic() < stop, "condition not reached"
+        time.sleep(0.005)
