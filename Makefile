@@ -2,6 +2,7 @@
 VENV ?= .venv
 PY := $(VENV)/bin/python
 PYTEST_ARGS ?=
+BENCH_ARGS ?=
 
 .PHONY: setup demo check test unit lint typecheck bench conformance clean generate generate-check
 
@@ -37,8 +38,12 @@ generate: setup
 generate-check: setup
 	$(PY) tools/async_to_sync.py --check
 
+## Every backend against its anchors in one run (~2 min): one table on stdout, the same as
+## benchmarks/results/latest.json and a chart of the ratios, latest.png (docs/benchmarks.md).
+## BENCH_ARGS=--quick for a short run while developing; --only redis, --case "32 threads" ...
 bench: setup
-	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+	@$(PY) -c "import matplotlib" 2>/dev/null || $(PY) -m pip install -q -e ".[bench]"
+	$(PY) benchmarks/run_all.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache

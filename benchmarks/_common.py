@@ -7,9 +7,11 @@ rounds another process disturbed. Ratios are against an *anchor* measured in the
 
 from __future__ import annotations
 
+import asyncio
 import statistics
+import threading
 import time
-from collections.abc import Awaitable, Callable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 
 SyncOp = Callable[[], object]
 AsyncOp = Callable[[], Awaitable[object]]
@@ -114,3 +116,79 @@ def print_table(
         )
         print(line.rstrip())
     return wall, cpu
+
+
+# --- per-call latencies, load, round trips (benchmarks/run_all.py) ------------------------------
+
+
+def latencies_sync(fn: SyncOp, ops: int) -> tuple[list[float], float]:
+    """µs of each of ``ops`` calls of ``fn``, and this thread's CPU µs per call."""
+    clock, out = time.perf_counter, []
+    cpu = time.thread_time()
+    for _ in range(ops):
+        start = clock()
+        fn()
+        out.append((clock() - start) * 1e6)
+    return out, (time.thread_time() - cpu) / ops * 1e6
+
+
+async def latencies_async(fn: AsyncOp, ops: int) -> tuple[list[float], float]:
+    clock, out = time.perf_counter, []
+    cpu = time.thread_time()
+    for _ in range(ops):
+        start = clock()
+        await fn()
+        out.append((clock() - start) * 1e6)
+    return out, (time.thread_time() - cpu) / ops * 1e6
+
+
+def load_threads(fn: SyncOp, threads: int, seconds: float) -> tuple[list[float], float]:
+    """``threads`` threads calling ``fn`` back to back for ``seconds``: (µs per call, calls/s).
+
+    The threads start together at a barrier, so the pool's warm-up and the thread start-up are
+    not in the window; throughput is calls over the time until the last thread finished.
+    """
+    barrier = threading.Barrier(threads + 1)
+    per_thread: list[list[float]] = [[] for _ in range(threads)]
+    window: list[float] = []
+
+    def worker(out: list[float]) -> None:
+        clock = time.perf_counter
+        barrier.wait()
+        stop = window[0] + seconds
+        while (start := clock()) < stop:
+            fn()
+            out.append((clock() - start) * 1e6)
+
+    pool = [threading.Thread(target=worker, args=(out,)) for out in per_thread]
+    for t in pool:
+        t.start()
+    window.append(time.perf_counter())
+    barrier.wait()
+    for t in pool:
+        t.join()
+    elapsed = time.perf_counter() - window[0]
+    calls = [c for out in per_thread for c in out]
+    return calls, len(calls) / elapsed
+
+
+async def load_tasks(fn: AsyncOp, tasks: int, seconds: float) -> tuple[list[float], float]:
+    """``tasks`` asyncio tasks calling ``fn`` back to back for ``seconds``: (µs/call, calls/s)."""
+    clock = time.perf_counter
+    begin = clock()
+    stop = begin + seconds
+    calls: list[float] = []
+
+    async def worker() -> None:
+        while (start := clock()) < stop:
+            await fn()
+            calls.append((clock() - start) * 1e6)
+
+    await asyncio.gather(*(worker() for _ in range(tasks)))
+    return calls, len(calls) / (clock() - begin)
+
+
+def rotations(names: Sequence[str], rounds: int) -> Iterator[str]:
+    """The alternating order: every name once per round, the order rotated each round."""
+    for r in range(rounds):
+        yield from _rotated(names, r)

@@ -1,12 +1,14 @@
 """PostgreSQL: poolguard vs plain SQLAlchemy, SQLAlchemy + pre_ping, psycopg_pool and raw psycopg.
 
 Workloads (sync and asyncio, alternating rounds in one run, medians, ratios vs plain SQLAlchemy):
-  - checkout + ``SELECT 1`` + return;
   - a small read: ORM ``session.get(Item, 1)`` for SQLAlchemy, a parameterized row read for psycopg;
-  - 32 threads on a pool of 8: throughput and p50/p99 acquire wait;
   - behaviour (own server only): a restart with downtime during a stream of reads (errors
     surfaced), and a frozen server (SIGSTOP) with a 0.5 s statement timeout (how long one call
     hangs). Measured and printed, not asserted.
+
+checkout + ``SELECT 1`` + return, 32 threads / 200 tasks on a pool of 8 and the round trips per
+request are measured by ``benchmarks/run_all.py`` (``make bench``), which builds its contenders
+with this module's builders.
 
 Targets (DESIGN "anchors"): ``poolguard.create_engine`` <= 1.0x plain SQLAlchemy, <= 0.75x
 SQLAlchemy with ``pool_pre_ping``.
@@ -27,8 +29,8 @@ import sys
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Iterator
-from contextlib import ExitStack, contextmanager
+from collections.abc import Callable
+from contextlib import ExitStack
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -45,7 +47,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import (
     alternate_async,
     alternate_sync,
-    percentile,
     print_table,
 )
 
@@ -53,14 +54,12 @@ import poolguard
 import poolguard.postgres
 
 POOL = 8
-THREADS = 32
 ANCHOR = "sqlalchemy"
 PRE_PING = "sqlalchemy+pre_ping"
 PG_ENGINE = "poolguard.create_engine"
 TARGET_VS_PLAIN = 1.0
 TARGET_VS_PRE_PING = 0.75
 SELECT_1 = text("SELECT 1")
-BACKSTOPPED = "poolguard.postgres connection(), query_timeout"
 ROW_SQL = "SELECT id, name FROM bench_item WHERE id = %s"
 
 
@@ -78,14 +77,12 @@ class Item(Base):
 class Profile:
     ops: int
     rounds: int
-    threads_seconds: float
-    threads_rounds: int
     downtime: float
     freeze: float
 
 
-FULL = Profile(ops=200, rounds=9, threads_seconds=1.0, threads_rounds=3, downtime=1.0, freeze=2.0)
-QUICK = Profile(ops=60, rounds=3, threads_seconds=0.5, threads_rounds=1, downtime=0.5, freeze=1.5)
+FULL = Profile(ops=200, rounds=9, downtime=1.0, freeze=2.0)
+QUICK = Profile(ops=60, rounds=3, downtime=0.5, freeze=1.5)
 
 
 def conninfo(url: str) -> str:
@@ -97,91 +94,83 @@ def sa_url(url: str) -> str:
     return "postgresql+psycopg://" + url.split("://", 1)[1]
 
 
-# --- building the contenders -------------------------------------------------------------------
+# --- building the contenders (benchmarks/run_all.py builds its contenders here too) ----------
+
+SIZES = {"pool_size": POOL, "max_overflow": 0}
 
 
-def sync_engines(url: str, **extra: Any) -> dict[str, sqlalchemy.Engine]:
-    sizes = {"pool_size": POOL, "max_overflow": 0}
-    return {
-        ANCHOR: sqlalchemy.create_engine(sa_url(url), **sizes, **extra),
-        PRE_PING: sqlalchemy.create_engine(sa_url(url), pool_pre_ping=True, **sizes, **extra),
-        PG_ENGINE: poolguard.create_engine(url, **sizes, **extra),
-    }
+def sa_engine(url: str, **kw: Any) -> sqlalchemy.Engine:
+    """Plain SQLAlchemy (QueuePool of ``POOL``, no overflow) on psycopg."""
+    return sqlalchemy.create_engine(sa_url(url), **SIZES, **kw)
 
 
-def sync_pools(url: str) -> dict[str, psycopg_pool.ConnectionPool[Any]]:
-    plain: psycopg_pool.ConnectionPool[Any] = psycopg_pool.ConnectionPool(
+def guarded_engine(url: str, **kw: Any) -> sqlalchemy.Engine:
+    return poolguard.create_engine(url, **SIZES, **kw)
+
+
+def sa_async_engine(url: str, **kw: Any) -> Any:
+    return create_async_engine(sa_url(url), **SIZES, **kw)
+
+
+def guarded_async_engine(url: str, **kw: Any) -> Any:
+    return poolguard.create_async_engine(url, **SIZES, **kw)
+
+
+def plain_pool(url: str) -> psycopg_pool.ConnectionPool[Any]:
+    pool: psycopg_pool.ConnectionPool[Any] = psycopg_pool.ConnectionPool(
         conninfo(url), min_size=POOL, max_size=POOL, open=True
     )
-    guarded = poolguard.postgres.create_pool(url, pool_size=POOL, max_overflow=0)
-    plain.wait()
-    guarded.wait()
-    return {"psycopg_pool": plain, "poolguard.postgres": guarded}
-
-
-def backstopped_pool(url: str) -> poolguard.postgres.GuardedConnectionPool:
-    """With a query timeout every wait on the socket arms the watchdog: what does it cost?"""
-    pool = poolguard.postgres.create_pool(url, pool_size=POOL, max_overflow=0, query_timeout=5)
     pool.wait()
     return pool
 
 
-def async_engines(url: str) -> dict[str, Any]:
-    sizes = {"pool_size": POOL, "max_overflow": 0}
+def guarded_pool(url: str, **kw: Any) -> poolguard.postgres.GuardedConnectionPool:
+    pool = poolguard.postgres.create_pool(url, **SIZES, **kw)
+    pool.wait()
+    return pool
+
+
+async def plain_async_pool(url: str) -> psycopg_pool.AsyncConnectionPool[Any]:
+    pool: psycopg_pool.AsyncConnectionPool[Any] = psycopg_pool.AsyncConnectionPool(
+        conninfo(url), min_size=POOL, max_size=POOL, open=False
+    )
+    await pool.open(wait=True)
+    return pool
+
+
+async def guarded_async_pool(url: str, **kw: Any) -> Any:
+    pool = poolguard.postgres.create_async_pool(url, **SIZES, **kw)
+    await pool.open(wait=True)
+    return pool
+
+
+def sync_engines(url: str) -> dict[str, sqlalchemy.Engine]:
     return {
-        ANCHOR: create_async_engine(sa_url(url), **sizes),
-        PRE_PING: create_async_engine(sa_url(url), pool_pre_ping=True, **sizes),
-        "poolguard.create_async_engine": poolguard.create_async_engine(url, **sizes),
+        ANCHOR: sa_engine(url),
+        PRE_PING: sa_engine(url, pool_pre_ping=True),
+        PG_ENGINE: guarded_engine(url),
     }
 
 
-async def async_pools(url: str) -> dict[str, Any]:
-    plain: psycopg_pool.AsyncConnectionPool[Any] = psycopg_pool.AsyncConnectionPool(
-        conninfo(url), min_size=POOL, max_size=POOL, open=False
-    )
-    guarded = poolguard.postgres.create_async_pool(url, pool_size=POOL, max_overflow=0)
-    await plain.open(wait=True)
-    await guarded.open(wait=True)
-    return {"psycopg_pool": plain, "poolguard.postgres": guarded}
+def async_engines(url: str) -> dict[str, Any]:
+    return {
+        ANCHOR: sa_async_engine(url),
+        PRE_PING: sa_async_engine(url, pool_pre_ping=True),
+        "poolguard.create_async_engine": guarded_async_engine(url),
+    }
 
 
-# --- single-caller workloads -----------------------------------------------------------------
+# --- a small read, single caller ---------------------------------------------------------------
+# checkout + SELECT 1 + return, the 32-threads and 200-tasks loads and the round trips are in
+# benchmarks/run_all.py (``make bench``); this is the ORM/row read on top.
 
 
 def bench_sync(url: str, p: Profile) -> None:
     engines = sync_engines(url)
-    pools = sync_pools(url)
+    pools = {"psycopg_pool": plain_pool(url), "poolguard.postgres": guarded_pool(url)}
     raw = psycopg.connect(conninfo(url), autocommit=True)
     guarded = pools["poolguard.postgres"]
     assert isinstance(guarded, poolguard.postgres.GuardedConnectionPool)
-
-    def sa_select(engine: sqlalchemy.Engine) -> Callable[[], object]:
-        def op() -> object:
-            with engine.connect() as c:
-                return c.execute(SELECT_1).scalar()
-
-        return op
-
-    def pool_select(pool: psycopg_pool.ConnectionPool[Any]) -> Callable[[], object]:
-        def op() -> object:
-            with pool.connection() as c:
-                return c.execute("SELECT 1").fetchone()
-
-        return op
-
-    variants: dict[str, Callable[[], object]] = {n: sa_select(e) for n, e in engines.items()}
-    variants |= {f"{n} connection()": pool_select(pl) for n, pl in pools.items()}
-    backstopped = backstopped_pool(url)
-    variants[BACKSTOPPED] = pool_select(backstopped)
-    variants["poolguard.postgres fetchval()"] = lambda: guarded.fetchval("SELECT 1")
-    variants["raw psycopg (1 conn, autocommit)"] = lambda: raw.execute("SELECT 1").fetchone()
-    results = print_table(
-        "sync: checkout + SELECT 1 + return",
-        alternate_sync(variants, p.ops, p.rounds),
-        ANCHOR,
-        notes=ROUND_TRIPS_SELECT,
-    )
-    check_targets(results, PG_ENGINE)
 
     def sa_orm(engine: sqlalchemy.Engine) -> Callable[[], object]:
         def op() -> object:
@@ -197,7 +186,7 @@ def bench_sync(url: str, p: Profile) -> None:
 
         return op
 
-    variants = {n: sa_orm(e) for n, e in engines.items()}
+    variants: dict[str, Callable[[], object]] = {n: sa_orm(e) for n, e in engines.items()}
     variants |= {f"{n} connection()": pool_row(pl) for n, pl in pools.items()}
     variants["poolguard.postgres fetchone()"] = lambda: guarded.fetchone(ROW_SQL, (1,))
     variants["raw psycopg (1 conn, autocommit)"] = lambda: raw.execute(ROW_SQL, (1,)).fetchone()
@@ -207,62 +196,20 @@ def bench_sync(url: str, p: Profile) -> None:
         ANCHOR,
     )
     check_targets(results, PG_ENGINE)
-    bench_threads(engines, pools, p)
     raw.close()
-    backstopped.close()
     for engine in engines.values():
         engine.dispose()
     for pool in pools.values():
         pool.close()
 
 
-ROUND_TRIPS_SELECT = {
-    ANCHOR: "3 round trips (BEGIN, SELECT, ROLLBACK)",
-    PRE_PING: "4 (+ ping)",
-    PG_ENGINE: "3 (+ ping only after 1 s idle)",
-    "poolguard.create_async_engine": "3 (+ ping only after 1 s idle)",
-    "psycopg_pool connection()": "3 (BEGIN, SELECT, COMMIT)",
-    "poolguard.postgres connection()": "3",
-    "poolguard.postgres connection(), query_timeout": "3, watchdog armed on each",
-    "poolguard.postgres fetchval()": "1 (autocommit)",
-    "raw psycopg (1 conn, autocommit)": "1, no pool",
-}
-
-
 async def bench_async(url: str, p: Profile) -> None:
     engines = async_engines(url)
-    pools = await async_pools(url)
-    raw = await psycopg.AsyncConnection.connect(conninfo(url), autocommit=True)
+    pools = {
+        "psycopg_pool": await plain_async_pool(url),
+        "poolguard.postgres": await guarded_async_pool(url),
+    }
     guarded = pools["poolguard.postgres"]
-
-    def sa_select(engine: Any) -> Callable[[], Any]:
-        async def op() -> object:
-            async with engine.connect() as c:
-                return (await c.execute(SELECT_1)).scalar()
-
-        return op
-
-    def pool_select(pool: Any) -> Callable[[], Any]:
-        async def op() -> object:
-            async with pool.connection() as c:
-                return await (await c.execute("SELECT 1")).fetchone()
-
-        return op
-
-    async def raw_select() -> object:
-        return await (await raw.execute("SELECT 1")).fetchone()
-
-    variants: dict[str, Callable[[], Any]] = {n: sa_select(e) for n, e in engines.items()}
-    variants |= {f"{n} connection()": pool_select(pl) for n, pl in pools.items()}
-    variants["poolguard.postgres fetchval()"] = lambda: guarded.fetchval("SELECT 1")
-    variants["raw psycopg (1 conn, autocommit)"] = raw_select
-    results = print_table(
-        "async: checkout + SELECT 1 + return",
-        await alternate_async(variants, p.ops, p.rounds),
-        ANCHOR,
-        notes=ROUND_TRIPS_SELECT,
-    )
-    check_targets(results, "poolguard.create_async_engine")
 
     def sa_orm(engine: Any) -> Callable[[], Any]:
         async def op() -> object:
@@ -278,7 +225,7 @@ async def bench_async(url: str, p: Profile) -> None:
 
         return op
 
-    variants = {n: sa_orm(e) for n, e in engines.items()}
+    variants: dict[str, Callable[[], Any]] = {n: sa_orm(e) for n, e in engines.items()}
     variants |= {f"{n} connection()": pool_row(pl) for n, pl in pools.items()}
     variants["poolguard.postgres fetchone()"] = lambda: guarded.fetchone(ROW_SQL, (1,))
     results = print_table(
@@ -287,7 +234,6 @@ async def bench_async(url: str, p: Profile) -> None:
         ANCHOR,
     )
     check_targets(results, "poolguard.create_async_engine")
-    await raw.close()
     for engine in engines.values():
         await engine.dispose()
     for pool in pools.values():
@@ -304,72 +250,6 @@ def check_targets(results: tuple[dict[str, float], dict[str, float]], ours: str)
             f" {vs_ping:.2f}x pre_ping (target <= {TARGET_VS_PRE_PING}):"
             f" {'OK' if ok else 'MISSED'}"
         )
-
-
-# --- 32 threads on a pool of 8 -----------------------------------------------------------------
-
-
-@contextmanager
-def _sa_checkout(engine: sqlalchemy.Engine) -> Iterator[Callable[[], object]]:
-    with engine.connect() as c:
-        yield lambda: c.execute(SELECT_1).scalar()
-
-
-@contextmanager
-def _pool_checkout(pool: psycopg_pool.ConnectionPool[Any]) -> Iterator[Callable[[], object]]:
-    with pool.connection() as c:
-        yield lambda: c.execute("SELECT 1").fetchone()
-
-
-def _hammer(checkout: Callable[[], Any], seconds: float) -> tuple[int, list[float]]:
-    """THREADS threads doing checkout + SELECT 1 + return for ``seconds``: (ops, waits)."""
-    stop = time.monotonic() + seconds
-    waits: list[list[float]] = [[] for _ in range(THREADS)]
-    counts = [0] * THREADS
-
-    def worker(i: int) -> None:
-        while time.monotonic() < stop:
-            t0 = time.perf_counter()
-            with checkout() as run:
-                waits[i].append(time.perf_counter() - t0)
-                run()
-            counts[i] += 1
-
-    threads = [threading.Thread(target=worker, args=(i,)) for i in range(THREADS)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    return sum(counts), [w for ws in waits for w in ws]
-
-
-def bench_threads(
-    engines: dict[str, sqlalchemy.Engine],
-    pools: dict[str, psycopg_pool.ConnectionPool[Any]],
-    p: Profile,
-) -> None:
-    contenders: dict[str, Callable[[], Any]] = {}
-    for name, engine in engines.items():
-        contenders[name] = lambda e=engine: _sa_checkout(e)
-    for name, pool in pools.items():
-        contenders[f"{name} connection()"] = lambda pl=pool: _pool_checkout(pl)
-    totals: dict[str, list[float]] = {n: [] for n in contenders}
-    waits: dict[str, list[float]] = {n: [] for n in contenders}
-    for r in range(p.threads_rounds):
-        names = list(contenders)
-        names = names[r % len(names) :] + names[: r % len(names)]
-        for name in names:
-            ops, w = _hammer(contenders[name], p.threads_seconds)
-            totals[name].append(ops / p.threads_seconds)
-            waits[name] += w
-    base = sum(totals[ANCHOR]) / len(totals[ANCHOR])
-    print(f"\nsync: {THREADS} threads on a pool of {POOL} (checkout + SELECT 1 + return)")
-    print(f"  {'variant':<34} {'ops/s':>8} {'vs ' + ANCHOR:>14} {'wait p50 ms':>12} {'p99 ms':>8}")
-    for name in contenders:
-        rate = sum(totals[name]) / len(totals[name])
-        p50 = percentile(waits[name], 0.5) * 1000
-        p99 = percentile(waits[name], 0.99) * 1000
-        print(f"  {name:<34} {rate:>8.0f} {rate / base:>13.2f}x {p50:>12.2f} {p99:>8.2f}")
 
 
 # --- behaviour under faults (own server only) ---------------------------------------------------

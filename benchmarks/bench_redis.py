@@ -1,32 +1,22 @@
-"""poolguard.redis vs raw redis-py: GET, SET and a 100-command pipeline, sync and asyncio.
+"""poolguard.redis vs raw redis-py: the contenders and operations of the Redis rows of make bench.
 
-Both clients use the same pool class and size (``BlockingConnectionPool``, 10 connections) and
-the same socket timeout; rounds alternate (raw, guarded, raw, guarded ...) so drift on a shared
-machine hits both alike. Prints the median µs per operation and the guarded/raw ratio
-(target <= 1.05).
+Both clients use the same pool class and size (``BlockingConnectionPool``, 8 connections) and
+the same socket and acquire timeouts. ``benchmarks/run_all.py`` times GET, SET and a 100-command
+pipeline with them, sync and asyncio, single caller and 32 threads / 200 tasks (target <= 1.05x).
 
-    python benchmarks/bench_redis.py [--ops N] [--rounds R]
-
-Uses ``REDIS_URL`` when set, else starts a throwaway server with poolguard.testing.RedisServer.
+    python benchmarks/bench_redis.py [--quick]     # = run_all.py --only redis
 """
 
 from __future__ import annotations
 
-import argparse
-import asyncio
-import os
-import statistics
-import time
+import sys
 from collections.abc import Awaitable, Callable
-from contextlib import ExitStack
 from typing import Any
 
 import redis
 import redis.asyncio
 
-import poolguard.redis
-
-POOL_SIZE = 10
+POOL_SIZE = 8
 SOCKET_TIMEOUT = 5.0
 #: Same acquire timeout on both sides: asyncio keeps one timer per acquire in its heap, and the
 #: timeout decides how long a cancelled one stays there.
@@ -86,91 +76,12 @@ def async_ops(client: Any) -> dict[str, Callable[[], Awaitable[object]]]:
     }
 
 
-def time_sync(fn: Callable[[], object], ops: int) -> float:
-    start = time.perf_counter()
-    for _ in range(ops):
-        fn()
-    return (time.perf_counter() - start) / ops * 1e6
-
-
-async def time_async(fn: Callable[[], Awaitable[object]], ops: int) -> float:
-    start = time.perf_counter()
-    for _ in range(ops):
-        await fn()
-    return (time.perf_counter() - start) / ops * 1e6
-
-
-Row = tuple[str, float, float, float]
-"""(name, raw median µs, poolguard median µs, ratio of the best rounds)."""
-
-
-def _row(name: str, samples: dict[str, list[float]]) -> Row:
-    raw, guarded = samples["raw"], samples["guarded"]
-    best = min(guarded) / min(raw)
-    return (name, statistics.median(raw), statistics.median(guarded), best)
-
-
-def bench_sync(url: str, ops: int, rounds: int) -> list[Row]:
-    raw, guarded = raw_sync(url), poolguard.redis.from_url(url, **guarded_kwargs())
-    rows = []
-    for (name, raw_fn), guarded_fn in zip(
-        sync_ops(raw).items(), sync_ops(guarded).values(), strict=True
-    ):
-        n = max(20, ops // PIPELINE_LENGTH) if name.startswith("pipeline") else ops
-        raw_fn(), guarded_fn()  # warm up: connect, caches
-        samples: dict[str, list[float]] = {"raw": [], "guarded": []}
-        for _ in range(rounds):
-            samples["raw"].append(time_sync(raw_fn, n))
-            samples["guarded"].append(time_sync(guarded_fn, n))
-        rows.append(_row(f"sync  {name}", samples))
-    raw.close()
-    guarded.close()
-    return rows
-
-
-async def bench_async(url: str, ops: int, rounds: int) -> list[Row]:
-    raw, guarded = raw_async(url), poolguard.redis.async_from_url(url, **guarded_kwargs())
-    rows = []
-    for (name, raw_fn), guarded_fn in zip(
-        async_ops(raw).items(), async_ops(guarded).values(), strict=True
-    ):
-        n = max(20, ops // PIPELINE_LENGTH) if name.startswith("pipeline") else ops
-        await raw_fn()
-        await guarded_fn()
-        samples: dict[str, list[float]] = {"raw": [], "guarded": []}
-        for _ in range(rounds):
-            samples["raw"].append(await time_async(raw_fn, n))
-            samples["guarded"].append(await time_async(guarded_fn, n))
-        rows.append(_row(f"async {name}", samples))
-    await raw.aclose()
-    await guarded.aclose()
-    return rows
-
-
-def report(rows: list[Row]) -> None:
-    head = f"{'operation':<22} {'raw µs':>9} {'poolguard µs':>13} {'ratio':>7}"
-    print(f"{head} {'best-round ratio':>17}")
-    for name, raw, guarded, best in rows:
-        ratio = guarded / raw
-        flag = "" if ratio <= TARGET else f"  (> {TARGET})"
-        print(f"{name:<22} {raw:>9.1f} {guarded:>13.1f} {ratio:>7.3f} {best:>17.3f}{flag}")
-    print("medians of alternating rounds; best-round ratio = fastest poolguard / fastest raw round")
-
-
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--ops", type=int, default=3000, help="operations per round")
-    parser.add_argument("--rounds", type=int, default=15, help="alternating rounds per client")
-    args = parser.parse_args()
-    with ExitStack() as stack:
-        url = os.environ.get("REDIS_URL")
-        if not url:
-            from poolguard.testing import RedisServer
+    """The Redis rows of ``make bench``: ``run_all.py --only redis`` (its flags apply)."""
+    import run_all  # this file's directory is on sys.path when it runs as a script
 
-            url = stack.enter_context(RedisServer()).url
-        rows = bench_sync(url, args.ops, args.rounds)
-        rows += asyncio.run(bench_async(url, args.ops, args.rounds))
-    report(rows)
+    sys.argv[1:1] = ["--only", "redis"]
+    run_all.main()
 
 
 if __name__ == "__main__":
