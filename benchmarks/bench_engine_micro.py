@@ -3,8 +3,11 @@
 Plain SQLAlchemy, SQLAlchemy + ``pool_pre_ping`` and ``poolguard.create_engine`` (sync and
 asyncio) in alternating rounds against one server; wall and CPU µs per op (CPU from
 ``time.process_time``: the stabler signal on a shared machine, and what poolguard adds is CPU).
-``--profile`` prints a cProfile of the poolguard sync variant instead, to see where the
-per-operation calls go; ``--calls`` counts Python function calls per op for each variant.
+This is the profiling tool for that hot path (settings via ``--engine-kw``, a MySQL
+``DATABASE_URL``); the standing against every anchor, with round trips, is ``make bench``
+(benchmarks/run_all.py). ``--profile`` prints a cProfile of the poolguard sync variant instead,
+to see where the per-operation calls go; ``--calls`` counts Python function calls per op for
+each variant.
 
     python benchmarks/bench_engine_micro.py [--ops N] [--rounds R] [--async-only|--sync-only]
         [--profile] [--calls] [--engine-kw query_timeout=5 ...]

@@ -718,8 +718,8 @@ def print_targets(found: list[Verdict]) -> None:
         sign = ">=" if v.metric == "ops/s" else "<="
         state = "-" if v.met is None else ("OK" if v.met else "MISSED")
         print(
-            f"  {v.case:<32} {v.subject:<16} {v.metric:<6} vs {v.anchor:<20}"
-            f" {_fmt(v.ratio, '.2f'):>5}x  (target {sign} {v.limit:.2f}x)  {state}"
+            f"  {v.case:<36} {v.subject:<16} {v.metric:<6} vs {v.anchor:<20}"
+            f" {_fmt(v.ratio, '.3f'):>6}x  (target {sign} {v.limit:.2f}x)  {state}"
         )
 
 
