@@ -726,21 +726,26 @@ def print_targets(found: list[Verdict]) -> None:
 # --- the chart ---------------------------------------------------------------------------------
 
 
-def draw_chart(found: list[Verdict], path: Path, title: str) -> None:
+def draw_chart(found: list[Verdict], rows: list[Row], path: Path, title: str) -> None:
     """Horizontal bars of subject/anchor on a log scale, lower is better (throughput inverted:
-    anchor/subject); green = target met, red = missed, grey = no target; | = the target."""
+    anchor/subject); green = target met, red = missed, grey = no target; | = the target. Each
+    label carries the round trips per request of both sides."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     bars = [v for v in found if v.ratio]
+    trips = {(r.case, r.variant): f" [{r.round_trips:g} RT]" for r in rows if r.round_trips}
     labels, values, limits, colors = [], [], [], []
     for v in bars:
         assert v.ratio is not None
         inverted = v.metric == "ops/s"
         what = "1/throughput" if inverted else v.metric
-        labels.append(f"{v.case} · {v.subject} · {what} vs {v.anchor}")
+        labels.append(
+            f"{v.case} · {v.subject}{trips.get((v.case, v.subject), '')} · {what}"
+            f" vs {v.anchor}{trips.get((v.case, v.anchor), '')}"
+        )
         values.append(1 / v.ratio if inverted else v.ratio)
         limits.append(None if v.limit is None else (1 / v.limit if inverted else v.limit))
         colors.append({None: "#9e9e9e", True: "#2e7d32", False: "#c62828"}[v.met])
@@ -802,7 +807,8 @@ def main() -> None:
         png = args.replot.with_suffix(".png")
         meta = data["meta"]
         title = f"poolguard vs anchors, {meta['when']}, {meta['profile']} profile"
-        draw_chart([Verdict(**v) for v in data["targets"]], png, title)
+        rows = [Row(**r) for r in data["rows"]]
+        draw_chart([Verdict(**v) for v in data["targets"]], rows, png, title)
         print(f"wrote {png}")
         return
     backends = [b for b in args.only.split(",") if b]
@@ -867,7 +873,8 @@ def write_results(
         return
     png = json_path.with_suffix(".png")
     try:
-        draw_chart(found, png, f"poolguard vs anchors, {stamp}, {profile} profile, {seconds:.0f} s")
+        title = f"poolguard vs anchors, {stamp}, {profile} profile, {seconds:.0f} s"
+        draw_chart(found, rows, png, title)
     except ImportError:
         print("no chart: matplotlib is missing (pip install -e '.[bench]')", file=sys.stderr)
         return
