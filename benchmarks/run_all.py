@@ -2,7 +2,7 @@
 
     python benchmarks/run_all.py [--quick] [--only postgres,mysql,redis] [--out DIR] [--no-chart]
 
-``make bench`` runs it (full profile, ~2 min on 2 cores); ``--quick`` takes ~40 s for development.
+``make bench`` runs it (full profile, ~2 min on 2 cores); ``--quick`` takes ~25 s for development.
 It starts throwaway PostgreSQL, MariaDB and Redis servers (poolguard.testing) and measures, for
 each *case* (a workload), each *variant* (a poolguard subject or an anchor) in alternating rounds
 (A B C, B C A, ...), so drift on a shared machine spreads over all of them:
@@ -85,7 +85,7 @@ class Profile:
     rt_requests: int  # sequential requests behind the proxy, for the round trips
 
 
-FULL = Profile(ops=300, rounds=5, load_seconds=1.0, load_rounds=2, rt_requests=20)
+FULL = Profile(ops=300, rounds=7, load_seconds=1.0, load_rounds=3, rt_requests=20)
 QUICK = Profile(ops=60, rounds=3, load_seconds=0.3, load_rounds=1, rt_requests=10)
 
 
@@ -666,7 +666,7 @@ def verdicts(cases: list[Case], rows: list[Row]) -> list[Verdict]:
     return out
 
 
-def _ratio_text(row: Row, rows: list[Row]) -> str:
+def _ratio_text(row: Row, rows: list[Row], *, trips: bool = False) -> str:
     """The subject's ratio to each anchor of its case (median single; p99 and ops/s under load)."""
     if row.anchor or row.error:
         return row.error or ""
@@ -678,7 +678,8 @@ def _ratio_text(row: Row, rows: list[Row]) -> str:
         for a in anchors:
             sv, av = _metric(row, m), _metric(a, m)
             if sv is not None and av:
-                values.append(f"{sv / av:.2f}x {a.variant}")
+                rt = f" ({a.round_trips:g} RT)" if trips and a.round_trips is not None else ""
+                values.append(f"{sv / av:.2f}x {a.variant}{rt}")
         if values:
             parts.append(("" if m == "median" else f"{m} ") + ", ".join(values))
     return "; ".join(parts)
@@ -720,6 +721,24 @@ def print_targets(found: list[Verdict]) -> None:
         print(
             f"  {v.case:<36} {v.subject:<16} {v.metric:<6} vs {v.anchor:<20}"
             f" {_fmt(v.ratio, '.3f'):>6}x  (target {sign} {v.limit:.2f}x)  {state}"
+        )
+
+
+def print_markdown(data: dict[str, Any]) -> None:
+    """One row per poolguard subject, for docs/benchmarks.md ("Latest numbers")."""
+    rows = [Row(**r) for r in data["rows"]]
+    meta = data["meta"]
+    print(f"<!-- {meta['when']}, {meta['profile']} profile, {meta['seconds']} s,")
+    print(f"     code {meta.get('commit', '?')}, load {meta['load_average_at_start']:.1f} -->")
+    print("| case | poolguard | median µs | p99 µs | calls/s | RT/req | vs anchors |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        if r.anchor:
+            continue
+        ratios = _ratio_text(r, rows, trips=True)
+        print(
+            f"| {r.case} | {r.variant} | {r.median_us:.0f} | {r.p99_us:.0f}"
+            f" | {_fmt(r.ops_per_s, '.0f')} | {_fmt(r.round_trips, 'g')} | {ratios} |"
         )
 
 
@@ -795,13 +814,17 @@ def servers(backends: list[str]) -> Iterator[dict[str, str]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="short rounds (~40 s)")
+    parser.add_argument("--quick", action="store_true", help="short rounds (~25 s)")
     parser.add_argument("--only", default=",".join(BACKENDS), help="postgres,mysql,redis")
     parser.add_argument("--case", default="", help="only cases whose name contains this")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where latest.json/png go")
     parser.add_argument("--no-chart", action="store_true")
     parser.add_argument("--replot", type=Path, help="only redraw the chart of this JSON file")
+    parser.add_argument("--markdown", type=Path, help="print this JSON file as docs' table")
     args = parser.parse_args()
+    if args.markdown:
+        print_markdown(json.loads(args.markdown.read_text()))
+        return
     if args.replot:
         data = json.loads(args.replot.read_text())
         png = args.replot.with_suffix(".png")
@@ -833,11 +856,29 @@ def main() -> None:
     print_table(rows)
     print_targets(found)
     print(
-        f"\n{profile} profile, {seconds:.0f} s; load average {load_before:.1f} at start on"
+        f"\n{profile} profile, {seconds:.0f} s, code {_commit()}; load average {load_before:.1f}"
+        f" at start on"
         f" {os.cpu_count()} CPUs. * = poolguard; RT/req = client->server flights per request"
         f" (FaultProxy.flights, {p.rt_requests} sequential requests)."
     )
     write_results(args, rows, found, profile, seconds, load_before)
+
+
+def _commit() -> str:
+    """The code measured: HEAD, "-dirty" when the work tree differs (others' work in progress)."""
+    import subprocess
+
+    try:
+        out = subprocess.run(
+            ["git", "describe", "--always", "--dirty"],
+            capture_output=True,
+            text=True,
+            cwd=Path(__file__).resolve().parent,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return out.stdout.strip() or "unknown"
 
 
 def write_results(
@@ -852,6 +893,8 @@ def write_results(
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
     meta = {
         "when": stamp,
+        "commit": _commit(),
+        "argv": sys.argv[1:],
         "profile": profile,
         "seconds": round(seconds, 1),
         "load_average_at_start": load,
