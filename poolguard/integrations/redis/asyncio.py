@@ -40,8 +40,8 @@ from __future__ import annotations
 import asyncio
 import select
 import time
-from collections.abc import Callable, Sequence
-from typing import Any
+from collections.abc import Awaitable, Callable, Sequence
+from typing import Any, TypeVar
 
 import redis.asyncio
 import redis.asyncio.client
@@ -52,7 +52,7 @@ import redis.exceptions as rex
 from poolguard.backends import redis as backend
 from poolguard.core.deadline import current_deadline, deadline
 from poolguard.core.disposition import Disposition
-from poolguard.core.retry import Attempts
+from poolguard.core.retry import Attempts, FirstAttempt, Guard
 from poolguard.errors import PoolguardError
 from poolguard.integrations.redis import _common as c
 
@@ -92,6 +92,31 @@ if True:  # ASYNC
         poller = select.poll()
         poller.register(sock.fileno(), select.POLLIN | select.POLLPRI)
         return poller
+
+
+T = TypeVar("T")
+
+
+async def _retried(
+    guard: Guard,
+    attempt: Callable[[Any], Awaitable[T]],
+    first: FirstAttempt,
+    failure: Exception | None,
+    started: float | None,
+) -> T:
+    """The retry loop of one command or pipeline, built only when its first attempt (run by the
+    caller after ``Guard.first_attempt``) failed, or could not run now (``started`` None: the
+    deadline is spent or the breaker is not closed)."""
+    if failure is None or started is None:
+        return await guard.arun_with(attempt, first.op, timeout_error=c.QueryTimeoutError)
+    if True:  # ASYNC
+        return await guard.aresume_with(
+            attempt, failure, started, first.op, timeout_error=c.QueryTimeoutError
+        )
+    else:  # noqa: RET505 (the sync twin's branch)
+        return guard.resume_with(
+            attempt, failure, started, first.op, timeout_error=c.QueryTimeoutError
+        )
 
 
 class _LentTimeout:
@@ -417,11 +442,28 @@ class AsyncGuardedRedis(redis.asyncio.Redis):
         # context), consult the table later, in the failure path.
         forced = _forced()
         pool: Any = self.connection_pool
+        guard = pool.guard_active
+        # The first attempt runs without the retry loop (an Attempts object, a closure, one
+        # coroutine layer): the loop's own checks and counts, then the call; see _retried.
+        first = FirstAttempt(c.NOT_SENT[False])
+        failure: Exception | None = None
+        started = guard.first_attempt()
         try:
-            return await pool.guard_active.arun_with(
+            if started is not None:
+                try:
+                    result = await self._guard_attempt(first, info, forced, args, options)
+                except Exception as exc:
+                    failure = exc
+                else:
+                    guard.breaker.record_success()
+                    return result
+            # Outside the except block: later attempts' errors must not chain to this one.
+            return await _retried(
+                guard,
                 lambda attempts: self._guard_attempt(attempts, info, forced, args, options),
-                c.NOT_SENT[False],
-                timeout_error=c.QueryTimeoutError,
+                first,
+                failure,
+                started,
             )
         except PoolguardError as exc:
             wrapped = c.wrap_own(exc)
@@ -431,7 +473,7 @@ class AsyncGuardedRedis(redis.asyncio.Redis):
 
     async def _guard_attempt(
         self,
-        attempts: Attempts,
+        attempts: Attempts | FirstAttempt,
         info: backend.CommandInfo,
         forced: bool | None,
         args: Sequence[Any],
@@ -560,12 +602,28 @@ class AsyncGuardedPipeline(redis.asyncio.client.Pipeline):
             forced = _forced()
         try:
             pool: Any = self.connection_pool
-            return await pool.guard_active.arun_with(  # type: ignore[no-any-return]
+            guard = pool.guard_active
+            first = FirstAttempt(c.NOT_SENT[False])  # as in AsyncGuardedRedis.execute_command
+            failure: Exception | None = None
+            started = guard.first_attempt()
+            if started is not None:
+                try:
+                    response = await self._guard_attempt(
+                        first, stack, raise_on_error, transactional, forced, watching
+                    )
+                except Exception as exc:
+                    failure = exc
+                else:
+                    guard.breaker.record_success()
+                    return response
+            return await _retried(
+                guard,
                 lambda attempts: self._guard_attempt(
                     attempts, stack, raise_on_error, transactional, forced, watching
                 ),
-                c.NOT_SENT[False],
-                timeout_error=c.QueryTimeoutError,
+                first,
+                failure,
+                started,
             )
         except PoolguardError as exc:
             wrapped = c.wrap_own(exc)
@@ -577,7 +635,7 @@ class AsyncGuardedPipeline(redis.asyncio.client.Pipeline):
 
     async def _guard_attempt(
         self,
-        attempts: Attempts,
+        attempts: Attempts | FirstAttempt,
         stack: list[Any],
         raise_on_error: bool,
         transactional: bool,

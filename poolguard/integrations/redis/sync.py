@@ -41,7 +41,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable, Sequence
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 import redis.client
@@ -52,7 +52,7 @@ import redis.sentinel
 from poolguard.backends import redis as backend
 from poolguard.core.deadline import current_deadline, deadline
 from poolguard.core.disposition import Disposition
-from poolguard.core.retry import Attempts
+from poolguard.core.retry import Attempts, FirstAttempt, Guard
 from poolguard.errors import PoolguardError
 from poolguard.integrations.redis import _common as c
 
@@ -79,6 +79,24 @@ _blocking_get_connection = getattr(
     "__wrapped__",
     redis.connection.BlockingConnectionPool.get_connection,
 )
+
+
+T = TypeVar("T")
+
+
+def _retried(
+    guard: Guard,
+    attempt: Callable[[Any], T],
+    first: FirstAttempt,
+    failure: Exception | None,
+    started: float | None,
+) -> T:
+    """The retry loop of one command or pipeline, built only when its first attempt (run by the
+    caller after ``Guard.first_attempt``) failed, or could not run now (``started`` None: the
+    deadline is spent or the breaker is not closed)."""
+    if failure is None or started is None:
+        return guard.run_with(attempt, first.op, timeout_error=c.QueryTimeoutError)
+    return guard.resume_with(attempt, failure, started, first.op, timeout_error=c.QueryTimeoutError)
 
 
 class _LentTimeout:
@@ -340,11 +358,28 @@ class GuardedRedis(redis.Redis):
         # context), consult the table later, in the failure path.
         forced = _forced()
         pool: Any = self.connection_pool
+        guard = pool.guard_active
+        # The first attempt runs without the retry loop (an Attempts object, a closure, one
+        # coroutine layer): the loop's own checks and counts, then the call; see _retried.
+        first = FirstAttempt(c.NOT_SENT[False])
+        failure: Exception | None = None
+        started = guard.first_attempt()
         try:
-            return pool.guard_active.run_with(
+            if started is not None:
+                try:
+                    result = self._guard_attempt(first, info, forced, args, options)
+                except Exception as exc:
+                    failure = exc
+                else:
+                    guard.breaker.record_success()
+                    return result
+            # Outside the except block: later attempts' errors must not chain to this one.
+            return _retried(
+                guard,
                 lambda attempts: self._guard_attempt(attempts, info, forced, args, options),
-                c.NOT_SENT[False],
-                timeout_error=c.QueryTimeoutError,
+                first,
+                failure,
+                started,
             )
         except PoolguardError as exc:
             wrapped = c.wrap_own(exc)
@@ -354,7 +389,7 @@ class GuardedRedis(redis.Redis):
 
     def _guard_attempt(
         self,
-        attempts: Attempts,
+        attempts: Attempts | FirstAttempt,
         info: backend.CommandInfo,
         forced: bool | None,
         args: Sequence[Any],
@@ -471,12 +506,28 @@ class GuardedPipeline(redis.client.Pipeline):
             forced = _forced()
         try:
             pool: Any = self.connection_pool
-            return pool.guard_active.run_with(  # type: ignore[no-any-return]
+            guard = pool.guard_active
+            first = FirstAttempt(c.NOT_SENT[False])  # as in GuardedRedis.execute_command
+            failure: Exception | None = None
+            started = guard.first_attempt()
+            if started is not None:
+                try:
+                    response = self._guard_attempt(
+                        first, stack, raise_on_error, transactional, forced, watching
+                    )
+                except Exception as exc:
+                    failure = exc
+                else:
+                    guard.breaker.record_success()
+                    return response
+            return _retried(
+                guard,
                 lambda attempts: self._guard_attempt(
                     attempts, stack, raise_on_error, transactional, forced, watching
                 ),
-                c.NOT_SENT[False],
-                timeout_error=c.QueryTimeoutError,
+                first,
+                failure,
+                started,
             )
         except PoolguardError as exc:
             wrapped = c.wrap_own(exc)
@@ -488,7 +539,7 @@ class GuardedPipeline(redis.client.Pipeline):
 
     def _guard_attempt(
         self,
-        attempts: Attempts,
+        attempts: Attempts | FirstAttempt,
         stack: list[Any],
         raise_on_error: bool,
         transactional: bool,

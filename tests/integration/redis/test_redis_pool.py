@@ -14,6 +14,7 @@ from redis_helpers import admin, in_background
 
 import poolguard
 import poolguard.redis
+from poolguard.core.retry import Guard
 from poolguard.errors import PoolTimeout
 
 pytestmark = pytest.mark.redis
@@ -288,3 +289,39 @@ def test_deadline_timeout_does_not_stay_on_the_connection(
         assert conn._sock.gettimeout() is None
     finally:
         client.connection_pool.release(conn)
+
+
+def _no_loop(*_args: Any, **_kwargs: Any) -> Any:
+    raise AssertionError("the retry loop was built for a call whose first attempt succeeded")
+
+
+def test_a_command_that_succeeds_builds_no_retry_loop(
+    redis_server: Any, guarded: Any, key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The loop (an Attempts object, a closure, a frame) is built only after a failure; the
+    # first attempt is counted and breaker-checked all the same.
+    r = guarded(redis_server.url)
+    r.ping()
+    monkeypatch.setattr(Guard, "run_with", _no_loop)
+    before = poolguard.redis.stats(r)["requests"]
+    r.set(key, "v")
+    assert r.get(key) == b"v"
+    pipe = r.pipeline(transaction=False)
+    pipe.get(key).set(key, "w")
+    assert pipe.execute() == [b"v", True]
+    assert poolguard.redis.stats(r)["requests"] == before + 3
+
+
+async def test_async_command_that_succeeds_builds_no_retry_loop(
+    redis_server: Any, aguarded: Any, key: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    r = aguarded(redis_server.url)
+    await r.ping()
+    monkeypatch.setattr(Guard, "arun_with", _no_loop)
+    before = poolguard.redis.stats(r)["requests"]
+    await r.set(key, "v")
+    assert await r.get(key) == b"v"
+    pipe = r.pipeline(transaction=True)
+    pipe.get(key).set(key, "w")
+    assert await pipe.execute() == [b"v", True]
+    assert poolguard.redis.stats(r)["requests"] == before + 3

@@ -7,6 +7,7 @@ the attempt numbers ``fn`` saw, the sleeps, and the counters.
 
 from __future__ import annotations
 
+import asyncio
 import random
 from collections.abc import Callable
 from typing import Any
@@ -19,7 +20,7 @@ from poolguard.core.breaker import CircuitBreaker
 from poolguard.core.budget import RetryBudget
 from poolguard.core.deadline import deadline
 from poolguard.core.disposition import Classification, Disposition, Operation, Scope
-from poolguard.core.retry import Attempts, Guard, RetryPolicy
+from poolguard.core.retry import Attempts, FirstAttempt, Guard, RetryPolicy
 from poolguard.core.stats import PoolStats
 from poolguard.errors import AmbiguousResultError, QueryTimeout
 
@@ -137,3 +138,52 @@ def test_first_attempt_credits_the_budget_and_counts_once() -> None:
     assert guard.first_attempt() == clock.now
     assert guard.budget.tokens == pytest.approx(before + 0.2)
     assert guard.stats.snapshot()["requests"] == 1
+
+
+def _async_paths() -> tuple[Any, Any]:
+    def sleeper(clock: FakeClock) -> Any:
+        async def sleep(seconds: float) -> None:
+            clock.sleep(seconds)
+
+        return sleep
+
+    def wrap(fn: Any) -> Any:
+        async def afn(attempts: Any) -> Any:
+            return fn(attempts)
+
+        return afn
+
+    def via_arun_with(guard: Guard, clock: FakeClock, fn: Any, op: Operation) -> Any:
+        return asyncio.run(guard.arun_with(wrap(fn), op, sleep=sleeper(clock)))
+
+    def via_async_fast_path(guard: Guard, clock: FakeClock, fn: Any, op: Operation) -> Any:
+        sleep = sleeper(clock)
+
+        # As the Redis adapter does it: a FirstAttempt (no loop state) for the first call.
+        async def go() -> Any:
+            started = guard.first_attempt()
+            assert started is not None
+            first = FirstAttempt(op)
+            try:
+                result = await wrap(fn)(first)
+            except Exception as exc:
+                failure = exc
+            else:
+                guard.breaker.record_success()
+                return result
+            return await guard.aresume_with(wrap(fn), failure, started, first.op, sleep=sleep)
+
+        return asyncio.run(go())
+
+    return via_arun_with, via_async_fast_path
+
+
+@pytest.mark.parametrize("name", sorted(SCENARIOS))
+def test_async_fast_path_decides_like_arun_with(name: str) -> None:
+    outcomes, op, expected = SCENARIOS[name]
+    slow_path, fast_path = _async_paths()
+    slow = run(slow_path, outcomes, op)
+    fast = run(fast_path, outcomes, op)
+    assert fast[0] == expected or (isinstance(expected, type) and issubclass(fast[0], expected))
+    assert fast == slow
+    assert fast == run(via_run_with, outcomes, op)  # and like the sync loop
