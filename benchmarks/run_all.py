@@ -59,6 +59,7 @@ from _common import (
     percentile,
     rotations,
 )
+from _latency_relay import LatencyRelay
 
 import poolguard
 import poolguard.redis
@@ -73,6 +74,7 @@ RESULTS = Path(__file__).resolve().parent / "results"
 Op = Callable[[], object]
 AOp = Callable[[], Awaitable[object]]
 Built = tuple[Op, Callable[[], object]]  # the call, and how to release what it holds
+Trips = tuple[float, float | None]  # (flights, waits) per request
 ABuilt = tuple[AOp, Callable[[], Awaitable[object]]]
 
 
@@ -83,10 +85,11 @@ class Profile:
     load_seconds: float  # one round of a load case (Redis: half)
     load_rounds: int
     rt_requests: int  # sequential requests behind the proxy, for the round trips
+    wait_requests: int  # and with each reply delayed, for the waits (single caller)
 
 
-FULL = Profile(ops=300, rounds=7, load_seconds=1.0, load_rounds=3, rt_requests=20)
-QUICK = Profile(ops=60, rounds=3, load_seconds=0.3, load_rounds=1, rt_requests=10)
+FULL = Profile(ops=300, rounds=7, load_seconds=1.0, load_rounds=3, rt_requests=20, wait_requests=10)
+QUICK = Profile(ops=60, rounds=3, load_seconds=0.3, load_rounds=1, rt_requests=10, wait_requests=6)
 
 
 # --- cases -------------------------------------------------------------------------------------
@@ -475,7 +478,8 @@ class Row:
     max_us: float = 0.0
     cpu_us: float = 0.0  # per call: the caller's thread (single) or the process (load)
     ops_per_s: float | None = None
-    round_trips: float | None = None
+    round_trips: float | None = None  # client->server flights per request (counted)
+    waits: float | None = None  # replies the caller waited for per request (single caller)
     error: str | None = None
 
 
@@ -555,37 +559,63 @@ SETTLE = 0.02  # for the last reply (or a reply nobody waits for) to pass the pr
 RT_WARMUP = 6 * POOL + 2
 
 
-def round_trips_sync(variant: Variant, url: str, requests: int) -> float:
+#: The latency the relay adds to each reply while the waits are counted: large against the
+#: jitter of a shared machine (~0.5 ms), small enough to keep the pass short.
+WAIT_LATENCY = 0.010
+
+
+@contextmanager
+def counting_path(url: str) -> Iterator[tuple[FaultProxy, LatencyRelay, str]]:
+    """client -> LatencyRelay -> FaultProxy -> server: flights counted, replies delayable."""
     host, port = _address(url)
-    with FaultProxy(host, port) as proxy:
-        op, close = variant.build(proxy.url(url))
+    with FaultProxy(host, port) as proxy, LatencyRelay(proxy.host, proxy.port) as relay:
+        yield proxy, relay, relay.url(url)
+
+
+def _trips(flights: int, requests: int, base: list[float], slow: list[float] | None) -> Trips:
+    waits = None
+    if slow is not None:
+        waits = (statistics.median(slow) - statistics.median(base)) / (WAIT_LATENCY * 1e6)
+    return flights / requests, waits
+
+
+def round_trips_sync(variant: Variant, url: str, requests: int, waits: int) -> Trips:
+    """Flights per request over ``requests`` calls; then, when ``waits``, the replies waited
+    for per request over that many calls with each reply delayed by WAIT_LATENCY."""
+    with counting_path(url) as (proxy, relay, via):
+        op, close = variant.build(via)
         try:
             for _ in range(RT_WARMUP):
                 op()
             time.sleep(SETTLE)
             before = proxy.flights
-            for _ in range(requests):
-                op()
+            base = latencies_sync(op, requests)[0]
             time.sleep(SETTLE)
-            return (proxy.flights - before) / requests
+            flights = proxy.flights - before
+            relay.latency = WAIT_LATENCY if waits else 0.0
+            slow = latencies_sync(op, waits)[0] if waits else None
+            return _trips(flights, requests, base, slow)
         finally:
+            relay.latency = 0.0
             close()
 
 
-async def round_trips_async(variant: Variant, url: str, requests: int) -> float:
-    host, port = _address(url)
-    with FaultProxy(host, port) as proxy:
-        op, close = await variant.build(proxy.url(url))
+async def round_trips_async(variant: Variant, url: str, requests: int, waits: int) -> Trips:
+    with counting_path(url) as (proxy, relay, via):
+        op, close = await variant.build(via)
         try:
             for _ in range(RT_WARMUP):
                 await op()
             await asyncio.sleep(SETTLE)
             before = proxy.flights
-            for _ in range(requests):
-                await op()
+            base = (await latencies_async(op, requests))[0]
             await asyncio.sleep(SETTLE)
-            return (proxy.flights - before) / requests
+            flights = proxy.flights - before
+            relay.latency = WAIT_LATENCY if waits else 0.0
+            slow = (await latencies_async(op, waits))[0] if waits else None
+            return _trips(flights, requests, base, slow)
         finally:
+            relay.latency = 0.0
             await close()
 
 
@@ -607,7 +637,8 @@ def run_sync_case(case: Case, url: str, p: Profile) -> list[Row]:
             close()
     rows = [_row(case, v, samples[v.name]) for v in case.variants]
     for row, v in zip(rows, case.variants, strict=True):
-        row.round_trips = round_trips_sync(v, url, p.rt_requests)
+        waits = p.wait_requests if case.mode == "single" else 0
+        row.round_trips, row.waits = round_trips_sync(v, url, p.rt_requests, waits)
     return rows
 
 
@@ -622,7 +653,8 @@ async def run_async_case(case: Case, url: str, p: Profile) -> list[Row]:
             await close()
     rows = [_row(case, v, samples[v.name]) for v in case.variants]
     for row, v in zip(rows, case.variants, strict=True):
-        row.round_trips = await round_trips_async(v, url, p.rt_requests)
+        waits = p.wait_requests if case.mode == "single" else 0
+        row.round_trips, row.waits = await round_trips_async(v, url, p.rt_requests, waits)
     return rows
 
 
@@ -689,11 +721,16 @@ def _ratio_text(row: Row, rows: list[Row], *, trips: bool = False) -> str:
         for a in anchors:
             sv, av = _metric(row, m), _metric(a, m)
             if sv is not None and av:
-                rt = f" ({a.round_trips:g} RT)" if trips and a.round_trips is not None else ""
+                rt = f" ({_trip_note(a)})" if trips and a.round_trips is not None else ""
                 values.append(f"{sv / av:.2f}x {a.variant}{rt}")
         if values:
             parts.append(("" if m == "median" else f"{m} ") + ", ".join(values))
     return "; ".join(parts)
+
+
+def _trip_note(row: Row) -> str:
+    waited = "" if row.waits is None else f", {row.waits:.1f} waited"
+    return f"{row.round_trips:g} RT{waited}"
 
 
 def _fmt(value: float | None, spec: str) -> str:
@@ -705,7 +742,7 @@ def print_table(rows: list[Row]) -> None:
     var_w = max(len(r.variant) for r in rows) + 2
     head = (
         f"{'case':<{case_w}}  {'subject':<{var_w}} {'median µs':>9} {'p99 µs':>9} {'max µs':>9}"
-        f" {'calls/s':>8} {'CPU µs':>7} {'RT/req':>6}  ratio to each anchor"
+        f" {'calls/s':>8} {'CPU µs':>7} {'RT/req':>6} {'waits':>5}  ratio to each anchor"
     )
     print(head)
     print("-" * len(head))
@@ -718,7 +755,8 @@ def print_table(rows: list[Row]) -> None:
         print(
             f"{r.case:<{case_w}}  {name:<{var_w}} {r.median_us:>9.0f} {r.p99_us:>9.0f}"
             f" {r.max_us:>9.0f} {_fmt(r.ops_per_s, '8.0f'):>8} {r.cpu_us:>7.0f}"
-            f" {_fmt(r.round_trips, '6.2f'):>6}  {_ratio_text(r, rows)}".rstrip()
+            f" {_fmt(r.round_trips, '6.2f'):>6} {_fmt(r.waits, '5.1f'):>5}"
+            f"  {_ratio_text(r, rows)}".rstrip()
         )
 
 
@@ -741,15 +779,16 @@ def print_markdown(data: dict[str, Any]) -> None:
     meta = data["meta"]
     print(f"<!-- {meta['when']}, {meta['profile']} profile, {meta['seconds']} s,")
     print(f"     code {meta.get('commit', '?')}, load {meta['load_average_at_start']:.1f} -->")
-    print("| case | poolguard | median µs | p99 µs | calls/s | RT/req | vs anchors |")
-    print("|---|---|---|---|---|---|---|")
+    print("| case | poolguard | median µs | p99 µs | calls/s | RT/req | waits | vs anchors |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         if r.anchor:
             continue
         ratios = _ratio_text(r, rows, trips=True)
         print(
             f"| {r.case} | {r.variant} | {r.median_us:.0f} | {r.p99_us:.0f}"
-            f" | {_fmt(r.ops_per_s, '.0f')} | {_fmt(r.round_trips, 'g')} | {ratios} |"
+            f" | {_fmt(r.ops_per_s, '.0f')} | {_fmt(r.round_trips, 'g')}"
+            f" | {_fmt(r.waits, '.1f')} | {ratios} |"
         )
 
 
@@ -766,7 +805,7 @@ def draw_chart(found: list[Verdict], rows: list[Row], path: Path, title: str) ->
     import matplotlib.pyplot as plt
 
     bars = [v for v in found if v.ratio]
-    trips = {(r.case, r.variant): f" [{r.round_trips:g} RT]" for r in rows if r.round_trips}
+    trips = {(r.case, r.variant): f" [{_trip_note(r)}]" for r in rows if r.round_trips}
     labels, values, limits, colors = [], [], [], []
     for v in bars:
         assert v.ratio is not None
@@ -868,9 +907,10 @@ def main() -> None:
     print_targets(found)
     print(
         f"\n{profile} profile, {seconds:.0f} s, code {_commit()}; load average {load_before:.1f}"
-        f" at start on"
-        f" {os.cpu_count()} CPUs. * = poolguard; RT/req = client->server flights per request"
-        f" (FaultProxy.flights, {p.rt_requests} sequential requests)."
+        f" at start on {os.cpu_count()} CPUs. * = poolguard; RT/req = client->server flights per"
+        f" request (FaultProxy.flights, {p.rt_requests} sequential requests); waits = replies"
+        f" the caller waited for (extra time per request with {WAIT_LATENCY * 1e3:g} ms added to"
+        f" each reply / {WAIT_LATENCY * 1e3:g} ms)."
     )
     write_results(args, rows, found, profile, seconds, load_before)
 
