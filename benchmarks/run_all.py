@@ -895,10 +895,14 @@ def main() -> None:
     cases = [c for b in backends for c in builders[b]() if args.case in c.name]
     load_before, started = os.getloadavg()[0], time.monotonic()
     rows: list[Row] = []
+    timings: dict[str, float] = {}  # where the run's time goes, for keeping it under ~3 min
     with servers(sorted({c.backend for c in cases})) as urls:
+        timings["servers"] = round(time.monotonic() - started, 1)
         for case in cases:
             print(f"... {case.name}", file=sys.stderr, flush=True)
+            case_started = time.monotonic()
             rows += run_case(case, urls[case.backend], p)
+            timings[case.name] = round(time.monotonic() - case_started, 1)
     seconds = time.monotonic() - started
     found = verdicts(cases, rows)
     profile = "quick" if args.quick else "full"
@@ -912,7 +916,8 @@ def main() -> None:
         f" the caller waited for (extra time per request with {WAIT_LATENCY * 1e3:g} ms added to"
         f" each reply / {WAIT_LATENCY * 1e3:g} ms)."
     )
-    write_results(args, rows, found, profile, seconds, load_before)
+    extra = {"load_average_at_end": os.getloadavg()[0], "seconds_by_case": timings}
+    write_results(args, rows, found, profile, seconds, load_before, extra)
 
 
 def _commit() -> str:
@@ -939,6 +944,7 @@ def write_results(
     profile: str,
     seconds: float,
     load: float,
+    extra: dict[str, Any],
 ) -> None:
     args.out.mkdir(parents=True, exist_ok=True)
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
@@ -954,6 +960,7 @@ def write_results(
         "threads": THREADS,
         "tasks": TASKS,
         "pool_size": POOL,
+        **extra,
     }
     data = {"meta": meta, "rows": [asdict(r) for r in rows], "targets": [asdict(v) for v in found]}
     # A partial run (--only, --case) must not overwrite the full run's files.
