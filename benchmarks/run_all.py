@@ -74,13 +74,13 @@ RESULTS = Path(__file__).resolve().parent / "results"
 Op = Callable[[], object]
 AOp = Callable[[], Awaitable[object]]
 Built = tuple[Op, Callable[[], object]]  # the call, and how to release what it holds
-Trips = tuple[float, float | None]  # (flights, waits) per request
 ABuilt = tuple[AOp, Callable[[], Awaitable[object]]]
+Trips = tuple[float, float | None]  # (flights, waits) per request
 
 
 @dataclass(frozen=True)
 class Profile:
-    ops: int  # calls per round, single caller (Redis: 4x, pipelines: 1/3)
+    ops: int  # calls per round, single caller (times Case.scale)
     rounds: int  # alternating rounds, single caller
     load_seconds: float  # one round of a load case (Redis: half)
     load_rounds: int
@@ -119,7 +119,7 @@ class Case:
     mode: str  # "single", "threads", "tasks"
     variants: list[Variant]
     checks: list[Check] = field(default_factory=list)
-    scale: float = 1.0  # of the profile's ops / load seconds
+    scale: float = 1.0  # of the profile's single-caller ops (Redis GET/SET: more, pipelines: fewer)
 
     @property
     def is_async(self) -> bool:
