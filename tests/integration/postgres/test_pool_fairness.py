@@ -152,7 +152,7 @@ def test_timeouts_still_honoured_and_a_timed_out_caller_leaves_no_ghost(
     impatient.join(HANG_GUARD)
     assert isinstance(impatient.result, poolguard.PoolTimeout)
     assert isinstance(impatient.result, sqlalchemy.exc.TimeoutError)
-    assert "1 waiting" in str(impatient.result)  # itself, as it gave up
+    assert "1 waiting" in str(impatient.result)  # the patient one: it left before the message
     assert waiting(engine) == 1
     conn.close()
     assert isinstance(patient.finish(), int)  # served, not lost to the one that left
