@@ -709,8 +709,19 @@ def verdicts(cases: list[Case], rows: list[Row]) -> list[Verdict]:
     return out
 
 
-def _ratio_text(row: Row, rows: list[Row], *, trips: bool = False) -> str:
-    """The subject's ratio to each anchor of its case (median single; p99 and ops/s under load)."""
+def _target_note(found: list[Verdict], row: Row, metric: str, anchor: str) -> str:
+    """`` [<=0.75 MISSED]`` next to a ratio that has a target."""
+    key = (row.case, row.variant, metric, anchor)
+    for v in found:
+        if (v.case, v.subject, v.metric, v.anchor) == key and v.met is not None and v.limit:
+            sign = ">=" if metric == "ops/s" else "<="
+            return f" [{sign}{v.limit:.2f} {'OK' if v.met else 'MISSED'}]"
+    return ""
+
+
+def _ratio_text(row: Row, rows: list[Row], found: list[Verdict], *, trips: bool = False) -> str:
+    """The subject's ratio to each anchor of its case (median single; p99 and ops/s under load),
+    each with its target and verdict when it has one."""
     if row.anchor or row.error:
         return row.error or ""
     anchors = [r for r in rows if r.case == row.case and r.anchor and not r.error]
@@ -722,7 +733,8 @@ def _ratio_text(row: Row, rows: list[Row], *, trips: bool = False) -> str:
             sv, av = _metric(row, m), _metric(a, m)
             if sv is not None and av:
                 rt = f" ({_trip_note(a)})" if trips and a.round_trips is not None else ""
-                values.append(f"{sv / av:.2f}x {a.variant}{rt}")
+                note = _target_note(found, row, m, a.variant)
+                values.append(f"{sv / av:.2f}x {a.variant}{rt}{note}")
         if values:
             parts.append(("" if m == "median" else f"{m} ") + ", ".join(values))
     return "; ".join(parts)
@@ -737,7 +749,7 @@ def _fmt(value: float | None, spec: str) -> str:
     return "-" if value is None else format(value, spec)
 
 
-def print_table(rows: list[Row]) -> None:
+def print_table(rows: list[Row], found: list[Verdict]) -> None:
     case_w = max(len(r.case) for r in rows)
     var_w = max(len(r.variant) for r in rows) + 2
     head = (
@@ -756,7 +768,7 @@ def print_table(rows: list[Row]) -> None:
             f"{r.case:<{case_w}}  {name:<{var_w}} {r.median_us:>9.0f} {r.p99_us:>9.0f}"
             f" {r.max_us:>9.0f} {_fmt(r.ops_per_s, '8.0f'):>8} {r.cpu_us:>7.0f}"
             f" {_fmt(r.round_trips, '6.2f'):>6} {_fmt(r.waits, '5.1f'):>5}"
-            f"  {_ratio_text(r, rows)}".rstrip()
+            f"  {_ratio_text(r, rows, found)}".rstrip()
         )
 
 
@@ -776,6 +788,7 @@ def print_targets(found: list[Verdict]) -> None:
 def print_markdown(data: dict[str, Any]) -> None:
     """One row per poolguard subject, for docs/benchmarks.md ("Latest numbers")."""
     rows = [Row(**r) for r in data["rows"]]
+    found = [Verdict(**v) for v in data["targets"]]
     meta = data["meta"]
     print(f"<!-- {meta['when']}, {meta['profile']} profile, {meta['seconds']} s,")
     print(f"     code {meta.get('commit', '?')}, load {meta['load_average_at_start']:.1f} -->")
@@ -784,7 +797,7 @@ def print_markdown(data: dict[str, Any]) -> None:
     for r in rows:
         if r.anchor:
             continue
-        ratios = _ratio_text(r, rows, trips=True)
+        ratios = _ratio_text(r, rows, found, trips=True)
         print(
             f"| {r.case} | {r.variant} | {r.median_us:.0f} | {r.p99_us:.0f}"
             f" | {_fmt(r.ops_per_s, '.0f')} | {_fmt(r.round_trips, 'g')}"
@@ -907,7 +920,7 @@ def main() -> None:
     found = verdicts(cases, rows)
     profile = "quick" if args.quick else "full"
     print()
-    print_table(rows)
+    print_table(rows, found)
     print_targets(found)
     print(
         f"\n{profile} profile, {seconds:.0f} s, code {_commit()}; load average {load_before:.1f}"
