@@ -70,6 +70,10 @@ class BreakerState(enum.Enum):
     HALF_OPEN = "half_open"
 
 
+#: For the per-call checks (a module global: one lookup, not a global and an attribute).
+CLOSED = BreakerState.CLOSED
+
+
 class CircuitBreaker:
     """Thread-safe breaker; ``failures=None`` disables it (always closed)."""
 
@@ -117,7 +121,7 @@ class CircuitBreaker:
         """None: go ahead (maybe as the half-open probe); a float: ask again in that many s."""
         # Lock-free fast path: CLOSED has no time-driven transition, so an unlocked read is
         # enough. Racing a concurrent opening only admits a call that arrived "just before" it.
-        if self.failures is None or self._state is BreakerState.CLOSED:
+        if self._state is CLOSED or self.failures is None:
             return None
         changed: tuple[BreakerState, BreakerState] | None = None
         wait: float | None = None
@@ -174,7 +178,7 @@ class CircuitBreaker:
         """The server answered (even with an error that is not about connecting)."""
         # Lock-free fast path for the common case: nothing to reset. CLOSED implies no probe
         # is pending; a failure racing this read is simply ordered after this success.
-        if self.failures is None or (self._consecutive == 0 and self._state is BreakerState.CLOSED):
+        if (self._consecutive == 0 and self._state is CLOSED) or self.failures is None:
             return
         with self._lock:
             self._consecutive = 0

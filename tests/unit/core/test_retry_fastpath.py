@@ -187,3 +187,21 @@ def test_async_fast_path_decides_like_arun_with(name: str) -> None:
     assert fast[0] == expected or (isinstance(expected, type) and issubclass(fast[0], expected))
     assert fast == slow
     assert fast == run(via_run_with, outcomes, op)  # and like the sync loop
+
+
+def test_first_attempt_refills_a_spent_budget_up_to_its_capacity() -> None:
+    guard = make_guard(FakeClock())
+    guard.budget = RetryBudget(0.5, capacity=1.0)
+    assert guard.budget.try_spend()
+    for expected in (0.5, 1.0, 1.0):
+        assert guard.first_attempt() is not None
+        assert guard.budget.tokens == expected
+
+
+def test_first_attempt_with_the_breaker_disabled_always_admits() -> None:
+    clock = FakeClock()
+    guard = make_guard(clock, breaker=CircuitBreaker(None, 5.0, clock=clock))
+    guard.breaker.record_failure()  # ignored by a disabled breaker
+    assert guard.first_attempt() is not None
+    guard.breaker.record_success()
+    assert guard.breaker.state.value == "closed"
