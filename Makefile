@@ -38,7 +38,7 @@ generate: setup
 generate-check: setup
 	$(PY) tools/async_to_sync.py --check
 
-## Every backend against its anchors in one run (~2 min): one table on stdout, the same as
+## Every backend against its anchors in one run (~2.5 min): one table on stdout, the same as
 ## benchmarks/results/latest.json and a chart of the ratios, latest.png (docs/benchmarks.md).
 ## BENCH_ARGS=--quick for a short run while developing; --only redis, --case "32 threads" ...
 bench: setup

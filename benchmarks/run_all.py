@@ -2,7 +2,8 @@
 
     python benchmarks/run_all.py [--quick] [--only postgres,mysql,redis] [--out DIR] [--no-chart]
 
-``make bench`` runs it (full profile, ~2 min on 2 cores); ``--quick`` takes ~25 s for development.
+``make bench`` runs it (full profile, ~2.5 min on 2 quiet cores); ``--quick`` (30-50 s) is for
+development.
 It starts throwaway PostgreSQL, MariaDB and Redis servers (poolguard.testing) and measures, for
 each *case* (a workload), each *variant* (a poolguard subject or an anchor) in alternating rounds
 (A B C, B C A, ...), so drift on a shared machine spreads over all of them:
@@ -877,7 +878,7 @@ def servers(backends: list[str]) -> Iterator[dict[str, str]]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--quick", action="store_true", help="short rounds (~25 s)")
+    parser.add_argument("--quick", action="store_true", help="short rounds (30-50 s)")
     parser.add_argument("--only", default=",".join(BACKENDS), help="postgres,mysql,redis")
     parser.add_argument("--case", default="", help="only cases whose name contains this")
     parser.add_argument("--out", type=Path, default=RESULTS, help="where latest.json/png go")
