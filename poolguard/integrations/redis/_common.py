@@ -13,6 +13,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import operator
 import random
 import socket
 import time
@@ -142,6 +143,26 @@ def pipeline_timeout(
     configured: float | None, stack: Sequence[tuple[Sequence[Any], Any]]
 ) -> float | None:
     """The pipeline's socket timeout: every blocking command's allowance, then the deadline."""
+    # The common case, no blocking command, is told at C speed (map/all/any run no bytecode per
+    # command; the loop below costs ~18 per queued command: 184 of a 10-command pipeline's 718).
+    infos = list(map(backend.lookup, map(_FIRST, map(_FIRST, stack))))
+    if all(infos) and not any(map(_BLOCK_RULE, infos)):
+        timeout = configured
+    else:
+        timeout = _with_blocking(configured, stack)
+    if current_deadline() is None:
+        return timeout
+    return deadline_cap(timeout)
+
+
+_FIRST = operator.itemgetter(0)
+_BLOCK_RULE = operator.attrgetter("block")
+
+
+def _with_blocking(
+    configured: float | None, stack: Sequence[tuple[Sequence[Any], Any]]
+) -> float | None:
+    """``configured`` plus every blocking command's allowance (None: may block forever)."""
     timeout = configured
     lookup = backend.lookup
     for args, _ in stack:
@@ -154,9 +175,7 @@ def pipeline_timeout(
                 timeout = None
                 break
             timeout += block
-    if current_deadline() is None:
-        return timeout
-    return deadline_cap(timeout)
+    return timeout
 
 
 # The caller's deadline caps each timeout (core ``effective_timeout``); the error raised when the

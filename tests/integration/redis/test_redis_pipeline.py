@@ -213,3 +213,31 @@ async def test_async_commands_while_watching_are_bounded_by_the_deadline(
                 await pipe.get(key)
         assert time.monotonic() - started < 0.3 + 1.5
     proxy.clear()
+
+
+def test_an_error_reply_in_a_pipeline_is_raised_or_returned(
+    redis_server: Any, guarded: Any, key: str
+) -> None:
+    r = guarded(redis_server.url)
+    r.set(key, "v")
+    pipe = r.pipeline(transaction=False)
+    pipe.get(key).lpush(key, "x").get(key)
+    with pytest.raises(redis.exceptions.ResponseError, match="WRONGTYPE"):
+        pipe.execute()
+    pipe.get(key).lpush(key, "x")
+    got, err = pipe.execute(raise_on_error=False)
+    assert got == b"v"
+    assert isinstance(err, redis.exceptions.ResponseError)
+    assert r.pipeline(transaction=False).get(key).execute() == [b"v"]
+
+
+async def test_async_error_reply_in_a_pipeline_is_raised(
+    redis_server: Any, aguarded: Any, key: str
+) -> None:
+    r = aguarded(redis_server.url)
+    await r.set(key, "v")
+    pipe = r.pipeline(transaction=False)
+    pipe.get(key).lpush(key, "x")
+    with pytest.raises(redis.exceptions.ResponseError, match="WRONGTYPE"):
+        await pipe.execute()
+    assert await r.pipeline(transaction=False).get(key).execute() == [b"v"]

@@ -295,3 +295,20 @@ def test_reconnect_budget_honours_the_reads_timeout_with_a_floor() -> None:
     assert state.reconnect_budget(0.5) == 0.5
     state.wait = 0.0
     assert state.reconnect_budget(None) == c.RECONNECT_FLOOR
+
+
+def test_pipeline_timeout_without_blocking_commands_is_the_configured_one() -> None:
+    stack = [(("GET", "k"), {}), (("SET", "k", "v"), {})]
+    assert c.pipeline_timeout(0.5, stack) == 0.5
+    assert c.pipeline_timeout(None, stack) is None
+    assert c.pipeline_timeout(0.5, []) == 0.5
+    with poolguard.deadline(0.2):
+        timeout = c.pipeline_timeout(0.5, stack)
+    assert timeout is not None
+    assert timeout <= 0.2
+
+
+def test_pipeline_timeout_sees_blocking_commands_not_looked_up_yet() -> None:
+    # A spelling never seen before is not in the lookup cache: it must still count.
+    stack = [(("GET", "k"), {}), ((b"bRpOp", "b", 2), {})]
+    assert c.pipeline_timeout(0.5, stack) == pytest.approx(2.5)
