@@ -71,7 +71,6 @@ class EngineState:
     suspect_before: float = 0.0
     """Wall-clock (``time.time``, like SQLAlchemy's record.starttime): connections opened
     before this are validated at their next checkout (a POOL-scope disconnect was seen)."""
-    waiting: int = 0
     server_version: int = 0
     """PostgreSQL's numeric version (e.g. 150004), from the first connection."""
     server_info: str = ""
