@@ -8,6 +8,8 @@
 - :func:`connect` / :func:`connect_async`: psycopg connects bounded by a *client* deadline, since
   libpq's ``connect_timeout`` is whole seconds with a 2 s minimum;
 - :func:`ping` / :func:`ping_async`, :func:`needs_reset`: cheap validation and reset decisions;
+- :func:`send_rollback` / :func:`rollback_pending` / :func:`rollback_settled`: a ROLLBACK sent
+  without waiting for its reply, whose reply is read when the connection is next taken;
 - :func:`is_idempotent`: may this statement run twice? (a conservative parse, see ``sql.py``).
 
 Nothing here imports SQLAlchemy: ``integrations/sqlalchemy/_backend.py`` (``PostgresBackend``)
@@ -29,7 +31,8 @@ from urllib.parse import urlsplit
 
 import psycopg
 from psycopg import errors as pg_errors
-from psycopg.pq import TransactionStatus
+from psycopg import generators
+from psycopg.pq import ExecStatus, TransactionStatus
 
 from poolguard.backends.sql import SqlRules, is_read_statement
 from poolguard.core.disposition import Classification, Disposition, Scope
@@ -58,6 +61,12 @@ __all__ = [
     "needs_reset",
     "ping",
     "ping_async",
+    "rollback_deferrable",
+    "rollback_pending",
+    "rollback_reply",
+    "rollback_reply_ready",
+    "rollback_settled",
+    "send_rollback",
     "server_timeouts",
     "session_setup_sql",
     "sqlstate",
@@ -516,4 +525,92 @@ def needs_reset(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) ->
         return False
     if status in (TransactionStatus.INTRANS, TransactionStatus.INERROR):
         return True
+    if status == TransactionStatus.ACTIVE and rollback_pending(conn):
+        return False  # busy with our own ROLLBACK (send_rollback): nothing more to undo
     return None
+
+
+# --- a ROLLBACK whose reply is read later ---------------------------------------------------
+#
+# Ending a read-only transaction costs a round trip the caller waits for, although nothing can
+# go wrong with it that the caller could act on. So at the end of a SQLAlchemy Connection, the
+# ROLLBACK is *sent* (the server ends the transaction as soon as it reads it: no idle
+# connection sits in the pool inside a transaction, holding locks or an xmin) and its reply is
+# read when the connection is next taken from the pool, usually long arrived by then. Until
+# that reply is read libpq reports the connection ACTIVE ("another command is already in
+# progress" for any other use), which is why only the pool's checkout may take it back.
+
+#: Set on a psycopg connection whose ROLLBACK was sent and whose reply is not read yet.
+_ROLLBACK_SENT = "_poolguard_rollback_sent"
+_IN_TRANSACTION = (TransactionStatus.INTRANS, TransactionStatus.INERROR)
+
+
+def rollback_deferrable(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
+    """May :func:`send_rollback` end this connection's transaction? Only when psycopg's own
+    ``rollback()`` would send a bare ROLLBACK and nothing else: a transaction open, no pipeline,
+    no ``conn.transaction()`` block, no two-phase transaction, no prepared statement (psycopg
+    deallocates them all after a ROLLBACK: another round trip), nobody holding the lock."""
+    if conn.pgconn.transaction_status not in _IN_TRANSACTION:
+        return False
+    prepared = getattr(conn, "_prepared", None)
+    return bool(
+        prepared is not None
+        and not getattr(prepared, "_names", True)
+        and not getattr(conn, "_pipeline", True)
+        and not getattr(conn, "_num_transactions", True)
+        and not getattr(conn, "_tpc", True)
+        and not conn.lock.locked()
+    )
+
+
+def send_rollback(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> None:
+    """Send ROLLBACK without reading its reply (:func:`rollback_settled` reads it). Call only
+    when :func:`rollback_deferrable` said so; raises psycopg's error when the connection is
+    broken, like ``rollback()``."""
+    pgconn = conn.pgconn
+    pgconn.send_query(b"ROLLBACK")
+    # What psycopg's rollback() does to its prepared-statement bookkeeping (none are prepared:
+    # see rollback_deferrable), so the counts start over as they would.
+    conn._prepared.clear()
+    setattr(conn, _ROLLBACK_SENT, True)
+    if pgconn.flush() != 0:
+        # The socket did not take 13 bytes: the peer stopped reading. The server must not keep
+        # the transaction open, and closing the connection ends it as surely as a ROLLBACK.
+        conn.close()
+
+
+def rollback_pending(conn: Any) -> bool:
+    """Was a ROLLBACK sent on ``conn`` whose reply is not read yet?"""
+    return bool(getattr(conn, _ROLLBACK_SENT, False))
+
+
+def rollback_reply_ready(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
+    """Has the whole reply arrived (reading it will not wait)? Raises psycopg's error when the
+    connection broke meanwhile."""
+    pgconn = conn.pgconn
+    pgconn.consume_input()
+    return not pgconn.is_busy()
+
+
+def rollback_reply(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> Any:
+    """psycopg's generator reading the reply, for ``conn.wait()`` (sync) or ``await
+    conn.wait()`` (asyncio); it waits only when :func:`rollback_reply_ready` said False, and
+    the caller bounds that wait."""
+    return generators.fetch_many(conn.pgconn)
+
+
+def rollback_settled(
+    conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any], results: list[Any]
+) -> None:
+    """Check the reply read for :func:`send_rollback`: the connection is idle again, or this
+    raises ``psycopg.OperationalError`` (discard the connection)."""
+    setattr(conn, _ROLLBACK_SENT, False)
+    pgconn = conn.pgconn
+    if (
+        len(results) == 1
+        and results[0].status == ExecStatus.COMMAND_OK
+        and pgconn.transaction_status == TransactionStatus.IDLE
+    ):
+        return
+    detail = pgconn.error_message.decode(errors="replace").strip() or "unexpected reply"
+    raise psycopg.OperationalError(f"the ROLLBACK sent at the last return failed: {detail}")

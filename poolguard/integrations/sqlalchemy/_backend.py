@@ -23,15 +23,24 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import select
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol
 
 from poolguard.config.urls import Dialect
-from poolguard.core.disposition import Classification
+from poolguard.core.deadline import remaining
+from poolguard.core.disposition import Classification, Scope
 from poolguard.errors import ConfigError
+
+try:  # SQLAlchemy >= 2.1 names it await_; await_only is deprecated from 2.2
+    from sqlalchemy.util.concurrency import await_ as await_only
+except ImportError:  # pragma: no cover - SQLAlchemy 2.0
+    from sqlalchemy.util import await_only
 
 if TYPE_CHECKING:
     from poolguard.config.settings import Settings
+    from poolguard.core.retry import Guard
 
 
 __all__ = ["MySQLBackend", "PostgresBackend", "SqlBackend", "backend_for"]
@@ -42,8 +51,10 @@ class StateView(Protocol):
     the backends and holds one; this protocol keeps the import one-way."""
 
     settings: Settings
+    guard: Guard
     is_async: bool
     pgbouncer: bool
+    suspect_before: float
     server_version: int
     server_info: str
 
@@ -149,6 +160,19 @@ class SqlBackend:
         """Timeouts to set at each transaction start (PgBouncer transaction pooling)."""
         return None
 
+    def rollback_deferrable(self, driver_conn: Any) -> bool:
+        """Can :meth:`send_rollback` end this connection's transaction (reply read later)?"""
+        return False
+
+    def send_rollback(self, driver_conn: Any) -> None:
+        """Send ROLLBACK without waiting for its reply; :meth:`settle` reads it."""
+        raise NotImplementedError
+
+    def settle(self, state: StateView, dbapi_connection: Any, timeout: float) -> None:
+        """Before a pooled connection is used again: read the reply of a ROLLBACK sent at its
+        last return, waiting at most ``timeout`` (and the deadline). Raises
+        ``sqlalchemy.exc.DisconnectionError`` when the connection must be discarded."""
+
     def check_resolve(self) -> None:
         """Raise ConfigError when ``resolve_ambiguous`` cannot work on this backend."""
 
@@ -188,7 +212,10 @@ class PostgresBackend(SqlBackend):
         status = driver_conn.pgconn.transaction_status
         if status == self._idle:
             return False
-        return True if status in self._in_transaction else None
+        if status in self._in_transaction:
+            return True
+        # ACTIVE with our own ROLLBACK on its way (send_rollback): read at the next checkout.
+        return False if self.pg.rollback_pending(driver_conn) else None
 
     def error_code(self, exc: BaseException) -> str | None:
         return self.pg.sqlstate(exc)
@@ -255,6 +282,125 @@ class PostgresBackend(SqlBackend):
         if not state.pgbouncer:
             return None
         return self.pg.local_timeouts_sql(state.settings, state.server_version)
+
+    def rollback_deferrable(self, driver_conn: Any) -> bool:
+        return self.pg.rollback_deferrable(driver_conn)
+
+    def send_rollback(self, driver_conn: Any) -> None:
+        self.pg.send_rollback(driver_conn)
+
+    def settle(self, state: StateView, dbapi_connection: Any, timeout: float) -> None:
+        # Runs at every checkout: one attribute read when nothing is pending.
+        raw = getattr(dbapi_connection, "dbapi_connection", dbapi_connection)
+        driver = getattr(raw, "driver_connection", raw)
+        if not self.pg.rollback_pending(driver):
+            return
+        try:
+            results = _read_reply(self.pg, driver, state.is_async, timeout)
+            self.pg.rollback_settled(driver, results)
+        except _NoReply as exc:
+            state.guard.stats.evict("timeout")
+            if exc.deadline:
+                # The caller's deadline, not our bound, ended the wait: the server does not
+                # answer on an open connection and no time is left to connect another one.
+                raise _deadline_spent(state, exc) from exc
+            raise _discard(exc) from exc
+        except Exception as exc:
+            # The server closed the connection while it sat in the pool. libpq often reports
+            # only the EOF ("server closed the connection unexpectedly", a CONNECTION-scope
+            # error) where a statement would have read the server's 57P01/57P02 first: a
+            # restart or an admin kill, POOL scope. Treated as the latter: the older
+            # connections are validated at their next checkout, as after a statement met it.
+            c = self.classify(exc)
+            if c.disconnect or c.scope is Scope.POOL:
+                state.suspect_before = time.time()
+            state.guard.stats.disconnect(c.reason, exc)
+            state.guard.stats.evict("disconnect")
+            raise _discard(exc) from exc
+
+
+def _read_reply(pg: Any, driver: Any, is_async: bool, timeout: float) -> list[Any]:
+    """The results of a ROLLBACK sent earlier: without waiting when they are there (the common
+    case: the server answered while the connection sat in the pool), else waiting for the
+    socket at most ``timeout`` (capped by the deadline), then failing."""
+    pgconn = driver.pgconn
+    results: list[Any] = []
+    limit: float | None = None
+    by_deadline = False
+    while True:
+        if pg.rollback_reply_ready(driver):
+            result = pgconn.get_result()
+            if result is None:
+                return results
+            results.append(result)
+            continue
+        if limit is None:
+            left = remaining()
+            by_deadline = left is not None and left < timeout
+            bound = max(0.0, left) if left is not None and by_deadline else timeout
+            limit = time.monotonic() + bound
+        wait = limit - time.monotonic()
+        if wait <= 0 or not _readable(pgconn.socket, wait, is_async):
+            raise _NoReply(f"no reply within {bound:.2f}s", deadline=by_deadline)
+
+
+class _NoReply(Exception):
+    """The reply to a deferred ROLLBACK did not arrive in time (server frozen, network down)."""
+
+    def __init__(self, message: str, *, deadline: bool) -> None:
+        super().__init__(message)
+        self.deadline = deadline
+
+
+def _deadline_spent(state: StateView, exc: Exception) -> Exception:
+    from poolguard.errors import QueryTimeout
+    from poolguard.integrations.sqlalchemy._errors import sa_dropin
+
+    return sa_dropin(
+        QueryTimeout,
+        f"{state.guard.name}: deadline exceeded at checkout: the server did not answer the"
+        " ROLLBACK sent when this connection was last returned (server frozen, or the network"
+        " down); the connection was discarded",
+        orig=exc,
+        hint="raise the poolguard.deadline() budget if the server is legitimately slow",
+        invalidated=True,
+    )
+
+
+def _discard(exc: Exception) -> Exception:
+    from sqlalchemy import exc as sa_exc
+
+    return sa_exc.DisconnectionError(
+        f"the ROLLBACK sent at the connection's last return got no good reply ({exc});"
+        " the connection was discarded"
+    )
+
+
+def _readable(fd: int, timeout: float, is_async: bool) -> bool:
+    """Wait until ``fd`` is readable, at most ``timeout`` seconds (False: timed out)."""
+    if not is_async:
+        poller = select.poll()
+        poller.register(fd, select.POLLIN)
+        return bool(poller.poll(timeout * 1000.0))
+    # Inside SQLAlchemy's greenlet on the event loop: wait through the greenlet bridge.
+    return bool(await_only(_areadable(fd, timeout)))
+
+
+async def _areadable(fd: int, timeout: float) -> bool:
+    loop = asyncio.get_running_loop()
+    ready: asyncio.Future[bool] = loop.create_future()
+
+    def wake() -> None:
+        if not ready.done():
+            ready.set_result(True)
+
+    loop.add_reader(fd, wake)
+    try:
+        return await asyncio.wait_for(ready, timeout)
+    except asyncio.TimeoutError:
+        return False
+    finally:
+        loop.remove_reader(fd)
 
 
 def _has_options(driver_conn: Any, options: str | None) -> bool:
