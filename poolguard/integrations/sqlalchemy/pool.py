@@ -462,6 +462,9 @@ def _vetted(state: EngineState, record: ConnectionPoolEntry) -> ConnectionPoolEn
     if dbapi_connection is None:
         return record  # reconnected by get_connection(): fresh, nothing to check
     try:
+        # A ROLLBACK sent without waiting at the last return (connection.py): read its reply
+        # before anything else uses the connection; no reply, or a failed one, discards it.
+        state.backend.settle(state, dbapi_connection, VALIDATE_TIMEOUT)
         _on_checkout(state, dbapi_connection, record)
     except sa_exc.DisconnectionError as exc:
         record.invalidate(exc)
