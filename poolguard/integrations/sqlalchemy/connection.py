@@ -51,6 +51,7 @@ from typing import Any
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.engine import Connection
 from sqlalchemy.engine.base import OptionEngine
+from sqlalchemy.pool.base import reset_none
 
 from poolguard.core.deadline import current_deadline
 from poolguard.core.disposition import Action, Operation, Position, decide
@@ -77,6 +78,7 @@ class GuardedConnection(Connection):
 
     _guard_wrote = False
     _guard_txn_started: float | None = None
+    _guard_closing = False
 
     # -- statements -----------------------------------------------------------------------------
     def _execute_context(
@@ -363,6 +365,12 @@ class GuardedConnection(Connection):
                 raise _ambiguous(state, exc) from exc
             raise
 
+    def close(self) -> None:
+        # Marks the ROLLBACK that SQLAlchemy runs from here as the last use of the DBAPI
+        # connection before it goes back to the pool (see _guard_defer_rollback).
+        self._guard_closing = True
+        super().close()
+
     def _rollback_impl(self) -> None:
         self._guard_wrote, self._guard_txn_started = False, None
         state: EngineState | None = getattr(self.engine.pool, "_guard_state", None)
@@ -371,6 +379,8 @@ class GuardedConnection(Connection):
             super()._rollback_impl()
             return
         try:
+            if self._guard_closing and self._guard_defer_rollback(state, conn):
+                return
             if state.bounded or current_deadline() is not None:
                 self._guard_guarded(state, conn, super()._rollback_impl, cleanup=True)
             else:
@@ -384,6 +394,56 @@ class GuardedConnection(Connection):
             # statement and close()): SQLAlchemy has invalidated it; the work is rolled back.
             if not state.backend.classify(exc).disconnect:
                 raise
+
+    def _guard_defer_rollback(self, state: EngineState, conn: Any) -> bool:
+        """The ROLLBACK of ``close()``: send it, do not wait for its reply.
+
+        The server ends the transaction as soon as it reads the ROLLBACK, so the connection
+        goes back to the pool outside any transaction; its reply is read by the pool's
+        checkout (``_vetted`` -> ``backend.settle``) before the connection is used again, and
+        a reply that never comes (or an error) discards the connection there, bounded. The
+        caller does not wait for a reply it could not act on: nothing was committed, and a
+        failed ROLLBACK of a live connection only ever means the connection is gone.
+
+        Only when the connection will sit idle: with a caller already waiting for it, the
+        reply would be read at once by that caller (a wait moved, not saved, and with asyncio
+        an await inside its checkout). And only when nothing else touches the DBAPI
+        connection between this send and that checkout: the pool's own reset is poolguard's
+        (not a ``pool=`` instance's reset_on_return, which would send a second command while
+        the first is unread), no ``checkin`` listener or other ``reset`` listener, no
+        characteristics to undo at checkin (isolation level, read-only: psycopg refuses to
+        change them while busy).
+        """
+        driver = driver_of(conn)
+        if not state.backend.rollback_deferrable(driver):
+            return False
+        pool: Any = self.engine.pool
+        record = getattr(conn, "_connection_record", None)
+        if (
+            record is None
+            or record.finalize_callback
+            or pool._reset_on_return is not reset_none
+            or pool.dispatch.checkin
+            or len(pool.dispatch.reset) > 1
+            or _has_waiters(pool)
+        ):
+            return False
+        # What SQLAlchemy's _rollback_impl does around dialect.do_rollback().
+        if self._has_events or self.engine._has_events:
+            self.dispatch.rollback(self)
+        if self._echo:
+            self._log_info("ROLLBACK (reply read at the next checkout)")
+        try:
+            state.backend.send_rollback(driver)
+        except BaseException as exc:
+            self._handle_dbapi_exception(exc, None, None, None, None)
+        return True
+
+
+def _has_waiters(pool: Any) -> bool:
+    """Is a caller queued for a connection of this pool? (the fair queues of ``_handoff``;
+    their ``_waiters`` deque is read directly: the asyncio queue's ``waiting`` count walks it)"""
+    return bool(getattr(getattr(pool, "_pool", None), "_waiters", None))
 
 
 def _seconds(limit: Limit) -> float:
