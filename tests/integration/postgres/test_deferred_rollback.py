@@ -286,3 +286,37 @@ def test_orm_session_close_unchanged(make_engine: Any, postgres_server: Any, tab
     with Session(engine) as session:
         assert session.execute(text(f"SELECT count(*) FROM {table}")).scalar() == 0
     assert _stats(engine)["connects"] == 1
+
+
+# --- when psycopg's rollback() does more than a ROLLBACK, it runs as before ----------------------
+
+
+def test_not_deferred_when_psycopg_would_do_more(postgres_server: Any) -> None:
+    from poolguard.backends import postgres as pg
+
+    with psycopg.connect(postgres_server.url) as conn:
+        assert not pg.rollback_deferrable(conn)  # idle: nothing to end
+        conn.execute("SELECT 1")
+        assert pg.rollback_deferrable(conn)
+        conn.execute("SELECT 1", prepare=True)  # now prepared: rollback() deallocates them
+        assert not pg.rollback_deferrable(conn)
+        conn.rollback()
+        with conn.transaction():  # a psycopg transaction block owns the transaction
+            assert not pg.rollback_deferrable(conn)
+        with conn.pipeline():
+            conn.execute("SELECT 1")
+            assert not pg.rollback_deferrable(conn)
+        conn.rollback()
+        conn.execute("SELECT 1")
+        pg.send_rollback(conn)
+        assert pg.needs_reset(conn) is False  # busy with our ROLLBACK: nothing else to undo
+        conn.pgconn.consume_input()
+        while conn.pgconn.is_busy():
+            time.sleep(0.001)
+            conn.pgconn.consume_input()
+        results = []
+        while (result := conn.pgconn.get_result()) is not None:
+            results.append(result)
+        pg.rollback_settled(conn, results)
+        assert conn.execute("SELECT 1").fetchone() == (1,)  # usable, BEGIN sent again
+        assert conn.info.transaction_status == psycopg.pq.TransactionStatus.INTRANS
