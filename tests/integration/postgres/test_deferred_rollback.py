@@ -147,12 +147,29 @@ def test_reply_that_never_comes_is_bounded_and_evicts(
         proxy.blackhole("downstream")  # server frozen / network down, link still open
     # The next checkout waits for the reply no longer than the deadline, discards the
     # connection, and a new one cannot be opened either: a timeout, not a hang.
-    with pytest.raises(poolguard.PoolguardError), poolguard.deadline(0.5):
+    with pytest.raises(poolguard.QueryTimeout), poolguard.deadline(0.5):
         engine.connect()
     assert _stats(engine)["evictions"]["timeout"] == 1  # the connection left the pool
     proxy.clear()
     with engine.connect() as conn:
         assert conn.execute(text("SELECT 3")).scalar() == 3
+
+
+async def test_async_reply_that_never_comes_is_bounded_and_evicts(
+    make_async_engine: Any, fault_proxy: Any, postgres_server: Any
+) -> None:
+    proxy = fault_proxy(postgres_server)
+    engine = make_async_engine(proxy.url(postgres_server.url), **BOUNDED)
+    async with engine.connect() as conn:
+        await conn.execute(text("SELECT 1"))
+        proxy.blackhole("downstream")
+    with pytest.raises(poolguard.QueryTimeout), poolguard.deadline(0.5):
+        await engine.connect()  # awaited the socket (the event loop ran meanwhile), then gave up
+    assert _stats(engine)["evictions"]["timeout"] == 1
+    proxy.clear()
+    async with engine.connect() as conn:
+        assert (await conn.execute(text("SELECT 3"))).scalar() == 3
+    assert _stats(engine)["connects"] == 2
 
 
 def test_backend_killed_after_close_next_caller_sees_no_error(
