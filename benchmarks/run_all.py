@@ -563,6 +563,10 @@ RT_WARMUP = 6 * POOL + 2
 #: The latency the relay adds to each reply while the waits are counted: large against the
 #: jitter of a shared machine (~0.5 ms), small enough to keep the pass short.
 WAIT_LATENCY = 0.010
+#: Idle time before each timed request of the waits pass: longer than WAIT_LATENCY, so a reply
+#: the previous request did not wait for (a reset read at the next checkout) has arrived, as it
+#: has on loopback. Back to back, the next checkout would wait for it instead.
+WAIT_GAP = 1.5 * WAIT_LATENCY
 
 
 @contextmanager
@@ -573,16 +577,35 @@ def counting_path(url: str) -> Iterator[tuple[FaultProxy, LatencyRelay, str]]:
         yield proxy, relay, relay.url(url)
 
 
-def _trips(flights: int, requests: int, base: list[float], slow: list[float] | None) -> Trips:
-    waits = None
-    if slow is not None:
-        waits = (statistics.median(slow) - statistics.median(base)) / (WAIT_LATENCY * 1e6)
-    return flights / requests, waits
+def _waits(base: list[float], slow: list[float]) -> float:
+    return (statistics.median(slow) - statistics.median(base)) / (WAIT_LATENCY * 1e6)
+
+
+def spaced_sync(op: Op, calls: int) -> list[float]:
+    """µs of each call, each after WAIT_GAP idle."""
+    out = []
+    for _ in range(calls):
+        time.sleep(WAIT_GAP)
+        start = time.perf_counter()
+        op()
+        out.append((time.perf_counter() - start) * 1e6)
+    return out
+
+
+async def spaced_async(op: AOp, calls: int) -> list[float]:
+    out = []
+    for _ in range(calls):
+        await asyncio.sleep(WAIT_GAP)
+        start = time.perf_counter()
+        await op()
+        out.append((time.perf_counter() - start) * 1e6)
+    return out
 
 
 def round_trips_sync(variant: Variant, url: str, requests: int, waits: int) -> Trips:
-    """Flights per request over ``requests`` calls; then, when ``waits``, the replies waited
-    for per request over that many calls with each reply delayed by WAIT_LATENCY."""
+    """Flights per request over ``requests`` back-to-back calls; then, when ``waits``, the
+    replies waited for per request: spaced calls with each reply delayed by WAIT_LATENCY
+    against the same without delay."""
     with counting_path(url) as (proxy, relay, via):
         op, close = variant.build(via)
         try:
@@ -590,12 +613,15 @@ def round_trips_sync(variant: Variant, url: str, requests: int, waits: int) -> T
                 op()
             time.sleep(SETTLE)
             before = proxy.flights
-            base = latencies_sync(op, requests)[0]
+            for _ in range(requests):
+                op()
             time.sleep(SETTLE)
-            flights = proxy.flights - before
-            relay.latency = WAIT_LATENCY if waits else 0.0
-            slow = latencies_sync(op, waits)[0] if waits else None
-            return _trips(flights, requests, base, slow)
+            flights = (proxy.flights - before) / requests
+            if not waits:
+                return flights, None
+            base = spaced_sync(op, waits)
+            relay.latency = WAIT_LATENCY
+            return flights, _waits(base, spaced_sync(op, waits))
         finally:
             relay.latency = 0.0
             close()
@@ -609,12 +635,15 @@ async def round_trips_async(variant: Variant, url: str, requests: int, waits: in
                 await op()
             await asyncio.sleep(SETTLE)
             before = proxy.flights
-            base = (await latencies_async(op, requests))[0]
+            for _ in range(requests):
+                await op()
             await asyncio.sleep(SETTLE)
-            flights = proxy.flights - before
-            relay.latency = WAIT_LATENCY if waits else 0.0
-            slow = (await latencies_async(op, waits))[0] if waits else None
-            return _trips(flights, requests, base, slow)
+            flights = (proxy.flights - before) / requests
+            if not waits:
+                return flights, None
+            base = await spaced_async(op, waits)
+            relay.latency = WAIT_LATENCY
+            return flights, _waits(base, await spaced_async(op, waits))
         finally:
             relay.latency = 0.0
             await close()
