@@ -25,6 +25,7 @@ import contextvars
 import functools
 import math
 import time
+from collections import deque
 from collections.abc import Generator, Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
@@ -614,3 +615,187 @@ def rollback_settled(
         return
     detail = pgconn.error_message.decode(errors="replace").strip() or "unexpected reply"
     raise psycopg.OperationalError(f"the ROLLBACK sent at the last return failed: {detail}")
+
+
+# --- BEGIN sent with the first statement ----------------------------------------------------
+#
+# With autocommit off psycopg sends BEGIN before a transaction's first statement and waits for
+# its reply: a round trip of its own (also in psycopg's pipeline mode, which syncs after the
+# BEGIN). Here BEGIN and the statement go out together, in libpq pipeline mode with a single
+# Sync: one round trip, the same transaction. The statement still runs through psycopg's own
+# cursor code (adaptation, prepared statements, results): a small stand-in for psycopg's
+# Pipeline collects what the cursor queues, and the replies are matched to it as psycopg's
+# Pipeline does (BasePipeline._process_results).
+
+
+class _Queued:
+    """What psycopg's cursor uses of a Pipeline while it queues a statement."""
+
+    __slots__ = ("command_queue", "result_queue")
+
+    def __init__(self) -> None:
+        self.command_queue: deque[Any] = deque()
+        self.result_queue: deque[Any] = deque()
+
+    def drop_unsent(self) -> None:
+        """Forget the commands not handed to libpq yet, and the replies they would have had."""
+        for _ in range(len(self.command_queue)):
+            self.result_queue.pop()
+        self.command_queue.clear()
+
+    def _communicate_gen(self) -> Generator[Any, Any, None]:
+        # Only hand the commands to libpq (it buffers in pipeline mode): the Sync flushes all.
+        while self.command_queue:
+            self.command_queue.popleft()()
+        return
+        yield  # a generator, as psycopg's cursor expects
+
+
+@functools.cache
+def pipelined_begin_supported() -> bool:
+    """libpq >= 14 (pipeline mode) and the psycopg internals the cursors below rely on."""
+    return bool(
+        psycopg.Pipeline.is_supported()
+        and hasattr(psycopg.Connection, "_get_tx_start_command")
+        and hasattr(psycopg.Cursor, "_execute_gen")
+        and hasattr(psycopg.Cursor, "_set_results")
+    )
+
+
+def begins_here(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
+    """Would psycopg send BEGIN before the next statement (and may it go with it)?"""
+    return bool(
+        not conn._autocommit
+        and conn._pipeline is None
+        and conn.pgconn.transaction_status == TransactionStatus.IDLE
+        and conn.pgconn.pipeline_status == 0
+    )
+
+
+def _begin_with_gen(
+    conn: Any, cursor: Any, query: Any, params: Any, prepare: bool | None, binary: bool | None
+) -> Generator[Any, Any, None]:
+    pgconn = conn.pgconn
+    queued = _Queued()
+    failure: Exception | None = None
+    pgconn.enter_pipeline_mode()
+    try:
+        pgconn.send_query_params(conn._get_tx_start_command(), None)
+        # libpq reports the connection ACTIVE now: psycopg's cursor adds no BEGIN of its own.
+        conn._pipeline = queued
+        try:
+            yield from cursor._execute_gen(query, params, prepare=prepare, binary=binary)
+            yield from queued._communicate_gen()  # deallocations queued after the statement
+        except psycopg.Error as exc:
+            # The statement could not be queued (its parameters did not adapt...): as psycopg
+            # alone, whose BEGIN had already run, the transaction is opened and the error raised.
+            failure = exc
+            queued.drop_unsent()
+        finally:
+            conn._pipeline = None
+        replies = yield from _sync_and_fetch(conn)
+    finally:
+        _leave_pipeline(pgconn)
+    if failure is not None:
+        _attach(conn, replies[:1], deque())
+        raise failure
+    _attach(conn, replies, queued.result_queue)
+
+
+def _sync_and_fetch(conn: Any) -> Generator[Any, Any, list[list[Any]]]:
+    """Send everything with one Sync; the replies up to it, grouped per command."""
+    pgconn = conn.pgconn
+    try:
+        pgconn.pipeline_sync()
+    except psycopg.OperationalError:
+        # As when BEGIN alone could not be sent: "sending query failed" (before send).
+        detail = pgconn.error_message.decode(errors="replace").strip()
+        raise psycopg.OperationalError(f"sending query failed: {detail}") from None
+    yield from generators.send(pgconn)
+    replies: list[list[Any]] = []
+    try:
+        while True:
+            results = yield from generators.fetch_many(pgconn)
+            if not results or results[-1].status == ExecStatus.PIPELINE_SYNC:
+                return replies
+            replies.append(results)
+    except psycopg.OperationalError:
+        # The server's own error (57P01 "terminating connection" before it closed) beats
+        # libpq's "server closed the connection", as psycopg's fetch prefers it too.
+        server = _first_error(conn, replies)
+        if server is None:
+            raise
+        raise server from None
+
+
+def _leave_pipeline(pgconn: Any) -> None:
+    """Back to normal mode; a connection that cannot leave it (interrupted mid-pipeline:
+    results still pending) is closed rather than left in a state psycopg does not expect."""
+    if pgconn.status != psycopg.pq.ConnStatus.OK or not pgconn.pipeline_status:
+        return
+    try:
+        pgconn.exit_pipeline_mode()
+    except psycopg.OperationalError:
+        pgconn.finish()
+
+
+def _first_error(conn: Any, replies: list[list[Any]]) -> psycopg.Error | None:
+    for results in replies:
+        for result in results:
+            if result.status == ExecStatus.FATAL_ERROR:
+                return pg_errors.error_from_result(result, encoding=conn.pgconn._encoding)
+    return None
+
+
+def _attach(conn: Any, replies: list[list[Any]], pending: deque[Any]) -> None:
+    """Raise the first error (BEGIN's first), else give the cursor its results."""
+    if not replies or len(replies) != len(pending) + 1:
+        raise psycopg.InterfaceError(
+            f"pipelined BEGIN: {len(replies)} replies for {len(pending) + 1} commands"
+        )
+    begin = replies[0][0]
+    if begin.status == ExecStatus.FATAL_ERROR:
+        raise pg_errors.error_from_result(begin, encoding=conn.pgconn._encoding)
+    for item, results in zip(pending, replies[1:], strict=True):
+        if item is None:  # a prepare or deallocate
+            if results[0].status == ExecStatus.FATAL_ERROR:
+                raise pg_errors.error_from_result(results[0], encoding=conn.pgconn._encoding)
+            continue
+        cursor, prepinfo = item
+        if prepinfo:
+            key, prep, name = prepinfo
+            conn._prepared.validate(key, prep, name, results)
+        cursor._check_results(results)
+        cursor._set_results(results)
+
+
+class FirstStatementCursor(psycopg.Cursor[Any]):
+    """psycopg's Cursor; a transaction's first ``execute()`` sends BEGIN with the statement."""
+
+    def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
+        conn = self._conn
+        if not begins_here(conn):
+            return super().execute(query, params, **kwargs)
+        with conn.lock:
+            conn.wait(
+                _begin_with_gen(
+                    conn, self, query, params, kwargs.get("prepare"), kwargs.get("binary")
+                )
+            )
+        return self
+
+
+class AsyncFirstStatementCursor(psycopg.AsyncCursor[Any]):
+    """The asyncio twin of :class:`FirstStatementCursor`."""
+
+    async def execute(self, query: Any, params: Any = None, **kwargs: Any) -> Any:
+        conn = self._conn
+        if not begins_here(conn):
+            return await super().execute(query, params, **kwargs)
+        async with conn.lock:
+            await conn.wait(
+                _begin_with_gen(
+                    conn, self, query, params, kwargs.get("prepare"), kwargs.get("binary")
+                )
+            )
+        return self

@@ -228,10 +228,24 @@ class PostgresBackend(SqlBackend):
         return params
 
     def sync_connect(self, state: StateView, cargs: list[Any], cparams: dict[str, Any]) -> Any:
+        if self._pipelined_begin(state):
+            cparams.setdefault("cursor_factory", self.pg.FirstStatementCursor)
         return self.pg.connect(*cargs, timeout=state.connect_timeout(), **cparams)
 
     def async_connector(self, state: StateView) -> Callable[..., Any]:
-        return functools.partial(self.pg.connect_async, timeout=state.connect_timeout())
+        return functools.partial(
+            _connect_async,
+            self.pg.connect_async,
+            timeout=state.connect_timeout(),
+            cursor_factory=(
+                self.pg.AsyncFirstStatementCursor if self._pipelined_begin(state) else None
+            ),
+        )
+
+    def _pipelined_begin(self, state: StateView) -> bool:
+        """Send a transaction's BEGIN with its first statement (backends.postgres)? Not through
+        PgBouncer (transaction pooling), nor where libpq has no pipeline mode."""
+        return not state.pgbouncer and bool(self.pg.pipelined_begin_supported())
 
     def connect_timed_out(self, timeout: float | None) -> Exception:
         from psycopg import errors
@@ -317,6 +331,15 @@ class PostgresBackend(SqlBackend):
             state.guard.stats.disconnect(c.reason, exc)
             state.guard.stats.evict("disconnect")
             raise _discard(exc) from exc
+
+
+async def _connect_async(
+    connect: Callable[..., Any], *args: Any, timeout: float | None, cursor_factory: Any, **kw: Any
+) -> Any:
+    """psycopg's async connect with our cursor class unless the user chose one."""
+    if cursor_factory is not None:
+        kw.setdefault("cursor_factory", cursor_factory)
+    return await connect(*args, timeout=timeout, **kw)
 
 
 def _read_reply(pg: Any, driver: Any, is_async: bool, timeout: float) -> list[Any]:
