@@ -37,8 +37,9 @@ ends the transaction on reading it, and the pool's next checkout of that connect
 reply (``_backend.SqlBackend.settle``), discarding the connection if none comes within
 ``VALIDATE_TIMEOUT`` or the deadline. One round trip less for the caller of every read-only
 ``engine.connect()`` block; see :meth:`GuardedConnection._guard_defer_rollback` for when it
-applies. BEGIN is still its own round trip (psycopg 3.3 sends it and waits, also in pipeline
-mode; sending it with the first statement was measured but is not done, see issue 9).
+applies. The transaction's BEGIN goes out with its first statement (the engine's psycopg
+connections use ``backends.postgres.FirstStatementCursor``): a read-only ``engine.connect()``
+block waits for one reply, like a single autocommit statement.
 
 Cost: a statement that succeeds runs one admission check of the core loop
 (``Guard.first_attempt``) and SQLAlchemy's own ``_execute_context``; the retry loop (an
