@@ -62,6 +62,9 @@ def _parser() -> argparse.ArgumentParser:
         default=DEFAULT_OP_TIMEOUT,
         help=f"bound on the checks after connecting, per backend (default {DEFAULT_OP_TIMEOUT})",
     )
+    from poolguard.demo.cli import add_parser as add_demo_parser
+
+    add_demo_parser(commands)
     return parser
 
 
@@ -128,6 +131,10 @@ def _nothing_configured() -> dict[str, object]:
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the ``poolguard`` console script."""
     args = _parser().parse_args(argv)
+    if args.command == "demo":
+        from poolguard.demo.cli import run as run_demo
+
+        return run_demo(args)
     try:
         result = check(os.environ, local=args.local, names=args.name, timeout=args.timeout)
     except ConfigError as exc:

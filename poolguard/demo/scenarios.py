@@ -1,0 +1,123 @@
+"""The faults the demo injects: each a named, bounded action on the embedded servers.
+
+A scenario's ``fault`` runs in the runner's thread while both sides' workloads run; it must
+return when the fault is over (the server back, the stall ended). Each lasts a few seconds.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import redis
+
+if TYPE_CHECKING:
+    from poolguard.testing import PostgresServer, RedisServer
+
+__all__ = ["SCENARIOS", "Scenario", "Servers"]
+
+
+@dataclass
+class Servers:
+    """The embedded servers every scenario runs on."""
+
+    postgres: PostgresServer
+    redis: RedisServer
+
+
+@dataclass(frozen=True)
+class Scenario:
+    name: str
+    title: str
+    fault: Callable[[Servers, float], None]  # (servers, length in seconds)
+    length: float  # the fault's default length (s); --duration overrides it
+    deadline: float  # the per-request deadline poolguard enforces in this scenario (s)
+    what: str  # what the fault does ("{length}" is the fault's length), for --list and reports
+
+    def describe(self, length: float | None = None) -> str:
+        return self.what.format(length=self.length if length is None else length)
+
+
+DOWNTIME = 1.5
+FREEZE_FOR = 3.0
+KILL_EVERY = 0.2
+KILL_FOR = 3.0
+STALL_FOR = 1.0
+STALLS = 2
+
+
+def _pg_restart(servers: Servers, length: float) -> None:
+    servers.postgres.restart(downtime=length)
+
+
+def _pg_freeze(servers: Servers, length: float) -> None:
+    with servers.postgres.frozen():
+        time.sleep(length)
+
+
+def _pg_kills(servers: Servers, length: float) -> None:
+    start = time.monotonic()
+    for n in range(1, max(2, int(length / KILL_EVERY)) + 1):
+        time.sleep(max(0.0, start + n * KILL_EVERY - time.monotonic()))
+        servers.postgres.kill_connections()
+
+
+def _redis_stall(servers: Servers, length: float) -> None:
+    # DEBUG SLEEP from a separate admin connection: the server answers nobody meanwhile.
+    with redis.Redis.from_url(servers.redis.admin_url, socket_timeout=30) as admin:
+        for _ in range(STALLS):
+            admin.execute_command("DEBUG", "SLEEP", length / STALLS)
+            time.sleep(0.3)
+
+
+SCENARIOS: dict[str, Scenario] = {
+    s.name: s
+    for s in (
+        Scenario(
+            "pg-restart",
+            "PostgreSQL restart",
+            _pg_restart,
+            DOWNTIME,
+            5.0,
+            "PostgreSQL stops, stays down {length:g} s, starts again",
+        ),
+        Scenario(
+            "pg-freeze",
+            "PostgreSQL frozen (SIGSTOP)",
+            _pg_freeze,
+            FREEZE_FOR,
+            2.0,
+            "PostgreSQL is SIGSTOPped for {length:g} s: connections open, nothing answers",
+        ),
+        Scenario(
+            "pg-kills",
+            "Kill storm",
+            _pg_kills,
+            KILL_FOR,
+            5.0,
+            f"every PostgreSQL backend is pg_terminate_backend-ed every {KILL_EVERY} s "
+            "for {length:g} s",
+        ),
+        Scenario(
+            "redis-stall",
+            "Redis INCR under a stall",
+            _redis_stall,
+            STALL_FOR * STALLS,
+            5.0,
+            f"Redis stalls (DEBUG SLEEP) {STALLS} times, {{length:g}} s in all: INCRs time "
+            "out after being sent",
+        ),
+    )
+}
+
+
+def run_fault(scenario: Scenario, servers: Servers, length: float) -> threading.Thread:
+    """Run the fault in a thread (so Ctrl-C in the main thread still stops the demo)."""
+    thread = threading.Thread(
+        target=scenario.fault, args=(servers, length), daemon=True, name=f"fault-{scenario.name}"
+    )
+    thread.start()
+    return thread

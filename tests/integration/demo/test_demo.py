@@ -1,0 +1,121 @@
+"""``poolguard demo``: a short run of each scenario on real servers with real faults.
+
+The assertions are the invariants the scoreboard reports, so a regression in poolguard fails
+here and shows up as a lost row in the demo. The vanilla facts asserted (a restart surfaces
+errors, a stalled INCR is applied twice by redis-py's default retry, a freeze holds requests
+past the deadline) were measured first; they are what plain SQLAlchemy/redis-py really do.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+
+from poolguard.cli import main
+from poolguard.demo.runner import run_scenarios, servers
+from poolguard.demo.scenarios import SCENARIOS, Servers
+from poolguard.demo.scoreboard import score, verdict
+
+pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.chaos, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def srv() -> Iterator[Servers]:
+    with servers() as started:
+        yield started
+
+
+def run_one(srv: Servers, name: str, length: float) -> dict[str, Any]:
+    (scenario_run,) = run_scenarios([SCENARIOS[name]], srv, length=length)
+    entry = score(scenario_run)
+    print(entry["verdict"])
+    return entry
+
+
+def kind_errors(row: dict[str, Any], kind: str) -> int:
+    return sum(n for k, n in row["errors_by_kind"].items() if k.startswith(f"{kind}:"))
+
+
+def assert_ledger_holds(row: dict[str, Any]) -> None:
+    assert row["money_conserved"], row
+    assert row["acked_missing"] == 0
+    assert row["applied_but_failed"] == 0
+
+
+def test_pg_restart_vanilla_surfaces_errors_poolguard_none(srv: Servers) -> None:
+    entry = run_one(srv, "pg-restart", 1.0)
+    vanilla, guarded = entry["sides"]["vanilla"], entry["sides"]["poolguard"]
+    assert kind_errors(vanilla, "read") > 0
+    assert guarded["errors"] == 0, guarded["errors_by_kind"]
+    assert guarded["ok"] > 0
+    assert guarded["over_deadline"] == 0
+    assert_ledger_holds(guarded)
+    assert vanilla["money_conserved"]
+    assert "poolguard did better on errors surfaced" in entry["verdict"]
+
+
+def test_pg_freeze_poolguard_keeps_the_deadline_vanilla_does_not(srv: Servers) -> None:
+    deadline = SCENARIOS["pg-freeze"].deadline
+    entry = run_one(srv, "pg-freeze", deadline + 1.0)
+    vanilla, guarded = entry["sides"]["vanilla"], entry["sides"]["poolguard"]
+    assert vanilla["over_deadline"] > 0
+    assert vanilla["max_latency"] > deadline
+    assert guarded["over_deadline"] == 0
+    assert guarded["hung"] == 0
+    assert_ledger_holds(guarded)
+
+
+def test_kill_storm_poolguard_reads_never_fail_and_money_is_conserved(srv: Servers) -> None:
+    entry = run_one(srv, "pg-kills", 1.5)
+    guarded = entry["sides"]["poolguard"]
+    assert kind_errors(guarded, "read") == 0, guarded["errors_by_kind"]
+    assert guarded["ok"] > 0
+    assert_ledger_holds(guarded)
+    assert entry["sides"]["vanilla"]["money_conserved"]
+
+
+def test_cli_redis_stall_json_incr_applied_once_vs_twice(
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    # Through the CLI, so the subcommand, its JSON and its redaction are covered too.
+    assert main(["demo", "--scenario", "redis-stall", "--duration", "1", "--json"]) == 0
+    captured = capsys.readouterr()
+    (entry,) = json.loads(captured.out)["scenarios"]
+    vanilla, guarded = entry["sides"]["vanilla"], entry["sides"]["poolguard"]
+    assert vanilla["duplicates"] > 0  # redis-py's default Retry sent the timed-out INCR again
+    assert guarded["duplicates"] == 0
+    assert guarded["applied_but_failed"] == 0
+    assert "DATABASE_URL=postgresql://app:***@" in captured.err
+    assert not re.search(r"://[^:/@\s]*:(?!\*\*\*@)[^@\s]+@", captured.out + captured.err)
+
+
+def test_list_names_every_scenario(capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["demo", "--list"]) == 0
+    out = capsys.readouterr().out
+    assert [line.split()[0] for line in out.splitlines()] == list(SCENARIOS)
+
+
+def row(**changes: Any) -> dict[str, Any]:
+    base = {
+        "errors": 0,
+        "ambiguous": 0,
+        "duplicates": 0,
+        "applied_but_failed": 0,
+        "acked_missing": 0,
+        "over_deadline": 0,
+        "money_conserved": True,
+        "max_latency": 0.1,
+    }
+    return {**base, **changes}
+
+
+def test_verdict_says_when_poolguard_loses() -> None:
+    text = verdict("X", row(over_deadline=3), row(errors=4))
+    assert "poolguard did WORSE on errors surfaced" in text
+    assert "better on requests over the deadline" in text
+    assert "No difference" in verdict("X", row(), row())
+    assert "money conservation" in verdict("X", row(), row(money_conserved=False))
