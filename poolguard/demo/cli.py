@@ -41,7 +41,8 @@ def add_parser(commands: Any) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from poolguard.demo.render import PlainProgress, render_config, render_scoreboard
+    from poolguard.demo.live import make_progress
+    from poolguard.demo.render import render_config, render_scoreboard
     from poolguard.demo.runner import CONFIG, run_scenarios, servers
     from poolguard.demo.scenarios import SCENARIOS
     from poolguard.demo.scoreboard import score
@@ -63,10 +64,11 @@ def run(args: argparse.Namespace) -> int:
         with servers() as srv:
             urls = {"DATABASE_URL": srv.postgres.url, "REDIS_URL": srv.redis.url}
             progress_out.write(render_config(CONFIG, urls))
-            for scenario_run in run_scenarios(
-                chosen, srv, length=args.duration, progress=PlainProgress(progress_out)
-            ):
-                board.append(score(scenario_run))
+            with make_progress(chosen, args.duration, progress_out) as progress:
+                for scenario_run in run_scenarios(
+                    chosen, srv, length=args.duration, progress=progress
+                ):
+                    board.append(score(scenario_run))
     except KeyboardInterrupt:
         print("poolguard demo: interrupted; servers stopped", file=sys.stderr)
         return 130

@@ -33,6 +33,12 @@ class PlainProgress:
         self._last: tuple[str, str, str] | None = None
         self._t0 = time.monotonic()
 
+    def __enter__(self) -> PlainProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        pass
+
     def __call__(self, scenario: Scenario, side: str, phase: str, counts: dict[str, int]) -> None:
         key = (scenario.name, side, phase)
         if key == self._last:
