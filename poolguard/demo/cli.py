@@ -38,12 +38,19 @@ def add_parser(commands: Any) -> None:
     )
     demo.add_argument("--list", action="store_true", help="list the scenarios and exit")
     demo.add_argument("--json", action="store_true", help="print the scoreboard as JSON")
+    demo.add_argument(
+        "--report",
+        metavar="FILE",
+        default=None,
+        help="also write a self-contained HTML report (timelines per scenario, scoreboard)",
+    )
 
 
 def run(args: argparse.Namespace) -> int:
     from poolguard.demo.live import make_progress
     from poolguard.demo.render import render_config, render_scoreboard
-    from poolguard.demo.runner import CONFIG, run_scenarios, servers
+    from poolguard.demo.report import render_html
+    from poolguard.demo.runner import CONFIG, ScenarioRun, run_scenarios, servers
     from poolguard.demo.scenarios import SCENARIOS
     from poolguard.demo.scoreboard import score
 
@@ -60,18 +67,25 @@ def run(args: argparse.Namespace) -> int:
     # Progress goes to stderr under --json so stdout stays one JSON document.
     progress_out = sys.stderr if args.json else sys.stdout
     board: list[dict[str, Any]] = []
+    runs: list[ScenarioRun] = []
     try:
         with servers() as srv:
             urls = {"DATABASE_URL": srv.postgres.url, "REDIS_URL": srv.redis.url}
-            progress_out.write(render_config(CONFIG, urls))
+            config = render_config(CONFIG, urls)
+            progress_out.write(config)
             with make_progress(chosen, args.duration, progress_out) as progress:
                 for scenario_run in run_scenarios(
                     chosen, srv, length=args.duration, progress=progress
                 ):
+                    runs.append(scenario_run)
                     board.append(score(scenario_run))
     except KeyboardInterrupt:
         print("poolguard demo: interrupted; servers stopped", file=sys.stderr)
         return 130
+    if args.report:
+        with open(args.report, "w", encoding="utf-8") as f:
+            f.write(render_html(runs, board, config))
+        progress_out.write(f"report written to {args.report}\n")
     if args.json:
         print(json.dumps({"scenarios": board}, indent=2))
     else:

@@ -8,9 +8,12 @@ past the deadline) were measured first; they are what plain SQLAlchemy/redis-py 
 
 from __future__ import annotations
 
+import html
 import json
 import re
 from collections.abc import Iterator
+from html.parser import HTMLParser
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -79,10 +82,12 @@ def test_kill_storm_poolguard_reads_never_fail_and_money_is_conserved(srv: Serve
 
 
 def test_cli_redis_stall_json_incr_applied_once_vs_twice(
-    capsys: pytest.CaptureFixture[str],
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
-    # Through the CLI, so the subcommand, its JSON and its redaction are covered too.
-    assert main(["demo", "--scenario", "redis-stall", "--duration", "1", "--json"]) == 0
+    # Through the CLI, so the subcommand, its JSON, its report and its redaction are covered.
+    report = tmp_path / "demo.html"
+    argv = ["demo", "--scenario", "redis-stall", "--duration", "1", "--json"]
+    assert main([*argv, "--report", str(report)]) == 0
     captured = capsys.readouterr()
     (entry,) = json.loads(captured.out)["scenarios"]
     vanilla, guarded = entry["sides"]["vanilla"], entry["sides"]["poolguard"]
@@ -91,6 +96,40 @@ def test_cli_redis_stall_json_incr_applied_once_vs_twice(
     assert guarded["applied_but_failed"] == 0
     assert "DATABASE_URL=postgresql://app:***@" in captured.err
     assert not re.search(r"://[^:/@\s]*:(?!\*\*\*@)[^@\s]+@", captured.out + captured.err)
+    assert_report_structure(report.read_text(encoding="utf-8"), entry)
+
+
+class Page(HTMLParser):
+    """The report's elements that matter: sections, charts and what they hold, external refs."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.tags: list[tuple[str, dict[str, str | None]]] = []
+
+    def handle_starttag(self, tag: str, attrs: list[tuple[str, str | None]]) -> None:
+        self.tags.append((tag, dict(attrs)))
+
+    def count(self, tag: str, cls: str | None = None) -> int:
+        return sum(t == tag and (cls is None or a.get("class") == cls) for t, a in self.tags)
+
+
+def assert_report_structure(page_text: str, entry: dict[str, Any]) -> None:
+    page = Page()
+    page.feed(page_text)
+    assert page.count("section", "scenario") == 1
+    assert page.count("svg", "timeline") == 2  # one chart per side
+    assert page.count("rect", "fault") == 2  # the fault window shaded on each
+    assert page.count("line", "deadline") == 2
+    requests = sum(row["requests"] for row in entry["sides"].values())
+    assert page.count("circle") == requests  # every request drawn
+    assert page.count("circle", "ambiguous") == entry["sides"]["poolguard"]["ambiguous"]
+    assert page.count("table", "scoreboard") == 1
+    assert page.count("tr") == 3  # header + vanilla + poolguard
+    assert entry["verdict"] in html.unescape(page_text)
+    # Self-contained: nothing fetched when opened (no script, stylesheet or image by URL).
+    assert page.count("script") == 0
+    assert not [a for _, a in page.tags if a.get("src") or a.get("href")]
+    assert "***" in page_text  # the configuration shown, redacted
 
 
 def test_list_names_every_scenario(capsys: pytest.CaptureFixture[str]) -> None:
