@@ -9,8 +9,13 @@ BENCH_ARGS ?=
 setup:
 	@bash scripts/setup.sh
 
-## The main job on the embedded default: start local PostgreSQL, MariaDB and Redis and check them.
-demo check: setup
+## The main job: the same workload through vanilla SQLAlchemy/redis-py and poolguard while
+## local PostgreSQL and Redis are restarted, frozen, killed, stalled; scoreboard + demo.html.
+demo: setup
+	$(VENV)/bin/poolguard demo --report demo.html
+
+## Start local PostgreSQL, MariaDB and Redis and check them (the deploy-time doctor).
+check: setup
 	$(VENV)/bin/poolguard check --local
 
 ## The whole test suite against real local servers (started and stopped by the tests).
