@@ -10,6 +10,8 @@
 - :func:`ping` / :func:`ping_async`, :func:`needs_reset`: cheap validation and reset decisions;
 - :func:`send_rollback` / :func:`rollback_pending` / :func:`rollback_settled`: a ROLLBACK sent
   without waiting for its reply, whose reply is read when the connection is next taken;
+- :class:`FirstStatementCursor` / :class:`AsyncFirstStatementCursor`: a transaction's BEGIN
+  sent with its first statement (one round trip);
 - :func:`is_idempotent`: may this statement run twice? (a conservative parse, see ``sql.py``).
 
 Nothing here imports SQLAlchemy: ``integrations/sqlalchemy/_backend.py`` (``PostgresBackend``)
@@ -49,8 +51,10 @@ __all__ = [
     "PING_SQL",
     "RETRY_TRANSACTION_SQLSTATES",
     "TIMEOUT_SQLSTATES",
+    "AsyncFirstStatementCursor",
     "DeadlineAsyncConnection",
     "DeadlineConnection",
+    "FirstStatementCursor",
     "classify",
     "connect",
     "connect_async",
@@ -64,7 +68,6 @@ __all__ = [
     "ping_async",
     "rollback_deferrable",
     "rollback_pending",
-    "rollback_reply",
     "rollback_reply_ready",
     "rollback_settled",
     "send_rollback",
@@ -591,13 +594,6 @@ def rollback_reply_ready(conn: psycopg.Connection[Any] | psycopg.AsyncConnection
     pgconn = conn.pgconn
     pgconn.consume_input()
     return not pgconn.is_busy()
-
-
-def rollback_reply(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> Any:
-    """psycopg's generator reading the reply, for ``conn.wait()`` (sync) or ``await
-    conn.wait()`` (asyncio); it waits only when :func:`rollback_reply_ready` said False, and
-    the caller bounds that wait."""
-    return generators.fetch_many(conn.pgconn)
 
 
 def rollback_settled(
