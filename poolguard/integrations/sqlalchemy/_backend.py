@@ -32,11 +32,7 @@ from poolguard.config.urls import Dialect
 from poolguard.core.deadline import remaining
 from poolguard.core.disposition import Classification, Scope
 from poolguard.errors import ConfigError
-
-try:  # SQLAlchemy >= 2.1 names it await_; await_only is deprecated from 2.2
-    from sqlalchemy.util.concurrency import await_ as await_only
-except ImportError:  # pragma: no cover - SQLAlchemy 2.0
-    from sqlalchemy.util import await_only
+from poolguard.integrations.sqlalchemy._compat import await_only
 
 if TYPE_CHECKING:
     from poolguard.config.settings import Settings

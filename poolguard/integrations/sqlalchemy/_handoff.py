@@ -19,7 +19,7 @@ the oldest waiter as :data:`CREATE` (the waiter now owns a slot and opens the co
 Both queues share every decision (:class:`_Handoff`); they differ in how a waiter sleeps: a
 thread on its own pre-acquired lock (the primitive ``threading.Condition`` is built from, so a
 hand-off wakes exactly one thread and the woken thread needs no shared lock to proceed: no
-convoy), a task on its own future, awaited from SQLAlchemy's greenlet context (``await_``, as
+convoy), a task on its own future, awaited from SQLAlchemy's greenlet context (``await_only``, as
 ``AsyncAdaptedQueue`` does).
 
 Invariant: a waiter is only queued while nothing is idle and there is no room, and every record
@@ -37,8 +37,9 @@ import threading
 from collections import deque
 from typing import Any, Final
 
-from sqlalchemy.util import await_
 from sqlalchemy.util.queue import Empty, Full, QueueCommon
+
+from poolguard.integrations.sqlalchemy._compat import await_only
 
 __all__ = ["CREATE", "AsyncFairQueue", "FairQueue"]
 
@@ -271,7 +272,7 @@ class FairQueue(_Handoff):
 
 class AsyncFairQueue(_Handoff):
     """The asyncio fair queue (``GuardedAsyncQueuePool``): one event loop, no lock; called from
-    SQLAlchemy's greenlet context, where it waits through ``await_``. Futures are made on the
+    SQLAlchemy's greenlet context, where it waits through ``await_only``. Futures are made on the
     running loop at each wait, so the queue binds to no loop (engines are often made at import
     time, on another loop)."""
 
@@ -300,7 +301,7 @@ class AsyncFairQueue(_Handoff):
         # that decides it, so a hand-off and a timeout can never both win.
         timer = None if timeout is None else loop.call_later(timeout, self._expire, waiter)
         try:
-            got = await_(waiter)
+            got = await_only(waiter)
         except BaseException:
             self._withdraw(waiter)
             raise

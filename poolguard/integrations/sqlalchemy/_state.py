@@ -18,16 +18,12 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-try:  # SQLAlchemy >= 2.1 names it await_; await_only is deprecated from 2.2
-    from sqlalchemy.util.concurrency import await_ as await_only
-except ImportError:  # pragma: no cover - SQLAlchemy 2.0
-    from sqlalchemy.util import await_only
-
 from poolguard.config.settings import Settings
 from poolguard.core.deadline import effective_timeout
 from poolguard.core.retry import Guard
 from poolguard.errors import ConnectTimeout
 from poolguard.integrations.sqlalchemy._backend import PostgresBackend, SqlBackend
+from poolguard.integrations.sqlalchemy._compat import await_only
 from poolguard.integrations.sqlalchemy._keywords import ResetMode
 
 #: Slack added to ``query_timeout`` before the client backstop cuts the socket, so that the
