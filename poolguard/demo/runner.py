@@ -88,17 +88,18 @@ def _overrides(config: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
 @contextlib.contextmanager
 def servers() -> Iterator[Servers]:
     """Start the embedded PostgreSQL and Redis; stop them (also on Ctrl-C)."""
-    from poolguard.testing import PostgresServer, RedisServer
+    from poolguard.testing import FaultProxy, PostgresServer, RedisServer
 
-    with PostgresServer() as pg, RedisServer() as rds:
-        yield Servers(postgres=pg, redis=rds)
+    with PostgresServer() as pg, RedisServer() as rds, FaultProxy(pg.host, pg.port) as proxy:
+        yield Servers(postgres=pg, redis=rds, pg_proxy=proxy)
 
 
-def _build(name: str, srv: Servers, deadline: float) -> Side:
+def _build(name: str, srv: Servers, scenario: Scenario) -> Side:
+    pg_url = srv.pg_proxy.url(srv.postgres.url) if scenario.via_proxy else srv.postgres.url
     if name == "vanilla":
-        return vanilla_side(srv.postgres.url, srv.redis.url, VANILLA_REDIS_TIMEOUT)
+        return vanilla_side(pg_url, srv.redis.url, VANILLA_REDIS_TIMEOUT)
     sql, cache = _overrides(CONFIG)
-    return poolguard_side(srv.postgres.url, srv.redis.url, sql, cache, deadline)
+    return poolguard_side(pg_url, srv.redis.url, sql, cache, scenario.deadline)
 
 
 def _wait(seconds: float, tick: Callable[[], None]) -> None:
@@ -114,7 +115,7 @@ def run_side(
     admin = sqlalchemy.create_engine(_admin_url(srv), poolclass=NullPool)
     try:
         reset_bank(admin)
-        side = _build(name, srv, scenario.deadline)
+        side = _build(name, srv, scenario)
         work = Workload(side, uuid.uuid4().hex[:8])
         try:
             work.start()

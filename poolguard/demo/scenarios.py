@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING
 import redis
 
 if TYPE_CHECKING:
-    from poolguard.testing import PostgresServer, RedisServer
+    from poolguard.testing import FaultProxy, PostgresServer, RedisServer
 
 __all__ = ["SCENARIOS", "Scenario", "Servers"]
 
@@ -26,6 +26,7 @@ class Servers:
 
     postgres: PostgresServer
     redis: RedisServer
+    pg_proxy: FaultProxy  # in front of PostgreSQL, for the scenarios with via_proxy
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,7 @@ class Scenario:
     length: float  # the fault's default length (s); --duration overrides it
     deadline: float  # the per-request deadline poolguard enforces in this scenario (s)
     what: str  # what the fault does ("{length}" is the fault's length), for --list and reports
+    via_proxy: bool = False  # both sides reach PostgreSQL through Servers.pg_proxy
 
     def describe(self, length: float | None = None) -> str:
         return self.what.format(length=self.length if length is None else length)
@@ -63,6 +65,16 @@ def _pg_kills(servers: Servers, length: float) -> None:
     for n in range(1, max(2, int(length / KILL_EVERY)) + 1):
         time.sleep(max(0.0, start + n * KILL_EVERY - time.monotonic()))
         servers.postgres.kill_connections()
+
+
+def _pg_blackhole(servers: Servers, length: float) -> None:
+    # Packets vanish both ways (no RST, no FIN): what a dead route or a failed-over IP looks
+    # like. Held data flows again when the blackhole clears.
+    servers.pg_proxy.blackhole()
+    try:
+        time.sleep(length)
+    finally:
+        servers.pg_proxy.clear()
 
 
 def _redis_stall(servers: Servers, length: float) -> None:
@@ -100,6 +112,16 @@ SCENARIOS: dict[str, Scenario] = {
             5.0,
             f"every PostgreSQL backend is pg_terminate_backend-ed every {KILL_EVERY} s "
             "for {length:g} s",
+        ),
+        Scenario(
+            "net-blackhole",
+            "Network blackhole",
+            _pg_blackhole,
+            FREEZE_FOR,
+            2.0,
+            "the network to PostgreSQL drops every packet for {length:g} s (fault proxy), "
+            "then heals",
+            via_proxy=True,
         ),
         Scenario(
             "redis-stall",

@@ -11,6 +11,10 @@ from __future__ import annotations
 import html
 import json
 import re
+import signal
+import socket
+import subprocess
+import sys
 from collections.abc import Iterator
 from html.parser import HTMLParser
 from pathlib import Path
@@ -61,9 +65,12 @@ def test_pg_restart_vanilla_surfaces_errors_poolguard_none(srv: Servers) -> None
     assert "poolguard did better on errors surfaced" in entry["verdict"]
 
 
-def test_pg_freeze_poolguard_keeps_the_deadline_vanilla_does_not(srv: Servers) -> None:
-    deadline = SCENARIOS["pg-freeze"].deadline
-    entry = run_one(srv, "pg-freeze", deadline + 1.0)
+@pytest.mark.parametrize("name", ["pg-freeze", "net-blackhole"])
+def test_freeze_and_blackhole_poolguard_keeps_the_deadline_vanilla_does_not(
+    srv: Servers, name: str
+) -> None:
+    deadline = SCENARIOS[name].deadline
+    entry = run_one(srv, name, deadline + 1.0)
     vanilla, guarded = entry["sides"]["vanilla"], entry["sides"]["poolguard"]
     assert vanilla["over_deadline"] > 0
     assert vanilla["max_latency"] > deadline
@@ -158,3 +165,26 @@ def test_verdict_says_when_poolguard_loses() -> None:
     assert "better on requests over the deadline" in text
     assert "No difference" in verdict("X", row(), row())
     assert "money conservation" in verdict("X", row(), row(money_conserved=False))
+
+
+def test_ctrl_c_during_a_fault_stops_the_servers_and_exits_130() -> None:
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "poolguard", "demo", "--scenario", "pg-freeze"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
+    assert proc.stdout is not None
+    lines: list[str] = []
+    for line in proc.stdout:  # plain lines: stdout is a pipe
+        lines.append(line)
+        if " fault " in line:  # PostgreSQL is SIGSTOPped now
+            break
+    proc.send_signal(signal.SIGINT)
+    rest, _ = proc.communicate(timeout=60)
+    output = "".join(lines) + rest
+    assert proc.returncode == 130, output
+    assert "interrupted; servers stopped" in output
+    port = int(re.findall(r"DATABASE_URL=\S+:(\d+)/", output)[0])
+    with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=2):
+        pass  # nothing listens there any more: the (frozen) server was stopped
