@@ -57,6 +57,7 @@ COLUMNS = (
     ("requests", "requests", "{}"),
     ("errors", "errors", "{}"),
     ("ambiguous", "ambiguous", "{}"),
+    ("ambiguous_resolved", "resolved", "{}"),
     ("max_latency", "max lat (s)", "{:.2f}"),
     ("over_deadline", ">deadline", "{}"),
     ("duplicates", "dup applied", "{}"),

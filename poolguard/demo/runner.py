@@ -13,6 +13,7 @@ import time
 import uuid
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis
 import sqlalchemy
@@ -63,6 +64,7 @@ class SideRun:
     expected_money: int
     stored_transfers: set[str]
     incr_values: dict[str, int]  # Redis key -> its value after the run
+    stats: dict[str, Any] = field(default_factory=dict)  # poolguard.stats(engine), poolguard side
 
 
 @dataclass
@@ -116,6 +118,8 @@ def run_side(
     try:
         reset_bank(admin)
         side = _build(name, srv, scenario)
+        if scenario.engine_hook is not None:
+            scenario.engine_hook(srv, side.engine)
         work = Workload(side, uuid.uuid4().hex[:8])
         try:
             work.start()
@@ -133,6 +137,7 @@ def run_side(
             _wait(COOLDOWN, tick("cooldown"))
         finally:
             work.stop(JOIN_TIMEOUT)
+            stats = _stats(side)
             side.close()
         progress(scenario, name, "done", work.counts())
         total, stored = _ledger(admin)
@@ -147,7 +152,17 @@ def run_side(
         expected_money=ACCOUNTS * START_BALANCE,
         stored_transfers=stored,
         incr_values=_incr_values(srv, [r.key for r in work.requests if r.kind == "incr"]),
+        stats=stats,
     )
+
+
+def _stats(side: Side) -> dict[str, Any]:
+    """poolguard's own counters for its side (retries, ambiguous outcomes resolved)."""
+    if side.name != "poolguard":
+        return {}
+    import poolguard
+
+    return dict(poolguard.stats(side.engine))
 
 
 def _admin_url(srv: Servers) -> sqlalchemy.URL:

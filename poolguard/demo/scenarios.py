@@ -9,10 +9,12 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import redis
+import sqlalchemy
+from sqlalchemy import event
 
 if TYPE_CHECKING:
     from poolguard.testing import FaultProxy, PostgresServer, RedisServer
@@ -27,6 +29,8 @@ class Servers:
     postgres: PostgresServer
     redis: RedisServer
     pg_proxy: FaultProxy  # in front of PostgreSQL, for the scenarios with via_proxy
+    #: Set by the lost-commit fault: the next COMMIT on the side's engine loses its reply.
+    commit_trap: threading.Event = field(default_factory=threading.Event)
 
 
 @dataclass(frozen=True)
@@ -38,6 +42,8 @@ class Scenario:
     deadline: float  # the per-request deadline poolguard enforces in this scenario (s)
     what: str  # what the fault does ("{length}" is the fault's length), for --list and reports
     via_proxy: bool = False  # both sides reach PostgreSQL through Servers.pg_proxy
+    #: Called with each side's engine before its workload starts (the lost-commit trap).
+    engine_hook: Callable[[Servers, sqlalchemy.Engine], None] | None = None
 
     def describe(self, length: float | None = None) -> str:
         return self.what.format(length=self.length if length is None else length)
@@ -75,6 +81,43 @@ def _pg_blackhole(servers: Servers, length: float) -> None:
         time.sleep(length)
     finally:
         servers.pg_proxy.clear()
+
+
+#: After the COMMIT went out with its reply blackholed, the links are reset this much later:
+#: the server has committed, the client never hears so.
+LOST_REPLY_RESET = 0.3
+LOST_COMMITS_EVERY = 1.0
+
+
+def _trap_commits(servers: Servers, engine: sqlalchemy.Engine) -> None:
+    proxy = servers.pg_proxy
+
+    def on_commit(conn: object) -> None:
+        if not servers.commit_trap.is_set():
+            return
+        servers.commit_trap.clear()
+        # SQLAlchemy's "commit" event fires before the COMMIT is sent: it goes upstream and
+        # is applied, its reply is held, then every link is reset.
+        proxy.blackhole("downstream")
+        threading.Timer(LOST_REPLY_RESET, _reset_and_clear, args=(proxy,)).start()
+
+    event.listen(engine, "commit", on_commit)
+
+
+def _reset_and_clear(proxy: FaultProxy) -> None:
+    proxy.reset()
+    proxy.clear()
+
+
+def _lost_commits(servers: Servers, length: float) -> None:
+    start = time.monotonic()
+    try:
+        while time.monotonic() - start < length:
+            servers.commit_trap.set()
+            time.sleep(LOST_COMMITS_EVERY)
+    finally:
+        servers.commit_trap.clear()
+        time.sleep(LOST_REPLY_RESET + 0.1)  # a trap sprung last is cleared before the fault ends
 
 
 def _redis_stall(servers: Servers, length: float) -> None:
@@ -122,6 +165,17 @@ SCENARIOS: dict[str, Scenario] = {
             "the network to PostgreSQL drops every packet for {length:g} s (fault proxy), "
             "then heals",
             via_proxy=True,
+        ),
+        Scenario(
+            "lost-commit",
+            "Lost COMMIT replies",
+            _lost_commits,
+            FREEZE_FOR,
+            5.0,
+            f"every {LOST_COMMITS_EVERY:g} s for {{length:g}} s a transfer's COMMIT is applied "
+            "but its reply is lost (connection reset)",
+            via_proxy=True,
+            engine_hook=_trap_commits,
         ),
         Scenario(
             "redis-stall",

@@ -36,6 +36,9 @@ def score_side(run: SideRun, deadline: float) -> dict[str, Any]:
         "errors": len(failed),
         "errors_by_kind": dict(Counter(f"{r.kind}:{r.error}" for r in failed)),
         "ambiguous": sum(r.outcome == "ambiguous" for r in reqs),
+        # Lost COMMIT replies poolguard asked the server about (committed / aborted), instead
+        # of surfacing "may have been applied".
+        "ambiguous_resolved": sum(dict(run.stats.get("ambiguous_resolved") or {}).values()),
         "hung": sum(r.outcome == "hung" for r in reqs),
         "max_latency": round(max_latency, 3),
         "deadline": deadline,
@@ -73,6 +76,11 @@ def _summary(row: dict[str, Any]) -> str:
     parts = [f"{row['errors']} error{'s' if row['errors'] != 1 else ''} surfaced"]
     if row["ambiguous"]:
         parts.append(f"{row['ambiguous']} reported as may-have-been-applied")
+    if row["ambiguous_resolved"]:
+        n = row["ambiguous_resolved"]
+        parts.append(
+            f"{n} lost COMMIT repl{'ies' if n != 1 else 'y'} resolved by asking the server"
+        )
     if row["duplicates"]:
         parts.append(
             f"{row['duplicates']} INCR{'s' if row['duplicates'] != 1 else ''} applied twice"

@@ -88,6 +88,19 @@ def test_kill_storm_poolguard_reads_never_fail_and_money_is_conserved(srv: Serve
     assert entry["sides"]["vanilla"]["money_conserved"]
 
 
+def test_lost_commit_vanilla_reports_applied_transfers_as_failed_poolguard_resolves(
+    srv: Servers,
+) -> None:
+    entry = run_one(srv, "lost-commit", 2.0)
+    vanilla, guarded = entry["sides"]["vanilla"], entry["sides"]["poolguard"]
+    assert vanilla["applied_but_failed"] > 0  # the caller was told "failed"; it was committed
+    assert guarded["ambiguous_resolved"] > 0
+    assert kind_errors(guarded, "transfer") == 0, guarded["errors_by_kind"]
+    assert guarded["ambiguous"] == 0
+    assert_ledger_holds(guarded)
+    assert vanilla["money_conserved"]
+
+
 def test_cli_redis_stall_json_incr_applied_once_vs_twice(
     capsys: pytest.CaptureFixture[str], tmp_path: Path
 ) -> None:
@@ -149,6 +162,7 @@ def row(**changes: Any) -> dict[str, Any]:
     base = {
         "errors": 0,
         "ambiguous": 0,
+        "ambiguous_resolved": 0,
         "duplicates": 0,
         "applied_but_failed": 0,
         "acked_missing": 0,
