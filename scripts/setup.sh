@@ -19,6 +19,8 @@ have_pg || missing+=(postgresql)
 have redis-server || missing+=(redis-server)
 have redis-sentinel || missing+=(redis-sentinel)
 have pgbouncer || missing+=(pgbouncer)
+# `poolguard demo --report`: the test that the HTML renders opens it in headless Chromium.
+{ have chromium || have chromium-browser; } || missing+=(chromium)
 
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -ne 0 ] && ! command -v sudo >/dev/null; then
