@@ -78,8 +78,11 @@ def render_scoreboard(board: list[dict[str, Any]]) -> str:
             f"== {entry['title']} ({entry['scenario']}): {entry['fault']}; "
             f"deadline {entry['deadline']:g} s"
         )
-        out.append("  ".join(h.ljust(w) for h, w in zip(header, widths, strict=True)))
-        out += ["  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)) for r in rows]
+        lines = [header, *rows]
+        out += [
+            "  ".join(c.ljust(w) for c, w in zip(line, widths, strict=True)).rstrip()
+            for line in lines
+        ]
         out.append(entry["verdict"])
         out.append("")
     return "\n".join(out)
