@@ -7,11 +7,14 @@ A suite adds driver ``connect_args`` to every engine it makes by overriding the
 
 from __future__ import annotations
 
+import functools
+import threading
+import time
 from collections.abc import AsyncIterator, Callable, Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine
+from sqlalchemy import Engine, text
 from sqlalchemy.ext.asyncio import AsyncEngine
 
 import poolguard
@@ -77,3 +80,57 @@ async def make_async_engine(
 def _no_backoff_surprises() -> Iterator[None]:
     yield
     poolguard.set_testing(False)
+
+
+# --- fair hand-off (postgres/ and mysql/ test_pool_fairness.py) ---------------------------------
+
+#: Only to fail instead of hanging, never a performance bound.
+FAIRNESS_HANG_GUARD = 20.0
+
+
+def _until(predicate: Callable[[], bool]) -> None:
+    stop = time.monotonic() + FAIRNESS_HANG_GUARD
+    while not predicate():
+        assert time.monotonic() < stop, "condition never became true"
+        time.sleep(0.001)
+
+
+def _serve_in_turn(engine: Any, names: list[str], rounds: int) -> list[str]:
+    """Threads named ``names`` each check out ``rounds`` times from a one-connection pool; each
+    holder waits until every other unfinished thread is queued (the pool's ``waiting`` gauge),
+    returns the connection and asks again at once. Returns who was served, in order: a fair
+    pool goes round (``a b c a b c ...``); SQLAlchemy's queue let the returning thread take the
+    connection back (``a a a ...``)."""
+    served: list[str] = []
+    grants = dict.fromkeys(names, 0)
+    lock = threading.Lock()
+    errors: list[BaseException] = []
+
+    def queued(n: int) -> bool:
+        return int(poolguard.stats(engine)["waiting"]) >= n
+
+    def worker(name: str) -> None:
+        try:
+            for _ in range(rounds):
+                with engine.connect() as conn:
+                    with lock:
+                        served.append(name)
+                        grants[name] += 1
+                        others = sum(1 for n in names if n != name and grants[n] < rounds)
+                    _until(functools.partial(queued, others))
+                    conn.execute(text("SELECT 1"))
+        except BaseException as exc:  # reported below
+            errors.append(exc)
+
+    threads = [threading.Thread(target=worker, args=(n,)) for n in names]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(FAIRNESS_HANG_GUARD * rounds)
+    assert errors == []
+    return served
+
+
+@pytest.fixture
+def serve_in_turn() -> Callable[[Any, list[str], int], list[str]]:
+    return _serve_in_turn

@@ -9,7 +9,6 @@ instead of hanging it, not a performance bound.
 from __future__ import annotations
 
 import asyncio
-import functools
 import threading
 import time
 from collections.abc import Callable
@@ -89,37 +88,14 @@ class Caller(threading.Thread):
 
 
 def test_callers_are_served_in_turn_a_returning_thread_queues_behind(
-    make_engine: Any, postgres_server: Any
+    make_engine: Any, postgres_server: Any, serve_in_turn: Any
 ) -> None:
     """Each holder waits until everyone else is queued, returns the connection and asks again
     at once: with a fair pool the connection goes round; with SQLAlchemy's queue the returning
     thread took it back before the woken waiter ran (measured: "a a a a ...")."""
     engine = make_engine(postgres_server.url, pool_size=1, **FAIR)
     names, rounds = ["a", "b", "c", "d"], 5
-    served: list[str] = []
-    grants = dict.fromkeys(names, 0)
-    lock = threading.Lock()
-    errors: list[BaseException] = []
-
-    def worker(name: str) -> None:
-        try:
-            for _ in range(rounds):
-                with engine.connect() as conn:
-                    with lock:
-                        served.append(name)
-                        grants[name] += 1
-                        others = sum(1 for n in names if n != name and grants[n] < rounds)
-                    until(functools.partial(has_waiters, engine, others))
-                    conn.execute(text("SELECT 1"))
-        except BaseException as exc:  # reported below
-            errors.append(exc)
-
-    threads = [threading.Thread(target=worker, args=(n,)) for n in names]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join(HANG_GUARD * rounds)
-    assert errors == []
+    served = serve_in_turn(engine, names, rounds)
     assert len(served) == len(names) * rounds
     assert sorted(served[:4]) == names
     assert served == served[:4] * rounds, served
