@@ -27,6 +27,7 @@ from poolguard.demo.workload import (
     Request,
     Side,
     Workload,
+    driver_url,
     poolguard_side,
     reset_bank,
     vanilla_side,
@@ -90,18 +91,29 @@ def _overrides(config: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
 @contextlib.contextmanager
 def servers() -> Iterator[Servers]:
     """Start the embedded PostgreSQL and Redis; stop them (also on Ctrl-C)."""
-    from poolguard.testing import FaultProxy, PostgresServer, RedisServer
+    from poolguard.testing import FaultProxy, MySQLServer, PostgresServer, RedisServer
 
-    with PostgresServer() as pg, RedisServer() as rds, FaultProxy(pg.host, pg.port) as proxy:
-        yield Servers(postgres=pg, redis=rds, pg_proxy=proxy)
+    with (
+        PostgresServer() as pg,
+        RedisServer() as rds,
+        FaultProxy(pg.host, pg.port) as proxy,
+        MySQLServer() as my,
+    ):
+        yield Servers(postgres=pg, redis=rds, pg_proxy=proxy, mysql=my)
 
 
 def _build(name: str, srv: Servers, scenario: Scenario) -> Side:
-    pg_url = srv.pg_proxy.url(srv.postgres.url) if scenario.via_proxy else srv.postgres.url
+    url = _database_url(srv, scenario)
     if name == "vanilla":
-        return vanilla_side(pg_url, srv.redis.url, VANILLA_REDIS_TIMEOUT)
+        return vanilla_side(url, srv.redis.url, VANILLA_REDIS_TIMEOUT)
     sql, cache = _overrides(CONFIG)
-    return poolguard_side(pg_url, srv.redis.url, sql, cache, scenario.deadline)
+    return poolguard_side(url, srv.redis.url, sql, cache, scenario.deadline)
+
+
+def _database_url(srv: Servers, scenario: Scenario) -> str:
+    if scenario.database == "mysql":
+        return srv.mysql.url
+    return srv.pg_proxy.url(srv.postgres.url) if scenario.via_proxy else srv.postgres.url
 
 
 def _wait(seconds: float, tick: Callable[[], None]) -> None:
@@ -114,13 +126,14 @@ def _wait(seconds: float, tick: Callable[[], None]) -> None:
 def run_side(
     scenario: Scenario, srv: Servers, name: str, length: float, progress: Progress
 ) -> SideRun:
-    admin = sqlalchemy.create_engine(_admin_url(srv), poolclass=NullPool)
+    admin = sqlalchemy.create_engine(_admin_url(srv, scenario), poolclass=NullPool)
+    undo = scenario.setup(srv) if scenario.setup is not None else None
     try:
         reset_bank(admin)
         side = _build(name, srv, scenario)
         if scenario.engine_hook is not None:
             scenario.engine_hook(srv, side.engine)
-        work = Workload(side, uuid.uuid4().hex[:8])
+        work = Workload(side, uuid.uuid4().hex[:8], gate=srv.gate)
         try:
             work.start()
 
@@ -143,6 +156,8 @@ def run_side(
         total, stored = _ledger(admin)
     finally:
         admin.dispose()
+        if undo is not None:
+            undo()
     return SideRun(
         side=name,
         requests=sorted(work.requests, key=lambda r: r.t),
@@ -165,8 +180,9 @@ def _stats(side: Side) -> dict[str, Any]:
     return dict(poolguard.stats(side.engine))
 
 
-def _admin_url(srv: Servers) -> sqlalchemy.URL:
-    return sqlalchemy.make_url(srv.postgres.url).set(drivername="postgresql+psycopg")
+def _admin_url(srv: Servers, scenario: Scenario) -> sqlalchemy.URL:
+    # The app's own login on the bank's server (it owns the tables), without a pool.
+    return driver_url(srv.mysql.url if scenario.database == "mysql" else srv.postgres.url)
 
 
 def _ledger(admin: sqlalchemy.Engine) -> tuple[int, set[str]]:

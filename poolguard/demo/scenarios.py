@@ -16,8 +16,10 @@ import redis
 import sqlalchemy
 from sqlalchemy import event
 
+from poolguard.demo.workload import Gate
+
 if TYPE_CHECKING:
-    from poolguard.testing import FaultProxy, PostgresServer, RedisServer
+    from poolguard.testing import FaultProxy, MySQLServer, PostgresServer, RedisServer
 
 __all__ = ["SCENARIOS", "Scenario", "Servers"]
 
@@ -29,8 +31,11 @@ class Servers:
     postgres: PostgresServer
     redis: RedisServer
     pg_proxy: FaultProxy  # in front of PostgreSQL, for the scenarios with via_proxy
+    mysql: MySQLServer
     #: Set by the lost-commit fault: the next COMMIT on the side's engine loses its reply.
     commit_trap: threading.Event = field(default_factory=threading.Event)
+    #: The traffic lull of the mysql-idle fault; the workload waits on it.
+    gate: Gate = field(default_factory=Gate)
 
 
 @dataclass(frozen=True)
@@ -44,6 +49,9 @@ class Scenario:
     via_proxy: bool = False  # both sides reach PostgreSQL through Servers.pg_proxy
     #: Called with each side's engine before its workload starts (the lost-commit trap).
     engine_hook: Callable[[Servers, sqlalchemy.Engine], None] | None = None
+    database: str = "postgres"  # the bank's server: "postgres" or "mysql"
+    #: Server settings for the whole side's run (set before its pool connects, then undone).
+    setup: Callable[[Servers], Callable[[], None]] | None = None
 
     def describe(self, length: float | None = None) -> str:
         return self.what.format(length=self.length if length is None else length)
@@ -120,6 +128,46 @@ def _lost_commits(servers: Servers, length: float) -> None:
         time.sleep(LOST_REPLY_RESET + 0.1)  # a trap sprung last is cleared before the fault ends
 
 
+#: MariaDB's wait_timeout during mysql-idle: the server closes a session idle longer than this.
+#: A session takes the GLOBAL value when it connects, hence set before the side's pool exists.
+IDLE_KILL_AFTER = 1
+IDLE_FOR = 2.0
+
+
+def _short_wait_timeout(servers: Servers) -> Callable[[], None]:
+    admin = sqlalchemy.create_engine(
+        sqlalchemy.make_url(servers.mysql.admin_url).set(drivername="mysql+pymysql"),
+        poolclass=sqlalchemy.pool.NullPool,
+    )
+    with admin.begin() as conn:
+        before = int(conn.execute(sqlalchemy.text("SELECT @@GLOBAL.wait_timeout")).scalar_one())
+        conn.execute(sqlalchemy.text(f"SET GLOBAL wait_timeout = {IDLE_KILL_AFTER}"))
+
+    def restore() -> None:
+        with admin.begin() as conn:
+            conn.execute(sqlalchemy.text(f"SET GLOBAL wait_timeout = {before}"))
+        admin.dispose()
+
+    return restore
+
+
+def _mysql_lull(servers: Servers, length: float) -> None:
+    # One transfer is held open at its first statement, then the app goes quiet: every pooled
+    # connection and the held transaction sit idle past wait_timeout and MariaDB closes them.
+    gate = servers.gate
+    gate.trapped.clear()
+    gate.released.clear()
+    gate.trap.set()
+    gate.trapped.wait(2.0)  # the transfer worker takes the trap within one transfer
+    gate.open.clear()
+    try:
+        time.sleep(max(length, IDLE_KILL_AFTER + 0.5))
+    finally:
+        gate.trap.clear()
+        gate.released.set()
+        gate.open.set()
+
+
 def _redis_stall(servers: Servers, length: float) -> None:
     # DEBUG SLEEP from a separate admin connection: the server answers nobody meanwhile.
     with redis.Redis.from_url(servers.redis.admin_url, socket_timeout=30) as admin:
@@ -176,6 +224,17 @@ SCENARIOS: dict[str, Scenario] = {
             "but its reply is lost (connection reset)",
             via_proxy=True,
             engine_hook=_trap_commits,
+        ),
+        Scenario(
+            "mysql-idle",
+            "MariaDB wait_timeout idle kill",
+            _mysql_lull,
+            IDLE_FOR,
+            5.0,
+            f"MariaDB's wait_timeout is {IDLE_KILL_AFTER} s; the app goes quiet for {{length:g}} s "
+            "with one transfer held open: the server closes every idle connection",
+            database="mysql",
+            setup=_short_wait_timeout,
         ),
         Scenario(
             "redis-stall",

@@ -29,6 +29,7 @@ from poolguard.errors import AmbiguousResultError
 __all__ = [
     "ACCOUNTS",
     "START_BALANCE",
+    "Gate",
     "Request",
     "Side",
     "Workload",
@@ -56,6 +57,8 @@ class Side:
     cache: redis.Redis
     transact: Transact
     deadline: float | None  # the per-request deadline poolguard enforces (None: no deadline)
+    #: The server's sleep function: the workload runs on PostgreSQL or MariaDB.
+    sleep_fn: str = "pg_sleep"
     sessions: sessionmaker[Session] = field(init=False)
 
     def __post_init__(self) -> None:
@@ -71,8 +74,15 @@ def _plain_transact(sessions: sessionmaker[Session], fn: Callable[[Session], Non
         fn(session)
 
 
-def _psycopg(url: str) -> sqlalchemy.URL:
-    return sqlalchemy.make_url(url).set(drivername="postgresql+psycopg")
+def driver_url(url: str) -> sqlalchemy.URL:
+    """The URL with its driver named: psycopg for PostgreSQL, PyMySQL for MariaDB/MySQL."""
+    parsed = sqlalchemy.make_url(url)
+    driver = "mysql+pymysql" if parsed.get_backend_name() in ("mysql", "mariadb") else None
+    return parsed.set(drivername=driver or "postgresql+psycopg")
+
+
+def _sleep_fn(url: str) -> str:
+    return "SLEEP" if driver_url(url).get_backend_name() == "mysql" else "pg_sleep"
 
 
 def vanilla_side(database_url: str, redis_url: str, redis_timeout: float) -> Side:
@@ -86,10 +96,11 @@ def vanilla_side(database_url: str, redis_url: str, redis_timeout: float) -> Sid
     params: dict[str, Any] = parse_url(redis_url)  # type: ignore[no-untyped-call]
     return Side(
         name="vanilla",
-        engine=sqlalchemy.create_engine(_psycopg(database_url), pool_pre_ping=True),
+        engine=sqlalchemy.create_engine(driver_url(database_url), pool_pre_ping=True),
         cache=redis.Redis(**params, socket_timeout=redis_timeout),
         transact=_plain_transact,
         deadline=None,
+        sleep_fn=_sleep_fn(database_url),
     )
 
 
@@ -97,16 +108,23 @@ def _resolving_transact(sessions: sessionmaker[Session], fn: Callable[[Session],
     poolguard.run_transaction(sessions, fn, resolve_ambiguous=True)
 
 
+def _retrying_transact(sessions: sessionmaker[Session], fn: Callable[[Session], None]) -> None:
+    poolguard.run_transaction(sessions, fn)
+
+
 def poolguard_side(
     database_url: str, redis_url: str, sql: dict[str, str], cache: dict[str, str], deadline: float
 ) -> Side:
     """``poolguard.create_engine`` and ``poolguard.redis.from_url`` with the demo's settings."""
+    # pg_xact_status is PostgreSQL's: on MariaDB a lost COMMIT reply stays ambiguous.
+    resolves = driver_url(database_url).get_backend_name() == "postgresql"
     return Side(
         name="poolguard",
         engine=poolguard.create_engine(database_url, **sql),
         cache=poolguard.redis.from_url(redis_url, hooks=None, **cache),
-        transact=_resolving_transact,
+        transact=_resolving_transact if resolves else _retrying_transact,
         deadline=deadline,
+        sleep_fn=_sleep_fn(database_url),
     )
 
 
@@ -115,31 +133,68 @@ def poolguard_side(
 
 def reset_bank(admin: sqlalchemy.Engine) -> None:
     """Fresh tables: ACCOUNTS accounts with START_BALANCE each, an empty ledger."""
+    # Plain SQL both PostgreSQL and MariaDB accept.
     with admin.begin() as conn:
         conn.execute(text("DROP TABLE IF EXISTS demo_transfer, demo_account"))
         conn.execute(text("CREATE TABLE demo_account (id int PRIMARY KEY, balance int NOT NULL)"))
-        conn.execute(text("CREATE TABLE demo_transfer (id text PRIMARY KEY, amount int NOT NULL)"))
         conn.execute(
-            text("INSERT INTO demo_account SELECT g, :b FROM generate_series(1, :n) g"),
-            {"b": START_BALANCE, "n": ACCOUNTS},
+            text("CREATE TABLE demo_transfer (id varchar(64) PRIMARY KEY, amount int NOT NULL)")
+        )
+        conn.execute(
+            text("INSERT INTO demo_account VALUES (:id, :b)"),
+            [{"id": n, "b": START_BALANCE} for n in range(1, ACCOUNTS + 1)],
         )
 
 
-def _transfer(session: Session, tid: str, src: int, dst: int, amount: int) -> None:
+def _transfer(
+    session: Session, tid: str, src: int, dst: int, amount: int, side: Side, gate: Gate | None
+) -> None:
     """One unit of work (run_transaction may run it again: database work only)."""
     # Lock both rows in id order so opposite transfers queue instead of deadlocking.
     session.execute(
         text(
-            "SELECT id, pg_sleep(:q) FROM demo_account WHERE id IN (:a, :b) ORDER BY id FOR UPDATE"
+            f"SELECT id, {side.sleep_fn}(:q) FROM demo_account WHERE id IN (:a, :b) "
+            "ORDER BY id FOR UPDATE"
         ),
         {"a": min(src, dst), "b": max(src, dst), "q": QUERY_TIME / 2},
     )
+    if gate is not None:
+        gate.hold_if_trapped()
     move = "UPDATE demo_account SET balance = balance + :d WHERE id = :id"
     session.execute(text(move), {"d": -amount, "id": src})
     session.execute(text(move), {"d": amount, "id": dst})
     session.execute(
         text("INSERT INTO demo_transfer VALUES (:id, :amount)"), {"id": tid, "amount": amount}
     )
+
+
+#: A bound on the held transfer, should the fault thread die without releasing it.
+HOLD_AT_MOST = 30.0
+
+
+@dataclass
+class Gate:
+    """A lull in the traffic (the mysql-idle scenario): workers stop sending while it is shut.
+
+    ``trap`` holds the next transfer open across the lull, after its first statement: a
+    transaction waiting on something slow (an HTTP call, a user), idle inside the transaction.
+    A retry of that transfer runs straight through: the trap is sprung once.
+    """
+
+    open: threading.Event = field(default_factory=threading.Event)
+    trap: threading.Event = field(default_factory=threading.Event)
+    trapped: threading.Event = field(default_factory=threading.Event)
+    released: threading.Event = field(default_factory=threading.Event)  # the held one may go on
+
+    def __post_init__(self) -> None:
+        self.open.set()
+        self.released.set()
+
+    def hold_if_trapped(self) -> None:
+        if self.trap.is_set():
+            self.trap.clear()
+            self.trapped.set()
+            self.released.wait(HOLD_AT_MOST)
 
 
 @dataclass(frozen=True)
@@ -161,8 +216,11 @@ def _outcome(exc: BaseException) -> str:
 class Workload:
     """Worker threads running reads, transfers and INCRs on one side until stopped."""
 
-    def __init__(self, side: Side, run_id: str, *, readers: int = 2) -> None:
+    def __init__(
+        self, side: Side, run_id: str, *, readers: int = 2, gate: Gate | None = None
+    ) -> None:
         self.side = side
+        self.gate = gate
         self.run_id = run_id
         self.requests: list[Request] = []
         self.started = time.monotonic()
@@ -207,6 +265,8 @@ class Workload:
         rng = random.Random(n)
         op = {"read": self._read, "transfer": self._transfer, "incr": self._incr}[kind]
         while not self._stop.is_set():
+            if self.gate is not None and not self.gate.open.wait(0.1):
+                continue  # the lull: send nothing (stop still honoured)
             key = f"{self.run_id}:{self.side.name}:{uuid.uuid4().hex[:12]}"
             began = time.monotonic()
             with self._lock:
@@ -235,14 +295,17 @@ class Workload:
     def _read(self, rng: random.Random, key: str) -> None:
         with self.side.engine.connect() as conn:
             conn.execute(
-                text("SELECT balance, pg_sleep(:q) FROM demo_account WHERE id = :id"),
+                text(f"SELECT balance, {self.side.sleep_fn}(:q) FROM demo_account WHERE id = :id"),
                 {"id": rng.randint(1, ACCOUNTS), "q": QUERY_TIME},
             ).one()
 
     def _transfer(self, rng: random.Random, key: str) -> None:
         src, dst = rng.sample(range(1, ACCOUNTS + 1), 2)
         amount = rng.randint(1, 20)
-        self.side.transact(self.side.sessions, lambda s: _transfer(s, key, src, dst, amount))
+        self.side.transact(
+            self.side.sessions,
+            lambda s: _transfer(s, key, src, dst, amount, self.side, self.gate),
+        )
 
     def _incr(self, rng: random.Random, key: str) -> None:
         self.side.cache.incr(key)

@@ -27,7 +27,13 @@ from poolguard.demo.runner import run_scenarios, servers
 from poolguard.demo.scenarios import SCENARIOS, Servers
 from poolguard.demo.scoreboard import score, verdict
 
-pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.chaos, pytest.mark.slow]
+pytestmark = [
+    pytest.mark.postgres,
+    pytest.mark.mysql,
+    pytest.mark.redis,
+    pytest.mark.chaos,
+    pytest.mark.slow,
+]
 
 
 @pytest.fixture(scope="module")
@@ -99,6 +105,24 @@ def test_lost_commit_vanilla_reports_applied_transfers_as_failed_poolguard_resol
     assert guarded["ambiguous"] == 0
     assert_ledger_holds(guarded)
     assert vanilla["money_conserved"]
+
+
+def test_mysql_idle_pre_ping_saves_checkouts_not_a_transaction_held_across_the_gap(
+    srv: Servers,
+) -> None:
+    # Measured: after the lull, pool_pre_ping and poolguard's idle validation both replace the
+    # connections wait_timeout closed (no read fails on either side); the transfer held open
+    # across the lull fails on vanilla (2006 gone away) and is re-run by run_transaction.
+    entry = run_one(srv, "mysql-idle", 1.5)
+    vanilla, guarded = entry["sides"]["vanilla"], entry["sides"]["poolguard"]
+    assert kind_errors(vanilla, "read") == 0, vanilla["errors_by_kind"]
+    assert kind_errors(vanilla, "transfer") >= 1, vanilla["errors_by_kind"]
+    assert guarded["errors"] == 0, guarded["errors_by_kind"]
+    assert guarded["ok"] > 0
+    assert guarded["over_deadline"] == 0
+    assert_ledger_holds(guarded)
+    assert vanilla["money_conserved"]
+    assert "poolguard did better on errors surfaced" in entry["verdict"]
 
 
 def test_cli_redis_stall_json_incr_applied_once_vs_twice(
