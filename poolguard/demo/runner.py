@@ -89,16 +89,24 @@ def _overrides(config: dict[str, str]) -> tuple[dict[str, str], dict[str, str]]:
 
 
 @contextlib.contextmanager
-def servers() -> Iterator[Servers]:
-    """Start the embedded PostgreSQL and Redis; stop them (also on Ctrl-C)."""
+def servers(own: dict[str, str] | None = None) -> Iterator[Servers]:
+    """The user's servers (``own``: kind -> URL) and embedded ones for the rest; the embedded
+    ones are stopped at the end (also on Ctrl-C)."""
+    from poolguard.demo.own import OwnServer
     from poolguard.testing import FaultProxy, MySQLServer, PostgresServer, RedisServer
 
-    with (
-        PostgresServer() as pg,
-        RedisServer() as rds,
-        FaultProxy(pg.host, pg.port) as proxy,
-        MySQLServer() as my,
-    ):
+    given = own or {}
+    with contextlib.ExitStack() as stack:
+
+        def server(kind: str, factory: Any) -> Any:
+            if kind in given:
+                return OwnServer(kind, given[kind])
+            return stack.enter_context(factory())
+
+        pg = server("postgres", PostgresServer)
+        rds = server("redis", RedisServer)
+        my = server("mysql", MySQLServer)
+        proxy = stack.enter_context(FaultProxy(pg.host, pg.port))
         yield Servers(postgres=pg, redis=rds, pg_proxy=proxy, mysql=my)
 
 

@@ -19,6 +19,7 @@ from sqlalchemy import event
 from poolguard.demo.workload import Gate
 
 if TYPE_CHECKING:
+    from poolguard.demo.own import OwnServer
     from poolguard.testing import FaultProxy, MySQLServer, PostgresServer, RedisServer
 
 __all__ = ["SCENARIOS", "Scenario", "Servers"]
@@ -28,10 +29,10 @@ __all__ = ["SCENARIOS", "Scenario", "Servers"]
 class Servers:
     """The embedded servers every scenario runs on."""
 
-    postgres: PostgresServer
-    redis: RedisServer
+    postgres: PostgresServer | OwnServer  # OwnServer: the user's (--pg-url), no process control
+    redis: RedisServer | OwnServer
     pg_proxy: FaultProxy  # in front of PostgreSQL, for the scenarios with via_proxy
-    mysql: MySQLServer
+    mysql: MySQLServer | OwnServer
     #: Set by the lost-commit fault: the next COMMIT on the side's engine loses its reply.
     commit_trap: threading.Event = field(default_factory=threading.Event)
     #: The traffic lull of the mysql-idle fault; the workload waits on it.
@@ -50,6 +51,7 @@ class Scenario:
     #: Called with each side's engine before its workload starts (the lost-commit trap).
     engine_hook: Callable[[Servers, sqlalchemy.Engine], None] | None = None
     database: str = "postgres"  # the bank's server: "postgres" or "mysql"
+    needs_process: bool = False  # stops or SIGSTOPs the server: embedded servers only
     #: Server settings for the whole side's run (set before its pool connects, then undone).
     setup: Callable[[Servers], Callable[[], None]] | None = None
 
@@ -186,6 +188,7 @@ SCENARIOS: dict[str, Scenario] = {
             DOWNTIME,
             5.0,
             "PostgreSQL stops, stays down {length:g} s, starts again",
+            needs_process=True,
         ),
         Scenario(
             "pg-freeze",
@@ -194,6 +197,7 @@ SCENARIOS: dict[str, Scenario] = {
             FREEZE_FOR,
             2.0,
             "PostgreSQL is SIGSTOPped for {length:g} s: connections open, nothing answers",
+            needs_process=True,
         ),
         Scenario(
             "pg-kills",

@@ -226,3 +226,43 @@ def test_ctrl_c_during_a_fault_stops_the_servers_and_exits_130() -> None:
     port = int(re.findall(r"DATABASE_URL=\S+:(\d+)/", output)[0])
     with pytest.raises(OSError), socket.create_connection(("127.0.0.1", port), timeout=2):
         pass  # nothing listens there any more: the (frozen) server was stopped
+
+
+def no_password(text: str) -> bool:
+    return not re.search(r"://[^:/@\s]*:(?!\*\*\*@)[^@\s]+@", text)
+
+
+def own_server_flags(srv: Servers) -> list[str]:
+    # The embedded servers' URLs passed as if they were the user's own servers.
+    return [
+        *("--pg-url", srv.postgres.url),
+        *("--mysql-url", srv.mysql.url),
+        *("--redis-url", srv.redis.url),
+    ]
+
+
+def test_own_servers_refuse_process_scenarios_by_name(
+    srv: Servers, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["demo", "--scenario", "pg-restart", "--scenario", "pg-freeze"]
+    assert main([*argv, *own_server_flags(srv)]) == 2
+    err = capsys.readouterr().err
+    assert "refused: pg-restart" in err
+    assert "refused: pg-freeze" in err
+    assert no_password(err)
+
+
+def test_own_servers_kill_storm_through_sql(
+    srv: Servers, capsys: pytest.CaptureFixture[str]
+) -> None:
+    argv = ["demo", "--scenario", "pg-kills", "--duration", "1.5", "--json"]
+    assert main([*argv, *own_server_flags(srv)]) == 0
+    captured = capsys.readouterr()
+    (entry,) = json.loads(captured.out)["scenarios"]
+    vanilla, guarded = entry["sides"]["vanilla"], entry["sides"]["poolguard"]
+    print(entry["verdict"])
+    assert vanilla["errors"] > 0  # the storm reached the "user's" server through SQL
+    assert kind_errors(guarded, "read") == 0, guarded["errors_by_kind"]
+    assert_ledger_holds(guarded)
+    assert "DATABASE_URL=postgresql://app:***@" in captured.err
+    assert no_password(captured.out + captured.err)
