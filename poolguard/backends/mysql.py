@@ -10,6 +10,8 @@
   switch ``SO_KEEPALIVE`` on, with the kernel's 2-hour default idle time);
 - :func:`needs_reset` / :func:`in_transaction`: the server status flags of the last reply, no
   round trip;
+- :func:`send_rollback` / :func:`rollback_pending` / :func:`read_rollback_reply`: a ROLLBACK
+  sent without reading its reply, read at the next checkout (``SqlBackend.settle``);
 - :func:`is_idempotent`: may this statement run twice? (a conservative parse, see ``sql.py``).
 
 Before-send vs after-send, read from PyMySQL 1.1 ``connections.py``: ``_write_bytes`` raises
@@ -29,7 +31,9 @@ from __future__ import annotations
 
 import functools
 import math
+import select
 import socket
+import struct
 from collections.abc import Mapping
 from typing import TYPE_CHECKING, Any
 
@@ -57,6 +61,12 @@ __all__ = [
     "is_idempotent",
     "is_mariadb",
     "needs_reset",
+    "read_rollback_reply",
+    "read_rollback_reply_async",
+    "rollback_deferrable",
+    "rollback_pending",
+    "rollback_reply_ready",
+    "send_rollback",
     "session_setup_sql",
     "set_keepalive",
     "socket_fileno",
@@ -395,7 +405,97 @@ def needs_reset(conn: Any) -> bool | None:
     round trip: otherwise a read-only transaction may hold a snapshot the flags do not show
     (see :func:`in_transaction`), and the next user of the connection would read stale data.
     """
+    if rollback_pending(conn):
+        return False  # our own ROLLBACK is on its way (send_rollback): nothing more to undo
     inside = in_transaction(conn)
     if inside is None or inside:
         return inside
     return not conn.server_status & SERVER_STATUS_AUTOCOMMIT
+
+
+# --- a ROLLBACK whose reply is read later ---------------------------------------------------
+#
+# As for PostgreSQL (``postgres.py``): the ROLLBACK that ends a SQLAlchemy Connection is sent,
+# and its OK packet is read when the connection is next taken from the pool. The server ends
+# the transaction on reading the command, so no pooled connection holds locks or a read view.
+# PyMySQL and aiomysql keep no request state beyond ``_result`` and ``_next_seq_id``: sending
+# as their ``_execute_command`` does and reading with their ``_read_ok_packet`` leaves the
+# connection exactly as ``rollback()`` does (``_result`` None, ``server_status`` from the OK
+# packet, ``_next_seq_id`` 2). Until the reply is read, any other command would read the OK
+# packet as its own reply: only the pool's checkout may take the connection back.
+
+#: Set on a driver connection whose ROLLBACK was sent and whose reply is not read yet.
+_ROLLBACK_SENT = "_poolguard_rollback_sent"
+_COM_QUERY = 3
+#: COM_QUERY "ROLLBACK" as one packet (length 9, sequence 0): what ``_execute_command`` writes.
+_ROLLBACK_PACKET = struct.pack("<iB", 9, _COM_QUERY) + b"ROLLBACK"
+_HEADER = 4
+
+
+def rollback_deferrable(conn: Any) -> bool:
+    """May :func:`send_rollback` end this connection's transaction? Only when ``rollback()``
+    would send the ROLLBACK at once: the connection is open and no result is left to drain
+    (an unbuffered result or more result sets: ``_execute_command`` reads them first)."""
+    if not is_open(conn):
+        return False
+    result = getattr(conn, "_result", None)
+    return result is None or not (result.unbuffered_active or result.has_next)
+
+
+def send_rollback(conn: Any) -> None:
+    """Send ROLLBACK without reading its reply (:func:`read_rollback_reply` reads it). Call
+    only when :func:`rollback_deferrable` said so; raises the driver's error when the
+    connection is closed or the send fails, like ``rollback()``."""
+    if hasattr(conn, "_writer"):
+        # aiomysql: _execute_command is a coroutine, but with no result to drain it only
+        # writes (buffered by the transport, never blocks); the same steps, without awaiting.
+        conn._ensure_alive()
+        conn._result = None
+        conn._write_bytes(_ROLLBACK_PACKET)
+        conn._next_seq_id = 1
+    else:
+        conn._execute_command(_COM_QUERY, "ROLLBACK")  # PyMySQL: sendall, no read
+    setattr(conn, _ROLLBACK_SENT, True)
+
+
+def rollback_pending(conn: Any) -> bool:
+    """Was a ROLLBACK sent on ``conn`` whose reply is not read yet?"""
+    return bool(getattr(conn, _ROLLBACK_SENT, False))
+
+
+def rollback_reply_ready(conn: Any) -> bool:
+    """Will reading the reply not wait? True also when the connection is closed or at EOF
+    (the read then fails at once)."""
+    reader = getattr(conn, "_reader", None)
+    if reader is not None:  # aiomysql: what the event loop already put in the StreamReader
+        buffered = reader._buffer
+        if len(buffered) >= _HEADER:
+            return len(buffered) >= _HEADER + int.from_bytes(buffered[:3], "little")
+        return bool(reader.at_eof() or reader.exception() is not None)
+    sock = raw_socket(conn)
+    if sock is None or sock.fileno() < 0:
+        return True
+    # PyMySQL: its buffered reader holds nothing (every earlier reply was read whole), so the
+    # socket says whether the OK packet (15 bytes, one segment) is here.
+    poller = select.poll()
+    poller.register(sock.fileno(), select.POLLIN)
+    return bool(poller.poll(0))
+
+
+def _reading(conn: Any) -> None:
+    setattr(conn, _ROLLBACK_SENT, False)
+    if not is_open(conn):
+        raise my_errors.InterfaceError(0, "connection closed with its ROLLBACK reply unread")
+
+
+def read_rollback_reply(conn: Any) -> None:
+    """Read the OK packet of :func:`send_rollback` (PyMySQL). Raises the driver's error
+    (lost connection, an error packet, 2014 for anything but OK): discard the connection."""
+    _reading(conn)
+    conn._read_ok_packet()
+
+
+async def read_rollback_reply_async(conn: Any) -> None:
+    """:func:`read_rollback_reply` for aiomysql (a cancelled read closes the connection)."""
+    _reading(conn)
+    await conn._read_ok_packet()

@@ -308,25 +308,8 @@ class PostgresBackend(SqlBackend):
         try:
             results = _read_reply(self.pg, driver, state.is_async, timeout)
             self.pg.rollback_settled(driver, results)
-        except _NoReply as exc:
-            state.guard.stats.evict("timeout")
-            if exc.deadline:
-                # The caller's deadline, not our bound, ended the wait: the server does not
-                # answer on an open connection and no time is left to connect another one.
-                raise _deadline_spent(state, exc) from exc
-            raise _discard(exc) from exc
         except Exception as exc:
-            # The server closed the connection while it sat in the pool. libpq often reports
-            # only the EOF ("server closed the connection unexpectedly", a CONNECTION-scope
-            # error) where a statement would have read the server's 57P01/57P02 first: a
-            # restart or an admin kill, POOL scope. Treated as the latter: the older
-            # connections are validated at their next checkout, as after a statement met it.
-            c = self.classify(exc)
-            if c.disconnect or c.scope is Scope.POOL:
-                state.suspect_before = time.time()
-            state.guard.stats.disconnect(c.reason, exc)
-            state.guard.stats.evict("disconnect")
-            raise _discard(exc) from exc
+            raise _settle_failed(self, state, exc) from exc
 
 
 async def _connect_async(
@@ -354,13 +337,42 @@ def _read_reply(pg: Any, driver: Any, is_async: bool, timeout: float) -> list[An
             results.append(result)
             continue
         if limit is None:
-            left = remaining()
-            by_deadline = left is not None and left < timeout
-            bound = max(0.0, left) if left is not None and by_deadline else timeout
+            bound, by_deadline = _wait_bound(timeout)
             limit = time.monotonic() + bound
         wait = limit - time.monotonic()
         if wait <= 0 or not _readable(pgconn.socket, wait, is_async):
             raise _NoReply(f"no reply within {bound:.2f}s", deadline=by_deadline)
+
+
+def _wait_bound(timeout: float) -> tuple[float, bool]:
+    """How long to wait for a deferred reply: ``timeout``, or what is left of the deadline when
+    that is shorter (then True: the caller's deadline, not our bound, ends the wait)."""
+    left = remaining()
+    if left is not None and left < timeout:
+        return max(0.0, left), True
+    return timeout, False
+
+
+def _settle_failed(backend: SqlBackend, state: StateView, exc: Exception) -> Exception:
+    """Count a deferred ROLLBACK that got no good reply; the error that discards the connection."""
+    if isinstance(exc, _NoReply):
+        state.guard.stats.evict("timeout")
+        if exc.deadline:
+            # The caller's deadline, not our bound, ended the wait: the server does not
+            # answer on an open connection and no time is left to connect another one.
+            return _deadline_spent(state, exc)
+        return _discard(exc)
+    # The server closed the connection while it sat in the pool. libpq often reports only the
+    # EOF ("server closed the connection unexpectedly", a CONNECTION-scope error) where a
+    # statement would have read the server's 57P01/57P02 first (MySQL: 2013 where it would
+    # have read 1927): a restart or an admin kill, POOL scope. Treated as the latter: the older
+    # connections are validated at their next checkout, as after a statement met it.
+    c = backend.classify(exc)
+    if c.disconnect or c.scope is Scope.POOL:
+        state.suspect_before = time.time()
+    state.guard.stats.disconnect(c.reason, exc)
+    state.guard.stats.evict("disconnect")
+    return _discard(exc)
 
 
 class _NoReply(Exception):
@@ -459,6 +471,23 @@ class MySQLBackend(SqlBackend):
     def needs_reset(self, driver_conn: Any) -> bool | None:
         return self.my.needs_reset(driver_conn)
 
+    def rollback_deferrable(self, driver_conn: Any) -> bool:
+        return self.my.rollback_deferrable(driver_conn)
+
+    def send_rollback(self, driver_conn: Any) -> None:
+        self.my.send_rollback(driver_conn)
+
+    def settle(self, state: StateView, dbapi_connection: Any, timeout: float) -> None:
+        # Runs at every checkout: one attribute read when nothing is pending.
+        raw = getattr(dbapi_connection, "dbapi_connection", dbapi_connection)
+        driver = getattr(raw, "driver_connection", raw)
+        if not self.my.rollback_pending(driver):
+            return
+        try:
+            _read_ok_reply(self.my, driver, state.is_async, timeout)
+        except Exception as exc:
+            raise _settle_failed(self, state, exc) from exc
+
     def fileno(self, driver_conn: Any) -> int | None:
         return self.my.socket_fileno(driver_conn)
 
@@ -506,6 +535,30 @@ class MySQLBackend(SqlBackend):
             " look up a transaction's outcome after a lost COMMIT; make the unit idempotent"
             " (a unique key on a request id) and check before re-running instead"
         )
+
+
+def _read_ok_reply(my: Any, driver: Any, is_async: bool, timeout: float) -> None:
+    """The OK packet of a ROLLBACK sent earlier (PyMySQL / aiomysql): read at once when it has
+    arrived (the common case), else waited for at most ``timeout`` (capped by the deadline)."""
+    if my.rollback_reply_ready(driver):
+        if is_async:
+            await_only(my.read_rollback_reply_async(driver))
+        else:
+            my.read_rollback_reply(driver)
+        return
+    bound, by_deadline = _wait_bound(timeout)
+    if is_async:
+        # The transport owns the socket's reader callback: wait on aiomysql's StreamReader.
+        # A timed-out read is cancelled, and aiomysql closes a connection cancelled mid-read.
+        try:
+            await_only(asyncio.wait_for(my.read_rollback_reply_async(driver), bound))
+        except asyncio.TimeoutError:
+            raise _NoReply(f"no reply within {bound:.2f}s", deadline=by_deadline) from None
+        return
+    fd = my.socket_fileno(driver)
+    if fd is None or bound <= 0 or not _readable(fd, bound, False):
+        raise _NoReply(f"no reply within {bound:.2f}s", deadline=by_deadline)
+    my.read_rollback_reply(driver)
 
 
 #: CR_CONN_HOST_ERROR: what a failed handshake is reported as (a connect-phase failure).
