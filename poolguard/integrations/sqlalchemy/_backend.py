@@ -544,7 +544,7 @@ def _read_ok_reply(my: Any, driver: Any, is_async: bool, timeout: float) -> None
         if is_async:
             await_only(my.read_rollback_reply_async(driver))
         else:
-            my.read_rollback_reply(driver)
+            _read_ok_cut_after(my, driver, _wait_bound(timeout)[0])
         return
     bound, by_deadline = _wait_bound(timeout)
     if is_async:
@@ -556,9 +556,22 @@ def _read_ok_reply(my: Any, driver: Any, is_async: bool, timeout: float) -> None
             raise _NoReply(f"no reply within {bound:.2f}s", deadline=by_deadline) from None
         return
     fd = my.socket_fileno(driver)
+    started = time.monotonic()
     if fd is None or bound <= 0 or not _readable(fd, bound, False):
         raise _NoReply(f"no reply within {bound:.2f}s", deadline=by_deadline)
-    my.read_rollback_reply(driver)
+    _read_ok_cut_after(my, driver, bound - (time.monotonic() - started))
+
+
+def _read_ok_cut_after(my: Any, driver: Any, seconds: float) -> None:
+    """PyMySQL's blocking read of the OK packet, under the backstop: "readable" only says the
+    first bytes arrived, and PyMySQL's own read timeout is unset without a query_timeout, so a
+    server that froze mid-packet would otherwise hold this read past the bound and the deadline
+    (the cut socket fails the read: the connection is discarded)."""
+    from poolguard.integrations.backstop import backstop
+
+    fd = my.socket_fileno(driver)
+    with backstop(-1 if fd is None else fd, None if fd is None else max(0.0, seconds)):
+        my.read_rollback_reply(driver)
 
 
 #: CR_CONN_HOST_ERROR: what a failed handshake is reported as (a connect-phase failure).
