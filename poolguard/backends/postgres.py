@@ -585,7 +585,9 @@ def send_rollback(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) 
 
 def rollback_pending(conn: Any) -> bool:
     """Was a ROLLBACK sent on ``conn`` whose reply is not read yet?"""
-    return bool(getattr(conn, _ROLLBACK_SENT, False))
+    # ``is True``: a stand-in connection (SQLAlchemy's own tests use a Mock) answers any
+    # attribute with something truthy, and would be "settled" (and discarded) at each checkout.
+    return getattr(conn, _ROLLBACK_SENT, False) is True
 
 
 def rollback_reply_ready(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
