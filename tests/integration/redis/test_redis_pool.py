@@ -143,7 +143,10 @@ def test_frozen_server_validation_has_its_own_short_timeout(
 def test_blocking_command_gets_its_block_time_on_top_of_the_socket_timeout(
     redis_server: Any, guarded: Any, key: str
 ) -> None:
-    client = guarded(redis_server.url, query_timeout="100ms")
+    # The margin over the block time is the query timeout: 300 ms, not 100 ms, because the
+    # server's own block timer runs late on a loaded machine (CI matrix: a 0.4 s BLPOP timed out
+    # at 0.5 s). Still shorter than the block, so a socket timeout alone would cut it.
+    client = guarded(redis_server.url, query_timeout="300ms")
     started = time.monotonic()
     assert client.blpop([key], timeout=0.5) is None  # a legitimate block, not a hang
     assert time.monotonic() - started >= 0.45
@@ -153,8 +156,8 @@ def test_blocking_command_gets_its_block_time_on_top_of_the_socket_timeout(
 
 
 def test_xread_block_and_deadline(redis_server: Any, guarded: Any, key: str) -> None:
-    client = guarded(redis_server.url, query_timeout="100ms")
-    assert client.xread({key: "$"}, block=300) == []
+    client = guarded(redis_server.url, query_timeout="300ms")  # see the BLPOP test: margin
+    assert client.xread({key: "$"}, block=500) == []
     started = time.monotonic()
     with pytest.raises(redis.exceptions.TimeoutError), poolguard.deadline(0.2):
         client.xread({key: "$"}, block=0)  # would block forever: the deadline bounds it
@@ -164,8 +167,8 @@ def test_xread_block_and_deadline(redis_server: Any, guarded: Any, key: str) -> 
 async def test_async_blocking_command_and_deadline(
     redis_server: Any, aguarded: Any, key: str
 ) -> None:
-    client = aguarded(redis_server.url, query_timeout="100ms")
-    assert await client.blpop([key], timeout=0.4) is None
+    client = aguarded(redis_server.url, query_timeout="300ms")  # see the BLPOP test: margin
+    assert await client.blpop([key], timeout=0.5) is None
     started = time.monotonic()
     with pytest.raises(redis.exceptions.TimeoutError):
         async with poolguard.deadline(0.2):
