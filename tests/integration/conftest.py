@@ -7,6 +7,7 @@ A suite adds driver ``connect_args`` to every engine it makes by overriding the
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import threading
 import time
@@ -134,3 +135,31 @@ def _serve_in_turn(engine: Any, names: list[str], rounds: int) -> list[str]:
 @pytest.fixture
 def serve_in_turn() -> Callable[[Any, list[str], int], list[str]]:
     return _serve_in_turn
+
+
+async def _serve_in_request_order(
+    engine: Any, tasks: int = 200, rounds: int = 3
+) -> tuple[list[tuple[int, int]], list[tuple[int, int]]]:
+    """``tasks`` tasks each check out ``rounds`` times (asking again at once after a return)
+    from an async engine whose pool is warmed first; returns (requests, grants), each a list
+    of (task, round) in the order asked and served: a fair pool serves them in the same order."""
+    warm = [await engine.connect() for _ in range(engine.pool.size())]  # all open, all idle
+    for conn in warm:
+        await conn.close()
+    requests: list[tuple[int, int]] = []
+    grants: list[tuple[int, int]] = []
+
+    async def worker(i: int) -> None:
+        for r in range(rounds):
+            requests.append((i, r))
+            async with engine.connect() as conn:
+                grants.append((i, r))
+                await conn.execute(text("SELECT 1"))
+
+    await asyncio.gather(*(worker(i) for i in range(tasks)))
+    return requests, grants
+
+
+@pytest.fixture
+def serve_in_request_order() -> Callable[..., Any]:
+    return _serve_in_request_order

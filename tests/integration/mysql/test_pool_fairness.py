@@ -5,11 +5,9 @@ PyMySQL (threads) and aiomysql (asyncio). Orders come from the ``waiting`` gauge
 
 from __future__ import annotations
 
-import asyncio
 from typing import Any
 
 import pytest
-from sqlalchemy import text
 
 import poolguard
 
@@ -30,23 +28,10 @@ def test_callers_are_served_in_turn(
 
 
 async def test_async_tasks_are_served_in_request_order(
-    make_async_engine: Any, mysql_server: Any
+    make_async_engine: Any, mysql_server: Any, serve_in_request_order: Any
 ) -> None:
     engine = make_async_engine(mysql_server.url, pool_size=8, acquire_timeout=60, **FAIR)
-    warm = [await engine.connect() for _ in range(8)]
-    for conn in warm:
-        await conn.close()
-    requests: list[tuple[int, int]] = []
-    grants: list[tuple[int, int]] = []
-
-    async def worker(i: int) -> None:
-        for r in range(3):
-            requests.append((i, r))
-            async with engine.connect() as conn:
-                grants.append((i, r))
-                await conn.execute(text("SELECT 1"))
-
-    await asyncio.gather(*(worker(i) for i in range(200)))
+    requests, grants = await serve_in_request_order(engine)
     assert grants == requests
     snap = poolguard.stats(engine)
     assert (snap["checked_out"], snap["idle"], snap["waiting"], snap["connects"]) == (0, 8, 0, 8)

@@ -193,26 +193,13 @@ def test_dispose_with_waiters(make_engine: Any, postgres_server: Any) -> None:
 
 
 async def test_async_200_tasks_on_8_connections_are_served_in_request_order(
-    make_async_engine: Any, postgres_server: Any
+    make_async_engine: Any, postgres_server: Any, serve_in_request_order: Any
 ) -> None:
     """Each task asks three times; a task that returns a connection asks again at once. FIFO:
     the order of grants is exactly the order of requests (a checkout does not await before it
     queues). With asyncio.Queue underneath, a returning task took the connection back."""
     engine = make_async_engine(postgres_server.url, pool_size=8, acquire_timeout=60, **FAIR)
-    warm = [await engine.connect() for _ in range(8)]  # 8 open connections, all idle
-    for conn in warm:
-        await conn.close()
-    requests: list[tuple[int, int]] = []
-    grants: list[tuple[int, int]] = []
-
-    async def worker(i: int) -> None:
-        for r in range(3):
-            requests.append((i, r))
-            async with engine.connect() as conn:
-                grants.append((i, r))
-                await conn.execute(text("SELECT 1"))
-
-    await asyncio.gather(*(worker(i) for i in range(200)))
+    requests, grants = await serve_in_request_order(engine)
     assert len(grants) == 600
     assert grants == requests
     snap = poolguard.stats(engine)
