@@ -126,16 +126,24 @@ def pipeline_idempotent(forced: bool | None, stack: Sequence[tuple[Sequence[Any]
 # -- timeouts ----------------------------------------------------------------------------
 
 
+#: Added once to a blocking command's allowance (block time + socket timeout): Redis checks its
+#: blocked clients' timeouts on its server cron (every 100 ms at the default ``hz 10``) and a
+#: loaded server runs that late, so the empty reply of a 0.4 s BLPOP was seen at 0.5 s. Without
+#: this, a small socket timeout (100 ms) cut legitimate blocks at their very end (CI, issue 9).
+BLOCK_GRACE = 0.25
+
+
 def command_timeout(
     configured: float | None, info: backend.CommandInfo, args: Sequence[Any]
 ) -> float | None:
-    """Socket timeout for one command: its block allowance, then capped by the deadline."""
+    """Socket timeout for one command: its block allowance (block + configured + BLOCK_GRACE),
+    then capped by the deadline."""
     timeout = configured
     if info.block is not None:
         block = info.block(args)
         if block is not None:
             forever = block == backend.BLOCK_FOREVER or configured is None
-            timeout = None if forever else block + configured  # type: ignore[operator]
+            timeout = None if forever else block + configured + BLOCK_GRACE  # type: ignore[operator]
     return deadline_cap(timeout)
 
 
@@ -164,6 +172,7 @@ def _with_blocking(
 ) -> float | None:
     """``configured`` plus every blocking command's allowance (None: may block forever)."""
     timeout = configured
+    blocks = False
     lookup = backend.lookup
     for args, _ in stack:
         info = lookup(args[0]) or backend.command_info(args)
@@ -175,7 +184,9 @@ def _with_blocking(
                 timeout = None
                 break
             timeout += block
-    return timeout
+            blocks = True
+    # One grace for the whole pipeline: its blocking commands' timers run on the same cron.
+    return timeout + BLOCK_GRACE if blocks and timeout is not None else timeout
 
 
 # The caller's deadline caps each timeout (core ``effective_timeout``); the error raised when the

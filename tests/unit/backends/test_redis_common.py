@@ -24,9 +24,9 @@ def test_command_timeout_is_the_configured_one_without_deadline_or_block() -> No
     assert c.command_timeout(0.1, info("GET", "k"), ("GET", "k")) == 0.1
 
 
-def test_blocking_commands_get_their_block_time_on_top() -> None:
+def test_blocking_commands_get_their_block_time_and_the_grace_on_top() -> None:
     args = ("BLPOP", "l", 2)
-    assert c.command_timeout(0.1, info(*args), args) == pytest.approx(2.1)
+    assert c.command_timeout(0.1, info(*args), args) == pytest.approx(2.1 + c.BLOCK_GRACE)
     forever = ("BLPOP", "l", 0)
     assert c.command_timeout(0.1, info(*forever), forever) is None
 
@@ -52,7 +52,7 @@ def test_a_spent_deadline_raises_a_dropin_query_timeout() -> None:
 
 def test_pipeline_timeout_adds_every_block() -> None:
     stack = [(("BLPOP", "a", 1), {}), (("GET", "k"), {}), (("BRPOP", "b", 2), {})]
-    assert c.pipeline_timeout(0.5, stack) == pytest.approx(3.5)
+    assert c.pipeline_timeout(0.5, stack) == pytest.approx(3.5 + c.BLOCK_GRACE)
     assert c.pipeline_timeout(0.5, [(("BLPOP", "a", 0), {})]) is None
 
 
@@ -311,4 +311,4 @@ def test_pipeline_timeout_without_blocking_commands_is_the_configured_one() -> N
 def test_pipeline_timeout_sees_blocking_commands_not_looked_up_yet() -> None:
     # A spelling never seen before is not in the lookup cache: it must still count.
     stack = [(("GET", "k"), {}), ((b"bRpOp", "b", 2), {})]
-    assert c.pipeline_timeout(0.5, stack) == pytest.approx(2.5)
+    assert c.pipeline_timeout(0.5, stack) == pytest.approx(2.5 + c.BLOCK_GRACE)
