@@ -34,6 +34,7 @@ __all__ = [
     "ALLOW_UNKNOWN",
     "EXTRA_VARIABLES",
     "PREFIX",
+    "REQUEST_DEADLINE",
     "check_name",
     "check_unknown",
     "lookup_order",
@@ -42,9 +43,11 @@ __all__ = [
 
 PREFIX = "POOLGUARD_"
 ALLOW_UNKNOWN = "POOLGUARD_ALLOW_UNKNOWN"
+#: The default budget of one web request, read by ``poolguard.web``'s middlewares.
+REQUEST_DEADLINE = "POOLGUARD_REQUEST_DEADLINE"
 #: ``POOLGUARD_*`` variables that are not ``Settings`` fields but are read by poolguard. A new
 #: one must be listed here, or ``from_env`` reports it as unknown.
-EXTRA_VARIABLES: frozenset[str] = frozenset({ALLOW_UNKNOWN})
+EXTRA_VARIABLES: frozenset[str] = frozenset({ALLOW_UNKNOWN, REQUEST_DEADLINE})
 #: Namespaces of ``POOLGUARD_*`` variables owned by other parts of poolguard, never settings:
 #: ``POOLGUARD_TEST_*`` configures poolguard.testing's servers (POOLGUARD_TEST_SERVERS ...).
 FOREIGN_PREFIXES = ("POOLGUARD_TEST_",)
