@@ -89,6 +89,7 @@ ENV_FIELDS: dict[str, FieldSpec] = {
     "breaker_failures": FieldSpec("optional_int", minimum=1),
     "breaker_reset": FieldSpec("duration"),
     "tcp_keepalive": _DURATION,
+    "keepalive": _DURATION,
     "pgbouncer": FieldSpec("choice", choices=("auto", "on", "off"), aliases=_BOOLISH),
 }
 

@@ -70,6 +70,8 @@ class Settings:
     breaker_reset: float = 10.0
 
     tcp_keepalive: float | None = 30.0
+    keepalive: float | None = None
+    """Ping idle connections idle longer than this from a background thread; None = off."""
     pgbouncer: PgBouncerMode = "auto"
 
     name: str | None = None

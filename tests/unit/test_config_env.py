@@ -38,6 +38,7 @@ def test_every_field_has_a_variable() -> None:
         "POOLGUARD_RETRY_TIMEOUT": "off", "POOLGUARD_RETRY_BUDGET": "0.5",
         "POOLGUARD_BREAKER_FAILURES": "off", "POOLGUARD_BREAKER_RESET": "30s",
         "POOLGUARD_TCP_KEEPALIVE": "0", "POOLGUARD_PGBOUNCER": "on",
+        "POOLGUARD_KEEPALIVE": "45s",
     }  # fmt: skip
     assert {v.removeprefix("POOLGUARD_").lower() for v in env} == set(ENV_FIELDS)
     s = Settings.from_env(env)
@@ -51,7 +52,7 @@ def test_every_field_has_a_variable() -> None:
         None,
     )
     assert (s.retry_budget, s.breaker_failures, s.breaker_reset) == (0.5, None, 30)
-    assert (s.tcp_keepalive, s.pgbouncer) == (None, "on")
+    assert (s.tcp_keepalive, s.pgbouncer, s.keepalive) == (None, "on", 45.0)
 
 
 def test_keyword_overrides_win() -> None:
