@@ -36,7 +36,8 @@ from typing import Any
 #: Number of recent acquire waits kept for percentiles.
 WAIT_RESERVOIR = 2048
 
-EVICTION_REASONS = ("lifetime", "idle", "validation", "disconnect", "timeout")
+#: "keepalive": the background keepalive found an idle connection dead (``POOLGUARD_KEEPALIVE``).
+EVICTION_REASONS = ("lifetime", "idle", "validation", "disconnect", "timeout", "keepalive")
 
 
 @dataclass(frozen=True, slots=True)
@@ -439,6 +440,8 @@ class PoolStats:
             "ambiguous",
             "requests",
             "budget_exhausted",
+            "keepalive_pings",
+            "keepalive_failures",
             "circuit_open_rejections",
             "acquire_timeouts",
             "transaction_reruns",
