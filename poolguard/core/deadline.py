@@ -27,21 +27,26 @@ _deadline: ContextVar[float | None] = ContextVar("poolguard_deadline", default=N
 class deadline:  # lower-case: used like a function, ``with poolguard.deadline(2):``
     """Bound the enclosed block (sync or async, retries included) to ``seconds`` from now.
 
-    ``seconds=None`` leaves any outer deadline in force and adds none.
+    ``seconds=None`` leaves any outer deadline in force and adds none. ``detach=True`` starts a
+    new root instead: the outer deadline does not apply inside (a background job started from a
+    request must not inherit the request's nearly spent budget; see ``poolguard.web``).
     """
 
-    __slots__ = ("_clock", "_seconds", "_token", "at")
+    __slots__ = ("_clock", "_detach", "_seconds", "_token", "at")
 
-    def __init__(self, seconds: float | None, *, clock: Clock = time.monotonic) -> None:
+    def __init__(
+        self, seconds: float | None, *, detach: bool = False, clock: Clock = time.monotonic
+    ) -> None:
         if seconds is not None and seconds < 0:
             raise ValueError(f"deadline must be >= 0 seconds, got {seconds!r}")
         self._seconds = seconds
+        self._detach = detach
         self._clock = clock
         self._token: Token[float | None] | None = None
         self.at: float | None = None
 
     def __enter__(self) -> deadline:
-        outer = _deadline.get()
+        outer = None if self._detach else _deadline.get()
         at = outer
         if self._seconds is not None:
             mine = self._clock() + self._seconds

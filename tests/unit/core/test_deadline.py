@@ -50,6 +50,19 @@ def test_nested_deadline_only_shrinks(clock: FakeClock) -> None:
         assert current_deadline() == 1001.0  # restored after the inner blocks
 
 
+def test_detached_deadline_is_a_new_root(clock: FakeClock) -> None:
+    """A job started from a request gets its own budget, not the request's remainder."""
+    with deadline(1.0, clock=clock):
+        with deadline(10.0, detach=True, clock=clock) as job:
+            assert job.at == 1010.0
+            with deadline(20.0, clock=clock) as inner:  # inside the job, still only shrinks
+                assert inner.at == 1010.0
+        assert current_deadline() == 1001.0  # the request's deadline is back
+        with deadline(None, detach=True, clock=clock) as unbounded:
+            assert unbounded.at is None
+            assert current_deadline() is None
+
+
 def test_nested_deadline_computed_when_entered(clock: FakeClock) -> None:
     with deadline(5.0, clock=clock):
         clock.advance(4.0)
