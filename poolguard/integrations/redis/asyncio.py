@@ -162,6 +162,7 @@ class _AsyncGuardedConnectionMixin:
     guard_checked: float
     guard_expires: float
     guard_last_used: float
+    guard_lent: float
     guard_sent: bool
     if False:  # ASYNC
         _sock: Any
@@ -173,6 +174,7 @@ class _AsyncGuardedConnectionMixin:
             self.guard_poll: Any = None
         self.guard_policy = policy
         self.guard_born = self.guard_checked = self.guard_last_used = 0.0
+        self.guard_lent = 0.0  # when get_connection handed it out (0: in the pool)
         self.guard_expires = float("inf")
         self.guard_sent = False
 
@@ -186,6 +188,7 @@ class _AsyncGuardedConnectionMixin:
             if self._sock:
                 return
         policy = self.guard_policy
+        started = time.monotonic()
         self.socket_connect_timeout = c.connect_timeout(policy.connect_timeout)
         # The handshake (HELLO, AUTH, SELECT, CLIENT SETINFO) is part of connecting (DESIGN:
         # "TCP + TLS + auth"): bounded by the connect timeout and the deadline, not only by the
@@ -216,6 +219,7 @@ class _AsyncGuardedConnectionMixin:
         if True:  # ASYNC
             self.guard_poll = _poller(self)
         policy.guard.stats.incr("connects")
+        policy.guard.stats.record_create(now - started)
         if not policy.answered:
             policy.mark_answered()
 
@@ -309,6 +313,7 @@ class AsyncGuardedBlockingConnectionPool(redis.asyncio.connection.BlockingConnec
             raise
         now = _monotonic()
         self.guard_active.stats.record_wait(now - start)
+        conn.guard_lent = now  # for the use time, while an exporter samples it
         if True:  # ASYNC
             if conn.guard_born < start and conn.guard_poll is not None and conn.guard_poll.poll(0):
                 # Readable while idle: the peer closed it (CLIENT KILL, restart) and the event
@@ -339,6 +344,7 @@ class AsyncGuardedBlockingConnectionPool(redis.asyncio.connection.BlockingConnec
 
     def _pool_timeout(self, start: float) -> BaseException:
         waited = time.monotonic() - start
+        self.guard_active.stats.acquire_timeout(waited)
         return c.pool_timeout_error(self.guard_policy.label, waited, self.max_connections)
 
     async def _guard_checkout(self, conn: AnyConnection, now: float) -> None:
@@ -390,7 +396,11 @@ class AsyncGuardedBlockingConnectionPool(redis.asyncio.connection.BlockingConnec
         return ok
 
     async def release(self, connection: Any) -> None:
-        connection.guard_last_used = _monotonic()
+        connection.guard_last_used = now = _monotonic()
+        sink = self.guard_active.stats.sink
+        if sink is not None and connection.guard_lent:
+            sink.use.append(now - connection.guard_lent)
+        connection.guard_lent = 0.0
         await super().release(connection)
 
     def guard_mark_suspect(self, exc: BaseException) -> None:

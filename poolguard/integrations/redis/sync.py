@@ -135,6 +135,7 @@ class _GuardedConnectionMixin:
     guard_checked: float
     guard_expires: float
     guard_last_used: float
+    guard_lent: float
     guard_sent: bool
     _sock: Any
     socket_connect_timeout: float | None
@@ -143,6 +144,7 @@ class _GuardedConnectionMixin:
     def _guard_init(self, policy: c.Policy) -> None:
         self.guard_policy = policy
         self.guard_born = self.guard_checked = self.guard_last_used = 0.0
+        self.guard_lent = 0.0  # when get_connection handed it out (0: in the pool)
         self.guard_expires = float("inf")
         self.guard_sent = False
 
@@ -152,6 +154,7 @@ class _GuardedConnectionMixin:
         if self._sock:
             return
         policy = self.guard_policy
+        started = time.monotonic()
         self.socket_connect_timeout = c.connect_timeout(policy.connect_timeout)
         # The handshake (HELLO, AUTH, SELECT, CLIENT SETINFO) is part of connecting (DESIGN:
         # "TCP + TLS + auth"): bounded by the connect timeout and the deadline, not only by the
@@ -176,6 +179,7 @@ class _GuardedConnectionMixin:
         self.guard_born = self.guard_checked = self.guard_last_used = now
         self.guard_expires = policy.expiry(now)
         policy.guard.stats.incr("connects")
+        policy.guard.stats.record_create(now - started)
         if not policy.answered:
             policy.mark_answered()
 
@@ -262,6 +266,7 @@ class GuardedBlockingConnectionPool(redis.connection.BlockingConnectionPool):
             raise
         now = _monotonic()
         self.guard_active.stats.record_wait(now - start)
+        conn.guard_lent = now  # for the use time, while an exporter samples it
         # Fresh connections are neither retired nor pinged; the rest only past a threshold.
         if conn.guard_born < start and (
             now - conn.guard_last_used > self._guard_idle_threshold
@@ -277,6 +282,7 @@ class GuardedBlockingConnectionPool(redis.connection.BlockingConnectionPool):
 
     def _pool_timeout(self, start: float) -> BaseException:
         waited = time.monotonic() - start
+        self.guard_active.stats.acquire_timeout(waited)
         return c.pool_timeout_error(self.guard_policy.label, waited, self.max_connections)
 
     def _guard_checkout(self, conn: AnyConnection, now: float) -> None:
@@ -316,7 +322,11 @@ class GuardedBlockingConnectionPool(redis.connection.BlockingConnectionPool):
         return ok
 
     def release(self, connection: Any) -> None:
-        connection.guard_last_used = _monotonic()
+        connection.guard_last_used = now = _monotonic()
+        sink = self.guard_active.stats.sink
+        if sink is not None and connection.guard_lent:
+            sink.use.append(now - connection.guard_lent)
+        connection.guard_lent = 0.0
         super().release(connection)
 
     def guard_mark_suspect(self, exc: BaseException) -> None:

@@ -468,11 +468,12 @@ def _run_sql(conn: Any, sql: str) -> None:
 
 
 def _ambiguous(state: EngineState, exc: BaseException) -> PoolguardError:
-    state.guard.stats.incr("ambiguous")
+    c = state.backend.classify(exc)
+    state.guard.stats.ambiguous(None, c.reason, exc, disposition=c.disposition.value)
     return sa_dropin(
         AmbiguousResultError,
         f"{state.name}: the COMMIT was sent but its reply was lost"
-        f" ({state.backend.classify(exc).reason}): the transaction may or may not have been"
+        f" ({c.reason}): the transaction may or may not have been"
         " applied",
         orig=exc,
         hint=state.backend.ambiguous_hint,
