@@ -210,6 +210,29 @@ class CircuitBreaker:
         if changed:
             self._notify(*changed)
 
+    def reconfigure(self, failures: int | None, reset: float) -> None:
+        """New thresholds (live reconfiguration); the state carries over.
+
+        An open breaker stays open (its current open interval capped at the new ``reset``), a
+        closed one keeps its count of consecutive failures (a lower ``failures`` opens it at
+        the next failure once reached). ``failures=None`` disables the breaker: it closes.
+        """
+        if failures is not None and failures < 1:
+            raise ValueError("breaker failures must be >= 1 (or None to disable)")
+        changed: tuple[BreakerState, BreakerState] | None = None
+        with self._lock:
+            self.reset = reset
+            self._interval = min(self._interval, reset)
+            self.failures = failures
+            if failures is None:
+                self._consecutive = 0
+                self._probe_started = None
+                if self._state is not BreakerState.CLOSED:
+                    changed = (self._state, BreakerState.CLOSED)
+                    self._state = BreakerState.CLOSED
+        if changed:
+            self._notify(*changed)
+
     def _notify(self, old: BreakerState, new: BreakerState) -> None:
         if self._on_change is not None:
             self._on_change(old, new)

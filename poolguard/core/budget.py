@@ -39,6 +39,13 @@ class RetryBudget:
     def tokens(self) -> float:
         return self._tokens
 
+    def reconfigure(self, ratio: float | None) -> None:
+        """A new ratio (live reconfiguration): the tokens in the bucket carry over."""
+        if ratio is not None and ratio < 0:
+            raise ValueError("retry budget ratio must be >= 0")
+        with self._lock:
+            self.ratio = ratio
+
     def on_request(self) -> None:
         """Credit one operation (first attempts only, not retries)."""
         # A full bucket stays full: skip the lock (the common case when nothing is failing).

@@ -18,6 +18,7 @@ import asyncio
 import os
 import re
 import time
+import weakref
 from collections.abc import Awaitable, Callable, Coroutine
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, TypeVar
@@ -222,6 +223,24 @@ def default_error(g: GiveUp) -> BaseException:
     return g.error
 
 
+def policy_from_settings(settings: Settings) -> RetryPolicy:
+    """The :class:`RetryPolicy` the ``retry_*`` settings describe."""
+    return RetryPolicy(
+        attempts=settings.retry_attempts,
+        backoff=Backoff(
+            initial=settings.retry_backoff_initial,
+            max=settings.retry_backoff_max,
+            multiplier=settings.retry_backoff_multiplier,
+            jitter=settings.retry_jitter,
+        ),
+        timeout=settings.retry_timeout,
+    )
+
+
+def _with_attempts(policy: RetryPolicy, attempts: int) -> RetryPolicy:
+    return RetryPolicy(attempts=attempts, backoff=policy.backoff, timeout=policy.timeout)
+
+
 class Guard:
     """Policy plus shared state (budget, breaker, stats) of one pool."""
 
@@ -269,6 +288,8 @@ class Guard:
         self.rng = rng
 
     @classmethod
+        # Guards made by derive(), with their attempt override: reconfigure() updates them too.
+        self._derived: weakref.WeakKeyDictionary[Guard, int | None] = weakref.WeakKeyDictionary()
     def from_settings(
         cls,
         settings: Settings,
@@ -285,21 +306,11 @@ class Guard:
     ) -> Guard:
         from poolguard.config.env import lookup_order
 
-        policy = RetryPolicy(
-            attempts=settings.retry_attempts,
-            backoff=Backoff(
-                initial=settings.retry_backoff_initial,
-                max=settings.retry_backoff_max,
-                multiplier=settings.retry_backoff_multiplier,
-                jitter=settings.retry_jitter,
-            ),
-            timeout=settings.retry_timeout,
-        )
         return cls(
             name,
             backend,
             classify,
-            policy=policy,
+            policy=policy_from_settings(settings),
             budget=RetryBudget(settings.retry_budget),
             breaker=CircuitBreaker(
                 settings.breaker_failures, settings.breaker_reset, clock=clock, name=name
@@ -317,8 +328,8 @@ class Guard:
         its own classifier (and attempt count), the same budget, breaker, stats and errors."""
         policy = self.policy
         if attempts is not None:
-            policy = RetryPolicy(attempts=attempts, backoff=policy.backoff, timeout=policy.timeout)
-        return Guard(
+            policy = _with_attempts(policy, attempts)
+        derived = Guard(
             self.name,
             self.backend,
             classify,
@@ -335,6 +346,23 @@ class Guard:
         )
 
     def _breaker_changed(self, old: BreakerState, new: BreakerState) -> None:
+        self._derived[derived] = attempts
+        return derived
+
+    def reconfigure(self, settings: Settings) -> None:
+        """Adopt the retry policy, budget ratio and breaker thresholds of ``settings``.
+
+        The policy is swapped whole (a new frozen :class:`RetryPolicy`), here and in every Guard
+        :meth:`derive` made from this one (each keeping its own attempt count): an operation
+        keeps the policy its :class:`Attempts` captured. Budget tokens and breaker state carry
+        over (:meth:`RetryBudget.reconfigure`, :meth:`CircuitBreaker.reconfigure`).
+        """
+        policy = policy_from_settings(settings)
+        self.policy = policy
+        for derived, attempts in list(self._derived.items()):
+            derived.policy = policy if attempts is None else _with_attempts(policy, attempts)
+        self.budget.reconfigure(settings.retry_budget)
+        self.breaker.reconfigure(settings.breaker_failures, settings.breaker_reset)
         self.stats.breaker_changed(old.value, new.value)
 
     def classify(self, exc: BaseException) -> Classification:
@@ -526,6 +554,7 @@ class Attempts:
         "op",
         "previous",
     )
+        "policy",
 
     def __init__(
         self, guard: Guard, op: Operation, timeout_error: type[PoolguardError] = QueryTimeout
@@ -533,6 +562,9 @@ class Attempts:
         self.guard = guard
         self.op = op
         """Adapters may replace this per attempt (e.g. once they know the statement's position)."""
+        self.policy = guard.policy
+        """Captured once: a live reconfiguration (``Guard.reconfigure``) swaps ``guard.policy``
+        for operations that start later, never for this one."""
         self.number = 0
         self.history: list[AttemptRecord] = []
         self.previous: float | None = None
@@ -565,7 +597,7 @@ class Attempts:
     def _limit(self) -> float | None:
         """When this operation must be over: the deadline or the end of its retry window."""
         limit = _deadline.get()
-        timeout = self.guard.policy.timeout
+        timeout = self.policy.timeout
         if timeout is not None:
             cap = self._started + timeout
             limit = cap if limit is None else min(limit, cap)
@@ -673,25 +705,23 @@ class Attempts:
         raise AssertionError("unreachable")  # pragma: no cover
 
     def _why_not_retry(self, c: Classification) -> tuple[str | None, str | None]:
-        g = self.guard
-        if c.connect_phase and g.policy.attempts > 1 and self._limit() is not None:
+        policy = self.policy
+        if c.connect_phase and policy.attempts > 1 and self._limit() is not None:
             # Nothing was sent: like HikariCP's connectionTimeout, connecting is retried until
             # the deadline / retry window ends (spaced by backoff and the breaker), so a server
             # restart shorter than the window surfaces no error. ``attempts=1`` still means
             # "no retries at all".
             return None, None
-        if self.number >= g.policy.attempts:
+        if self.number >= policy.attempts:
             return (
-                f"all {g.policy.attempts} attempts failed"
-                if g.policy.attempts > 1
-                else "not retried",
+                f"all {policy.attempts} attempts failed" if policy.attempts > 1 else "not retried",
                 "raise POOLGUARD_RETRY_ATTEMPTS if the outage is short",
             )
         return None, None
 
     def _schedule(self, c: Classification, exc: BaseException) -> float:
         g = self.guard
-        delay = 0.0 if _testing else g.policy.backoff.delay(self.number, g.rng, self.previous)
+        delay = 0.0 if _testing else self.policy.backoff.delay(self.number, g.rng, self.previous)
         limit = self._limit()
         now = g.clock()
         wait = g.breaker.admits_in()
