@@ -286,10 +286,10 @@ class Guard:
         self.make_error = make_error
         self.clock = clock
         self.rng = rng
-
-    @classmethod
         # Guards made by derive(), with their attempt override: reconfigure() updates them too.
         self._derived: weakref.WeakKeyDictionary[Guard, int | None] = weakref.WeakKeyDictionary()
+
+    @classmethod
     def from_settings(
         cls,
         settings: Settings,
@@ -344,8 +344,6 @@ class Guard:
             env_prefix=self.env_prefix,
             counts_connect_failures=self.counts_connect_failures,
         )
-
-    def _breaker_changed(self, old: BreakerState, new: BreakerState) -> None:
         self._derived[derived] = attempts
         return derived
 
@@ -363,6 +361,8 @@ class Guard:
             derived.policy = policy if attempts is None else _with_attempts(policy, attempts)
         self.budget.reconfigure(settings.retry_budget)
         self.breaker.reconfigure(settings.breaker_failures, settings.breaker_reset)
+
+    def _breaker_changed(self, old: BreakerState, new: BreakerState) -> None:
         self.stats.breaker_changed(old.value, new.value)
 
     def classify(self, exc: BaseException) -> Classification:
@@ -552,19 +552,19 @@ class Attempts:
         "history",
         "number",
         "op",
+        "policy",
         "previous",
     )
-        "policy",
 
     def __init__(
         self, guard: Guard, op: Operation, timeout_error: type[PoolguardError] = QueryTimeout
     ) -> None:
         self.guard = guard
-        self.op = op
-        """Adapters may replace this per attempt (e.g. once they know the statement's position)."""
         self.policy = guard.policy
         """Captured once: a live reconfiguration (``Guard.reconfigure``) swaps ``guard.policy``
         for operations that start later, never for this one."""
+        self.op = op
+        """Adapters may replace this per attempt (e.g. once they know the statement's position)."""
         self.number = 0
         self.history: list[AttemptRecord] = []
         self.previous: float | None = None

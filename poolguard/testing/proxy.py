@@ -80,6 +80,9 @@ class _Link:
     last_direction: str = ""
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
     closed: bool = False
+    # idle_cut(): loop time of the last data either way, and whether the path forgot the link.
+    last_active: float = 0.0
+    dead: bool = False
 
     def close(self, *, rst: bool = False) -> None:
         if self.closed:
@@ -135,6 +138,9 @@ class FaultProxy:
         self._thread: threading.Thread | None = None
         self._changed: asyncio.Event | None = None
         self._lock = threading.Lock()
+        self._idle_cut: tuple[float, bool] | None = None
+        self._idle_watch: asyncio.Task[None] | None = None
+        self._idle_cuts = 0
 
     # --- lifecycle -------------------------------------------------------------------------
     def start(self) -> Self:
@@ -221,6 +227,19 @@ class FaultProxy:
         """Close each link once ``nbytes`` more bytes went through it in ``direction``."""
         self._set(direction, close_after=int(nbytes), close_after_id=next(_ids))
 
+    def idle_cut(self, seconds: float, *, rst: bool = False) -> None:
+        """Forget every link idle (no data either way) for ``seconds``, as a NAT or a stateful
+        firewall does: from then on its data is silently dropped both ways and it is never
+        closed (``rst=True``: it is reset at once instead). Links kept busy are not cut."""
+        if seconds <= 0:
+            raise ValueError("idle_cut needs a positive number of seconds")
+        self._call(self._idle_cut_async((float(seconds), rst)))
+
+    @property
+    def idle_cuts(self) -> int:
+        """Links cut by :meth:`idle_cut` so far."""
+        return self._idle_cuts
+
     def reset(self) -> None:
         """RST every link now, and every new connection as soon as it is accepted (until clear)."""
         self._call(self._reset_async())
@@ -286,12 +305,33 @@ class FaultProxy:
         for link in list(self._links):
             link.close(rst=True)
 
+    async def _idle_cut_async(self, cut: tuple[float, bool] | None) -> None:
+        self._idle_cut = cut
+        if cut is not None and self._idle_watch is None:
+            self._idle_watch = asyncio.get_running_loop().create_task(self._watch_idle())
+
+    async def _watch_idle(self) -> None:
+        loop = asyncio.get_running_loop()
+        while self._idle_cut is not None:
+            seconds, rst = self._idle_cut
+            now = loop.time()
+            for link in list(self._links):
+                if not link.dead and now - link.last_active >= seconds:
+                    self._idle_cuts += 1
+                    link.dead = True
+                    if rst:
+                        link.close(rst=True)
+            await asyncio.sleep(min(0.05, seconds / 10))
+        self._idle_watch = None
+
     async def _clear_async(self) -> None:
         self._reset = False
+        self._idle_cut = None
         self._toxics = {"upstream": _Toxics(), "downstream": _Toxics()}
         self._notify()
 
     async def _stop_async(self) -> None:
+        self._idle_cut = None
         await self._down_async()
         tasks = [task for link in self._links for task in link.tasks]
         if tasks:
@@ -310,7 +350,7 @@ class FaultProxy:
             # As a real network path to a dead server would: the client sees a reset.
             _close_writer(writer, rst=True)
             return
-        link = _Link(client=writer, server=up_writer)
+        link = _Link(client=writer, server=up_writer, last_active=asyncio.get_running_loop().time())
         self._links.add(link)
         loop = asyncio.get_running_loop()
         link.tasks = [
@@ -334,6 +374,9 @@ class FaultProxy:
                 data = await reader.read(CHUNK)
                 if not data:
                     break
+                if link.dead:
+                    continue  # idle_cut(): the path forgot this link, its data goes nowhere
+                link.last_active = asyncio.get_running_loop().time()
                 self._count_flight(link, direction)
                 # Set while we waited in read(): hold what arrived, as a blackholed path would.
                 await self._while_blackholed(direction)

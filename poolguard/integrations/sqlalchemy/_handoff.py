@@ -35,6 +35,7 @@ import asyncio
 import contextlib
 import threading
 from collections import deque
+from collections.abc import Callable
 from typing import Any, Final
 
 from sqlalchemy.util.queue import Empty, Full, QueueCommon
@@ -169,6 +170,45 @@ class _Handoff(QueueCommon[Any]):
     @property
     def waiting(self) -> int:
         return len(self._waiters)
+
+    # --- keepalive (see _keepalive.py) -------------------------------------------------------
+
+    def lend(self, due: Callable[[Any], bool]) -> Any:
+        """Take the first idle record ``due`` accepts, for a keepalive ping, and free its slot
+        while it is away: a caller arriving meanwhile finds the other idle records, else room
+        to open a connection, and never waits for the ping. None when no idle record is due.
+
+        Only an idle record can be lent, and idle records and waiters never coexist: no waiter
+        is owed it."""
+        with self.mutex:
+            for record in self._idle:
+                if due(record):
+                    self._idle.remove(record)
+                    self.overflow -= 1
+                    self._grant_room()  # no-op by the invariant; kept for its sake
+                    return record
+            return None
+
+    def take_back(self, record: Any, valid: Callable[[], bool]) -> bool:
+        """A lent record comes back and takes its slot again (to the oldest waiter, else idle).
+        False when the slot was used meanwhile, the idle queue is full, or ``valid()`` says
+        the pool was disposed: then the caller closes the record."""
+        with self.mutex:
+            if not valid() or not self._room():
+                return False
+            self.overflow += 1
+            if self._give(record):
+                return True
+            if 0 < self.maxsize <= len(self._idle):
+                self.overflow -= 1
+                return False
+            self._idle.append(record)
+            return True
+
+    def idle_records(self) -> list[Any]:
+        """A copy of the idle records (for scheduling the next keepalive sweep only)."""
+        with self.mutex:
+            return list(self._idle)
 
     # --- SQLAlchemy's QueueCommon -------------------------------------------------------------
 

@@ -62,6 +62,7 @@ from poolguard.errors import ConnectTimeout, PoolguardError, PoolTimeout
 from poolguard.integrations.backstop import backstop
 from poolguard.integrations.sqlalchemy._errors import as_dropin, sa_dropin
 from poolguard.integrations.sqlalchemy._handoff import CREATE, AsyncFairQueue, FairQueue
+from poolguard.integrations.sqlalchemy._keepalive import KeepaliveMixin
 from poolguard.integrations.sqlalchemy._state import (
     VALIDATE_TIMEOUT,
     EngineState,
@@ -248,7 +249,7 @@ def _held(pool: Any) -> int:
     return 1 if isinstance(one, ConnectionPoolEntry) and one.dbapi_connection is not None else 0
 
 
-class _GuardedQueueMixin(_GuardedPoolMixin):
+class _GuardedQueueMixin(KeepaliveMixin, _GuardedPoolMixin):
     """The queue pools, on a fair queue (:mod:`._handoff`): a returned connection, or room
     freed by a failed connect, goes to the longest waiter; ``_do_get`` waits
     ``min(acquire_timeout, deadline)`` per call."""
@@ -310,10 +311,13 @@ class _GuardedQueueMixin(_GuardedPoolMixin):
 
     def _create(self) -> ConnectionPoolEntry:
         try:
-            return self._create_connection()  # type: ignore[attr-defined, no-any-return]
+            record: ConnectionPoolEntry = self._create_connection()  # type: ignore[attr-defined]
         except BaseException:
             self._dec_overflow()  # the slot to the next waiter: it tries in turn
             raise
+        if not self._guard_ka_watched:
+            self._keepalive_watch()  # POOLGUARD_KEEPALIVE: see _keepalive.py
+        return record
 
     def _pool_timeout(self, state: EngineState, timeout: float | None) -> PoolguardError:
         g = self.gauges()
