@@ -43,6 +43,7 @@ from poolguard.errors import (
     dropin,
     dropin_class,
 )
+from poolguard.integrations._fork import track_guard
 
 #: Max lifetime is shortened by up to this fraction per connection, so a pool opened at once
 #: does not reconnect all at once (psycopg_pool uses -5%..0 as well).
@@ -352,6 +353,8 @@ def build_policy(
     target: str | None = None,
 ) -> Policy:
     guard = build_guard(settings, label, gauges, hooks, target=target)
+    # redis-py resets the pool itself in a forked child (_checkpid); the Guard's locks: _fork.py.
+    track_guard(guard)
     return Policy(guard, settings, label, first_guard=first_contact_guard(guard))
 
 

@@ -35,6 +35,7 @@ from poolguard.config.settings import Settings
 from poolguard.config.urls import dialect_of, redact
 from poolguard.core.retry import Guard
 from poolguard.errors import ConfigError
+from poolguard.integrations._fork import track_engine
 from poolguard.integrations.sqlalchemy._backend import SqlBackend, backend_for
 from poolguard.integrations.sqlalchemy._errors import make_error
 from poolguard.integrations.sqlalchemy._keywords import reset_mode, translate
@@ -234,6 +235,8 @@ def _install(engine: Engine, state: EngineState, sa_kwargs: dict[str, Any]) -> N
     state.guard.stats.gauges = functools.partial(_gauges, state)
     for note in state.settings.warnings():
         state.guard.stats.log.info("%s: %s", state.name, note, extra={"pool": state.name})
+    # Forked children (gunicorn --preload...) start with an empty pool: see _fork.py.
+    track_engine(engine)
     engine._connection_cls = GuardedConnection
     engine._option_cls = GuardedOptionEngine
     # A pool= instance keeps its own reset_on_return (the user built it that way).

@@ -1,0 +1,94 @@
+"""``os.fork()`` with a guarded engine that has idle connections (what gunicorn --preload,
+multiprocessing's fork start method and Celery's prefork pool do): the child must get its own
+connections, and must leave the parent's sessions alive (closing them there would end them)."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+from typing import Any
+
+import pytest
+from sqlalchemy import text
+
+import poolguard
+
+pytestmark = pytest.mark.postgres
+
+BACKEND_PID = text("SELECT pg_backend_pid()")
+#: Only to fail instead of hanging, never a performance bound.
+HANG_GUARD = 60
+
+
+def _in_child(fn: Any) -> Any:
+    """Run ``fn()`` in a forked child; return its JSON result (or raise its error)."""
+    read, write = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report, then leave without running the parent's cleanup
+        code = 0
+        try:
+            try:
+                out = {"ok": fn()}
+            except BaseException as exc:
+                out = {"error": f"{type(exc).__name__}: {exc}"}
+                code = 1
+            os.write(write, json.dumps(out).encode())
+        finally:
+            os._exit(code)
+    os.close(write)
+    with os.fdopen(read, "rb") as pipe:
+        data = pipe.read()
+    os.waitpid(pid, 0)
+    result = json.loads(data)
+    assert "error" not in result, result["error"]
+    return result["ok"]
+
+
+def test_child_gets_fresh_connections_and_leaves_the_parents(
+    make_engine: Any, postgres_server: Any
+) -> None:
+    engine = make_engine(postgres_server.url)
+    with engine.connect() as conn:
+        parent = conn.execute(BACKEND_PID).scalar_one()
+
+    def child() -> dict[str, Any]:
+        idle = engine.pool.checkedin()
+        with engine.connect() as conn:
+            mine = conn.execute(BACKEND_PID).scalar_one()
+        return {"idle_at_start": idle, "backend": mine}
+
+    seen = _in_child(child)
+    assert seen["idle_at_start"] == 0  # the parent's idle connection was forgotten
+    assert seen["backend"] != parent
+    # The child's exit (and garbage collection there) did not end the parent's session: the
+    # parent's next checkout gets the same session, without a disconnect.
+    with engine.connect() as conn:
+        assert conn.execute(BACKEND_PID).scalar_one() == parent
+    assert poolguard.stats(engine)["disconnects"] == 0
+
+
+def test_async_engine_made_before_fork(postgres_server: Any) -> None:
+    """An AsyncEngine used before the fork (its own event loop): the child's loop gets its own."""
+    engine = poolguard.create_async_engine(postgres_server.url)
+
+    async def backend() -> int:
+        async with engine.connect() as conn:
+            return int((await conn.execute(BACKEND_PID)).scalar_one())
+
+    async def backend_and_close() -> int:
+        try:
+            return await backend()
+        finally:
+            await engine.dispose()
+
+    # A pool warmed on one loop, then forked: the child runs its own loop.
+    loop = asyncio.new_event_loop()
+    try:
+        parent = loop.run_until_complete(backend())
+        child = _in_child(lambda: asyncio.run(backend()))
+        assert child != parent
+        assert loop.run_until_complete(backend()) == parent
+    finally:
+        loop.run_until_complete(backend_and_close())
+        loop.close()
