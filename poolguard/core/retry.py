@@ -279,6 +279,8 @@ class Guard:
         self.policy = policy or RetryPolicy()
         self.budget = budget or RetryBudget(0.2)
         self.stats = stats or PoolStats(name, backend)
+        if self.stats.target is None:
+            self.stats.target = target  # event records name the server (redacted), like errors
         self._count_request = self.stats.counter("requests")
         self.breaker = breaker or CircuitBreaker(5, 10.0, clock=clock, name=name)
         if self.breaker._on_change is None:
@@ -695,11 +697,11 @@ class Attempts:
         if action is Action.RETRY or action is Action.RETRY_TRANSACTION:
             why, hint = self._why_not_retry(c)
             if why is None:
-                return self._schedule(c, exc)
-            g.stats.incr("give_ups")
+                return self._schedule(c, exc, rerun=op.unit_of_work)
+            g.stats.give_up(self.number, c.reason, why, exc, disposition=c.disposition.value)
             self._give_up(action, c, exc, why, hint)
         if action is Action.AMBIGUOUS:
-            g.stats.incr("ambiguous")
+            g.stats.ambiguous(self.number, c.reason, exc, disposition=c.disposition.value)
             self._give_up(action, c, exc, "the request may have been applied", None)
         self._give_up(action, c, exc, "not safe to retry", None)
         raise AssertionError("unreachable")  # pragma: no cover
@@ -719,7 +721,7 @@ class Attempts:
             )
         return None, None
 
-    def _schedule(self, c: Classification, exc: BaseException) -> float:
+    def _schedule(self, c: Classification, exc: BaseException, *, rerun: bool = False) -> float:
         g = self.guard
         delay = 0.0 if _testing else self.policy.backoff.delay(self.number, g.rng, self.previous)
         limit = self._limit()
@@ -733,31 +735,31 @@ class Attempts:
                 self._breaker_rejects(wait)
             delay = wait
         if limit is not None and now + delay >= limit:
-            g.stats.incr("give_ups")
-            self._give_up(
-                Action.FAIL,
-                c,
-                exc,
-                "the next attempt would not fit in the deadline / retry timeout",
-                "raise the deadline or POOLGUARD_RETRY_TIMEOUT",
-            )
+            why = "the next attempt would not fit in the deadline / retry timeout"
+            g.stats.give_up(self.number, c.reason, why, exc, disposition=c.disposition.value)
+            self._give_up(Action.FAIL, c, exc, why, "raise the deadline or POOLGUARD_RETRY_TIMEOUT")
         # The budget guards a struggling server against re-executed work. Reconnecting to a
         # server that is down is the breaker's job (it spaces the probes and parks callers off
         # the network), so connect-phase retries are not charged: a restart with many callers
         # in flight would otherwise drain the bucket and surface errors the breaker avoids.
         if not c.connect_phase and not g.budget.try_spend():
-            g.stats.incr("give_ups")
-            g.stats.incr("budget_exhausted")
+            why = "the pool's retry budget is exhausted (too many recent retries)"
+            g.stats.give_up(
+                self.number, c.reason, why, exc, disposition=c.disposition.value, budget=True
+            )
             self._give_up(
-                Action.FAIL,
-                c,
-                exc,
-                "the pool's retry budget is exhausted (too many recent retries)",
-                "raise POOLGUARD_RETRY_BUDGET, or fix the failing server",
+                Action.FAIL, c, exc, why, "raise POOLGUARD_RETRY_BUDGET, or fix the failing server"
             )
         self.history.append(AttemptRecord(self.number, c.reason, type(exc).__name__, delay))
         self.previous = delay
-        g.stats.retry(self.number, c.reason, delay, exc)
+        g.stats.retry(
+            self.number,
+            c.reason,
+            delay,
+            exc,
+            disposition=c.disposition.value,
+            rerun=rerun,  # under run_transaction every retry re-runs the whole unit
+        )
         return delay
 
     def _give_up(
