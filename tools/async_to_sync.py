@@ -96,6 +96,7 @@ NAMES: dict[str, str] = {
     # poolguard.integrations.psycopg_pool and poolguard.postgres.
     "GuardedAsyncConnection": "GuardedConnection",
     "GuardedAsyncConnectionPool": "GuardedConnectionPool",
+    "AsyncKeepaliveMixin": "KeepaliveMixin",
     "create_async_pool": "create_pool",
     # poolguard.integrations.redis.
     "AsyncGuardedBlockingConnectionPool": "GuardedBlockingConnectionPool",

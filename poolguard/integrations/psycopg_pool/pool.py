@@ -37,6 +37,7 @@ from poolguard.backends import postgres as pg
 from poolguard.core.retry import Attempts
 from poolguard.errors import PoolguardError
 from poolguard.integrations.psycopg_pool._errors import as_dropin
+from poolguard.integrations.psycopg_pool._keepalive import KeepaliveMixin
 from poolguard.integrations.psycopg_pool._rules import (
     ARMED,
     CLEANUP,
@@ -61,7 +62,11 @@ T = TypeVar("T")
 Fetch = Callable[[psycopg.Cursor[Any]], T]
 
 
-class GuardedConnectionPool(psycopg_pool.ConnectionPool[GuardedConnection]):
+class GuardedConnectionPool(
+    # POOLGUARD_KEEPALIVE (_keepalive.py): registers at the first connect, unregisters at close().
+    KeepaliveMixin,
+    psycopg_pool.ConnectionPool[GuardedConnection],
+):
     """A ``psycopg_pool.ConnectionPool`` built by
     :func:`poolguard.postgres.create_pool`."""
 

@@ -36,6 +36,7 @@ from poolguard.backends import postgres as pg
 from poolguard.core.retry import Attempts
 from poolguard.errors import PoolguardError
 from poolguard.integrations.psycopg_pool._errors import as_dropin
+from poolguard.integrations.psycopg_pool._keepalive import AsyncKeepaliveMixin
 from poolguard.integrations.psycopg_pool._rules import (
     ARMED,
     CLEANUP,
@@ -60,7 +61,11 @@ T = TypeVar("T")
 Fetch = Callable[[psycopg.AsyncCursor[Any]], Awaitable[T]]
 
 
-class GuardedAsyncConnectionPool(psycopg_pool.AsyncConnectionPool[GuardedAsyncConnection]):
+class GuardedAsyncConnectionPool(
+    # POOLGUARD_KEEPALIVE (_keepalive.py): registers at the first connect, unregisters at close().
+    AsyncKeepaliveMixin,
+    psycopg_pool.AsyncConnectionPool[GuardedAsyncConnection],
+):
     """A ``psycopg_pool.AsyncConnectionPool`` built by
     :func:`poolguard.postgres.create_async_pool`."""
 
