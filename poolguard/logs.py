@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 from datetime import datetime, timezone
 from typing import IO, Any
@@ -47,7 +48,7 @@ class JsonFormatter(logging.Formatter):
             ),
             "level": record.levelname,
             "logger": record.name,
-            "message": redact(record.getMessage()),
+            "message": _scrub(record.getMessage()),
         }
         if hasattr(record, "event"):
             for key in LOG_FIELDS:
@@ -57,8 +58,16 @@ class JsonFormatter(logging.Formatter):
             if value is not None:
                 out[key] = value
         if record.exc_info:
-            out["exc"] = redact(self.formatException(record.exc_info))
+            out["exc"] = _scrub(self.formatException(record.exc_info))
         return json.dumps(out, default=str)
+
+
+_URL = re.compile(r"[A-Za-z][A-Za-z0-9+.-]*://\S+")
+
+
+def _scrub(text: str) -> str:
+    """``text`` with every URL in it redacted (and libpq ``password=`` values)."""
+    return redact(_URL.sub(lambda m: redact(m[0]), text))
 
 
 _MARK = "_poolguard_json"
