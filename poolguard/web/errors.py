@@ -1,14 +1,21 @@
 """poolguard's errors as HTTP answers: 504 when time ran out, 503 when the database is unavailable.
 
 * 504 Gateway Timeout: :class:`~poolguard.QueryTimeout`, :class:`~poolguard.TransactionTimeout`,
-  :class:`~poolguard.ConnectTimeout` — the database did not answer within the request's budget
-  (or a configured timeout); the request may succeed later.
-* 503 Service Unavailable: :class:`~poolguard.PoolTimeout` (no connection free in time: the app is
-  saturated), :class:`~poolguard.CircuitOpenError` (failing fast while the server is down) and any
-  other poolguard error, e.g. :class:`~poolguard.AmbiguousResultError` (register your own
-  handler for that one if clients must look the outcome up instead of retrying).
-* None: not poolguard's (driver errors poolguard left as they were) or a ConfigError (a bug:
-  500 by the framework's own rules).
+  :class:`~poolguard.ConnectTimeout` (the database did not answer within the request's budget or
+  a configured timeout), and a :class:`~poolguard.PoolTimeout` or
+  :class:`~poolguard.CircuitOpenError` raised once the request's own budget is spent: the
+  request ran out of time, whatever it was waiting for.
+* 503 Service Unavailable: :class:`~poolguard.PoolTimeout` with budget left (no connection
+  free within ``acquire_timeout``: the app is saturated), :class:`~poolguard.CircuitOpenError`
+  with budget left (failing fast while the server is down), and any other poolguard error, e.g.
+  :class:`~poolguard.AmbiguousResultError` (register your own handler for that one if clients
+  must look the outcome up instead of retrying).
+* None: not poolguard's (a driver error poolguard left as it was) or a ConfigError (a bug: 500
+  by the framework's own rules).
+
+"Spent" is read from the current ``poolguard.deadline``: the handlers run inside the middleware
+(Starlette's ExceptionMiddleware and Flask's error handlers are inside the app it wraps), so the
+request's deadline is still in force there.
 
 The body is ``{"error": <class>, "detail": <first line of the message>}``: poolguard messages
 never hold a password, and the hint (what to tune) stays in the server log.
@@ -18,6 +25,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from poolguard.core.deadline import remaining
 from poolguard.errors import (
     CircuitOpenError,
     ConfigError,
@@ -40,14 +48,21 @@ GATEWAY_TIMEOUT = 504
 SERVICE_UNAVAILABLE = 503
 
 
-def status_for(exc: BaseException) -> int | None:
-    """The HTTP status for one of poolguard's errors, or None when it is not one to map."""
+def status_for(exc: BaseException, *, spent: bool | None = None) -> int | None:
+    """The HTTP status for one of poolguard's errors, or None when it is not one to map.
+
+    ``spent``: whether the request's budget is used up; by default, read from the current
+    deadline (no deadline: not spent).
+    """
     if not isinstance(exc, PoolguardError) or isinstance(exc, ConfigError):
         return None
     if isinstance(exc, QueryTimeout | TransactionTimeout | ConnectTimeout):
         return GATEWAY_TIMEOUT
     if isinstance(exc, PoolTimeout | CircuitOpenError):
-        return SERVICE_UNAVAILABLE
+        if spent is None:
+            left = remaining()
+            spent = left is not None and left <= 0
+        return GATEWAY_TIMEOUT if spent else SERVICE_UNAVAILABLE
     return SERVICE_UNAVAILABLE
 
 

@@ -97,6 +97,10 @@ def test_header_budget_is_honored_when_shorter_and_capped_when_longer(frozen_pg:
                 assert body["remaining"] <= budget, (mode, headers, body)
                 # not the other budget: the next smaller one of the cases is at most 0.5 s
                 assert body["remaining"] > (0.0 if budget < 1 else 1.0), (mode, headers, body)
+            # a streamed body is produced inside the request's call: same deadline
+            lines = client.get(f"/{mode}/stream", headers={"grpc-timeout": "700m"}).text.split()
+            assert len(lines) == 2, lines
+            assert all(line != "None" and float(line) <= 0.7 for line in lines), lines
         sync_thread = client.get("/sync/budget").json()["thread"]
         loop_thread = client.get("/async/budget").json()["thread"]
         assert sync_thread != loop_thread  # the def endpoint ran in the thread pool

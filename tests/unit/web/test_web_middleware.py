@@ -130,6 +130,20 @@ def test_status_for(error: BaseException, status: int | None) -> None:
     assert status_for(error) == status
 
 
+def test_pool_and_breaker_errors_are_504_once_the_budget_is_spent() -> None:
+    from poolguard.core.deadline import deadline
+
+    for error in (PoolTimeout("p"), CircuitOpenError("o")):
+        assert status_for(error, spent=True) == 504
+        assert status_for(error, spent=False) == 503
+        with deadline(0):  # read from the request's deadline by default
+            assert status_for(error) == 504
+        with deadline(60):
+            assert status_for(error) == 503
+    with deadline(0):
+        assert status_for(AmbiguousResultError("a")) == 503  # not a matter of time
+
+
 def test_dropin_variants_map_and_name_as_poolguard_classes() -> None:
     error = dropin(QueryTimeout, TimeoutError, "deadline exceeded before the query could start\nx")
     assert status_for(error) == 504
