@@ -328,3 +328,42 @@ def test_json_log_lines(make_engine: Any, postgres_server: Any, app_name: str) -
     assert {"event", "pool", "backend", "target", "attempt", "reason", "delay", "disposition"} <= (
         set(retry)
     )
+
+
+async def test_native_async_pool_timeout_gauges_and_retry_in_task_span(
+    postgres_server: Any, app_name: str, otel: Otel
+) -> None:
+    """poolguard.postgres's asyncio pool: a pool timeout, its gauges, and a killed session's
+    retried read as an event of the span of the task that ran it."""
+    import poolguard.postgres
+
+    otel.instrument()
+    pool = poolguard.postgres.create_async_pool(
+        postgres_server.url,
+        name="otel_native",
+        pool_size=1,
+        max_overflow=1,
+        acquire_timeout=0.2,
+        kwargs={"application_name": app_name},
+    )
+    async with pool:
+        await pool.wait(timeout=10)
+        first, second = await pool.getconn(), await pool.getconn()
+        with otel.tracer.start_as_current_span("starved"), pytest.raises(poolguard.PoolTimeout):
+            await pool.getconn()
+        assert otel.value("db.client.connection.timeouts", "otel_native") == 1
+        assert _poolguard_events(otel.span("starved"), "acquire_timeout")
+        assert _count(otel, "otel_native") == (2, 0)
+        assert otel.value("db.client.connection.max", "otel_native") == 2
+        assert otel.value("db.client.connection.idle.min", "otel_native") == 1
+        await pool.putconn(first)
+        await pool.putconn(second)
+        assert otel.value("db.client.connection.use_time", "otel_native").count == 2
+        assert otel.value("db.client.connection.create_time", "otel_native").count >= 2
+        assert await pool.fetchval("SELECT 1") == 1
+        assert postgres_server.kill_connections(application_name=app_name) >= 1
+        with otel.tracer.start_as_current_span("native-read"):
+            assert await pool.fetchval("SELECT 2") == 2
+    events = otel.span("native-read").events
+    assert [e.name for e in events if e.name != "poolguard.disconnect"][:1] == ["poolguard.retry"]
+    assert otel.value("poolguard.retries", "otel_native", **{"poolguard.reason": "admin_shutdown"})
