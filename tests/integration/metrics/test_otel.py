@@ -294,7 +294,9 @@ def test_uninstrument_stops_and_twice_warns(
     assert poolguard.stats(engine)["retries"] == 1
     assert otel.span("after").events == ()
     assert otel.points("db.client.connection.count", "otel_off") == []
-    assert poolguard.core.stats.registered()[0].sink is None
+    assert all(stats.sink is None for stats in poolguard.core.stats.registered())
+    otel.instrument()  # again, same provider: its instruments observe again
+    assert otel.points("db.client.connection.count", "otel_off")
 
 
 def test_json_log_lines(make_engine: Any, postgres_server: Any, app_name: str) -> None:
@@ -367,3 +369,22 @@ async def test_native_async_pool_timeout_gauges_and_retry_in_task_span(
     events = otel.span("native-read").events
     assert [e.name for e in events if e.name != "poolguard.disconnect"][:1] == ["poolguard.retry"]
     assert otel.value("poolguard.retries", "otel_native", **{"poolguard.reason": "admin_shutdown"})
+
+
+async def test_asyncio_engine_retry_event_in_task_span(
+    make_async_engine: Any, postgres_server: Any, app_name: str, otel: Otel
+) -> None:
+    """The asyncio engine retries inside SQLAlchemy's greenlet: the event still reaches the span
+    of the task that awaited the statement."""
+    otel.instrument()
+    engine = make_async_engine(postgres_server.url, name="otel_async")
+    async with engine.connect() as conn:
+        await conn.execute(text("SELECT 1"))
+        await conn.commit()
+        assert postgres_server.kill_connections(application_name=app_name) == 1
+        with otel.tracer.start_as_current_span("async-read"):
+            assert (await conn.execute(text("SELECT 3"))).scalar_one() == 3
+    (retry,) = _poolguard_events(otel.span("async-read"), "retry")
+    assert retry["poolguard.pool"] == "otel_async"
+    assert otel.value("poolguard.retries", "otel_async", **{"poolguard.reason": retry[
+        "poolguard.reason"]}) == 1  # fmt: skip
