@@ -56,6 +56,7 @@ from poolguard.core.disposition import Disposition
 from poolguard.core.retry import Attempts, FirstAttempt, Guard
 from poolguard.errors import PoolguardError
 from poolguard.integrations.redis import _common as c
+from poolguard.integrations.redis._keepalive import AsyncKeepaliveMixin
 
 __all__ = [
     "AsyncGuardedBlockingConnectionPool",
@@ -261,7 +262,12 @@ AnyConnection = (
 )
 
 
-class AsyncGuardedBlockingConnectionPool(redis.asyncio.connection.BlockingConnectionPool):
+class AsyncGuardedBlockingConnectionPool(
+    # POOLGUARD_KEEPALIVE (_keepalive.py): registers at the first connection, unregisters at
+    # disconnect().
+    AsyncKeepaliveMixin,
+    redis.asyncio.connection.BlockingConnectionPool,
+):
     """Bounded pool: deadline-aware acquire timeout, lifetime/idle eviction, idle validation."""
 
     def __init__(self, *, poolguard_policy: c.Policy, **kwargs: Any) -> None:

@@ -56,6 +56,7 @@ from poolguard.core.disposition import Disposition
 from poolguard.core.retry import Attempts, FirstAttempt, Guard
 from poolguard.errors import PoolguardError
 from poolguard.integrations.redis import _common as c
+from poolguard.integrations.redis._keepalive import KeepaliveMixin
 
 __all__ = [
     "GuardedBlockingConnectionPool",
@@ -217,7 +218,12 @@ CONNECTION_CLASSES: dict[type[Any], type[Any]] = {
 AnyConnection = GuardedConnection | GuardedSSLConnection | GuardedUnixDomainSocketConnection
 
 
-class GuardedBlockingConnectionPool(redis.connection.BlockingConnectionPool):
+class GuardedBlockingConnectionPool(
+    # POOLGUARD_KEEPALIVE (_keepalive.py): registers at the first connection, unregisters at
+    # disconnect().
+    KeepaliveMixin,
+    redis.connection.BlockingConnectionPool,
+):
     """Bounded pool: deadline-aware acquire timeout, lifetime/idle eviction, idle validation."""
 
     def __init__(self, *, poolguard_policy: c.Policy, **kwargs: Any) -> None:
