@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from poolguard._reconfigure import reconfigure, reload_on_sighup
 from poolguard._stats import stats
 from poolguard.core import Hooks, deadline, set_testing
 from poolguard.errors import (
@@ -81,7 +82,9 @@ __all__ = [
     "create_engine",
     "deadline",
     "postgres",
+    "reconfigure",
     "redis",
+    "reload_on_sighup",
     "run_transaction",
     "run_transaction_async",
     "set_testing",

@@ -51,6 +51,7 @@ from poolguard.errors import (
     TransactionTimeout,
     dropin_class,
 )
+from poolguard.integrations._live import live_gauges
 from poolguard.integrations.backstop import Ticket, watchdog
 from poolguard.integrations.psycopg_pool._errors import pg_dropin
 
@@ -185,20 +186,54 @@ class PoolRules:
     """Idle time below which a checkout has nothing to check (neither ``max_idle`` nor
     ``validate_idle`` reached)."""
     _unit_guards: dict[Any, Guard] = dataclasses.field(default_factory=dict)
+    generation: int = 0
+    """Live reconfigurations applied (``poolguard.reconfigure``)."""
+    recycle_before: float = 0.0
+    """Monotonic: connections created before it carry server-side timeouts that were since
+    reconfigured; replaced at their next checkout (``suspect_before`` moves too, so that the
+    checkout leaves its fast path)."""
+    pool_ref: Callable[[], Any] | None = None
+    """Weak reference to the psycopg_pool pool these rules serve (``poolguard.reconfigure``)."""
 
     def __post_init__(self) -> None:
         self.lent = self.guard.stats.counter("checkouts")
         self.given_back = self.guard.stats.counter("checkins")
-        self.default_wait = self.settings.acquire_timeout or NO_ACQUIRE_TIMEOUT
+        self._derive()
+
+    def _derive(self) -> None:
+        """The values read per checkout / statement, computed once from ``settings``."""
         s = self.settings
+        self.default_wait = s.acquire_timeout or NO_ACQUIRE_TIMEOUT
         max_idle = s.max_idle or float("inf")
         self.quiet_idle = min(
             max_idle, float("inf") if s.validate_idle is None else s.validate_idle
         )
-        q = self.settings.query_timeout
-        if q:
-            self.query_limit = (q + BACKSTOP_GRACE, QueryTimeout, "query timeout")
-            self.cleanup_limit = (q + BACKSTOP_GRACE, QueryTimeout, "rollback timeout")
+        q = s.query_timeout
+        rollback = (q or VALIDATE_TIMEOUT) + BACKSTOP_GRACE
+        self.query_limit = (q + BACKSTOP_GRACE, QueryTimeout, "query timeout") if q else None
+        self.cleanup_limit = (rollback, QueryTimeout, "rollback timeout")
+
+    def reconfigure(self, new: Settings, changed: frozenset[str]) -> None:
+        """Adopt ``new`` (validated by ``poolguard.reconfigure``). ``pool`` is the
+        psycopg_pool object: its own copies (connect kwargs, timeout, lifetime, idle limit)
+        are replaced too, each by a new value (never mutated in place)."""
+        from poolguard.integrations._live import SESSION_FIELDS, rewrite_params
+
+        pool = None if self.pool_ref is None else self.pool_ref()
+        if pool is not None:
+            # pool.kwargs hold the connect parameters of the settings in force until now.
+            old, current = pg.connect_params(self.settings), pg.connect_params(new)
+            pool.kwargs = rewrite_params(pool.kwargs, old, current)
+            pool.timeout = new.acquire_timeout or NO_ACQUIRE_TIMEOUT
+            pool.max_lifetime = new.max_lifetime or float("inf")
+            pool.max_idle = new.max_idle or NO_MAX_IDLE
+        self.guard.reconfigure(new)
+        self.settings = new
+        self._derive()
+        if changed & SESSION_FIELDS:
+            now = time.monotonic()
+            self.recycle_before = now
+            self.suspect_before = max(self.suspect_before, now)
 
     @property
     def name(self) -> str:
@@ -290,6 +325,9 @@ class PoolRules:
             return None  # the common case, told in one test (the rules below agree)
         age = now - conn._pg_created
         idle = 0.0 if returned is None else now - returned
+        if suspect and conn._pg_created < self.recycle_before:
+            # Opened with server timeouts poolguard.reconfigure() changed since.
+            self.evict(conn, "reconfigured", age, idle)
         if conn._pg_expires <= now:
             self.evict(conn, "lifetime", age, idle)
         s = self.settings
@@ -510,6 +548,7 @@ class PoolRules:
             "idle": measures.get("pool_available", 0),
             "checked_out": self.checked_out,
             "waiting": measures.get("requests_waiting", 0),
+            **live_gauges(self.settings, self.generation, self.guard.stats),
             "ambiguous_resolved": {
                 k: self.guard.stats.count(f"ambiguous_resolved.{k}")
                 for k in ("committed", "aborted")

@@ -230,6 +230,15 @@ class Policy:
     answered: bool = False
     """Set by the first successful connect; never reset."""
     on_answer: list[Callable[[], None]] = field(default_factory=list)
+    generation: int = 0
+    """Live reconfigurations applied (``poolguard.reconfigure``)."""
+    recycle_before: float = 0.0
+    """Monotonic: connections born before it have a command timeout (socket timeout) that
+    was since reconfigured; the pool replaces them at their next checkout."""
+
+    @property
+    def name(self) -> str:
+        return self.guard.name
 
     @property
     def entry_guard(self) -> Guard:
@@ -270,6 +279,47 @@ class Policy:
             cap = min(cap, self.settings.connect_timeout)
         capped = deadline_cap(cap)
         return cap if capped is None else capped
+
+
+def reconfigure_policy(policy: Policy, new: Settings) -> None:
+    """Adopt ``new`` (validated by ``poolguard.reconfigure``): the Guards' policies, breaker
+    and budget, then the Settings read by each new connection and operation."""
+    policy.guard.reconfigure(new)
+    first = policy.first_guard
+    if first is not None:  # one attempt and no waiting, as built (first_contact_guard)
+        first.policy = RetryPolicy(attempts=1, backoff=policy.guard.policy.backoff, timeout=0.0)
+    policy.settings = new
+
+
+@dataclass(eq=False)
+class LiveClient:
+    """What ``poolguard.reconfigure`` changes on a Redis client: its Policy and its pool."""
+
+    policy: Policy
+    pool: Any
+
+    @property
+    def name(self) -> str:
+        return self.policy.guard.name
+
+    @property
+    def settings(self) -> Settings:
+        return self.policy.settings
+
+    @property
+    def generation(self) -> int:
+        return self.policy.generation
+
+    @generation.setter
+    def generation(self, value: int) -> None:
+        self.policy.generation = value
+
+    def reconfigure(self, new: Settings, changed: frozenset[str]) -> None:
+        reconfigure_policy(self.policy, new)
+        recycle = "query_timeout" in changed  # each connection's socket timeout
+        if recycle:
+            self.policy.recycle_before = time.monotonic()
+        self.pool.guard_reconfigured(recycle)
 
 
 def build_guard(

@@ -55,6 +55,7 @@ from poolguard.core.deadline import current_deadline, deadline
 from poolguard.core.disposition import Disposition
 from poolguard.core.retry import Attempts, FirstAttempt, Guard
 from poolguard.errors import PoolguardError
+from poolguard.integrations._live import live_gauges
 from poolguard.integrations.redis import _common as c
 from poolguard.integrations.redis._keepalive import KeepaliveMixin
 
@@ -156,6 +157,8 @@ class _GuardedConnectionMixin:
             return
         policy = self.guard_policy
         started = time.monotonic()
+        if policy.generation:  # poolguard.reconfigure() ran: the command timeout in force now
+            self.socket_timeout = policy.settings.query_timeout
         self.socket_connect_timeout = c.connect_timeout(policy.connect_timeout)
         # The handshake (HELLO, AUTH, SELECT, CLIENT SETINFO) is part of connecting (DESIGN:
         # "TCP + TLS + auth"): bounded by the connect timeout and the deadline, not only by the
@@ -243,6 +246,24 @@ class GuardedBlockingConnectionPool(
     def _guard_answered(self) -> None:
         self.guard_active = self.guard_policy.guard
 
+    def guard_reconfigured(self, recycle: bool) -> None:
+        """``poolguard.reconfigure()`` swapped the policy's settings: re-read the values cached
+        here; ``recycle``: the command timeout changed, so connections opened before are
+        replaced at their next checkout (its slow path, through ``guard_suspect_before``)."""
+        s = self.guard_policy.settings
+        self._guard_max_idle = s.max_idle
+        self._guard_validate_idle = s.validate_idle
+        thresholds = [t for t in (s.max_idle, s.validate_idle) if t is not None]
+        self._guard_idle_threshold = min(thresholds, default=float("inf"))
+        self.timeout = s.acquire_timeout
+        self.connection_kwargs = {
+            **self.connection_kwargs,
+            "socket_timeout": s.query_timeout,
+            "socket_connect_timeout": s.connect_timeout,
+        }
+        if recycle:
+            self.guard_suspect_before = max(self.guard_suspect_before, time.monotonic())
+
     def set_retry(self, retry: Any) -> None:
         """redis-py's API, for the retry layer poolguard keeps off: a ``Retry`` with 0 retries
         is accepted (it is the one in place); one that re-sends commands is refused."""
@@ -293,7 +314,9 @@ class GuardedBlockingConnectionPool(
 
     def _guard_checkout(self, conn: AnyConnection, now: float) -> None:
         idle = now - conn.guard_last_used
-        if now >= conn.guard_expires:
+        if conn.guard_born < self.guard_policy.recycle_before:
+            reason = "reconfigured"  # its socket timeout predates poolguard.reconfigure()
+        elif now >= conn.guard_expires:
             reason = "lifetime"
         elif self._guard_max_idle is not None and idle > self._guard_max_idle:
             reason = "idle"
@@ -341,6 +364,7 @@ class GuardedBlockingConnectionPool(
         self.guard_policy.guard.stats.disconnect(backend.classify(exc).reason, exc)
 
     def guard_gauges(self) -> dict[str, Any]:
+        policy = self.guard_policy
         created = [conn for conn in getattr(self, "_connections", ()) if conn is not None]
         idle = sum(1 for conn in list(self.pool.queue) if conn is not None)
         size = sum(1 for conn in created if conn._sock is not None)
@@ -354,6 +378,7 @@ class GuardedBlockingConnectionPool(
             "idle": idle,
             "waiting": waiting,
             "max_size": self.max_connections,
+            **live_gauges(policy.settings, policy.generation, policy.guard.stats),
         }
 
 

@@ -54,6 +54,12 @@ def _greenlet_sleep(seconds: float) -> None:
     await_only(asyncio.sleep(seconds))
 
 
+def _bounded(s: Settings) -> bool:
+    return bool(
+        s.query_timeout or s.transaction_timeout or s.idle_in_transaction_timeout or s.lock_timeout
+    )
+
+
 @dataclass
 class EngineState:
     """Everything one guarded engine knows: settings, the core Guard, pool-wide marks."""
@@ -80,17 +86,52 @@ class EngineState:
     bounded: bool = False
     """Is any statement-level timeout configured? If not (and no deadline is set), statements
     and their ROLLBACKs run without a watchdog ticket: nothing would bound them anyway."""
+    built_connect_args: dict[str, Any] = field(default_factory=dict)
+    """poolguard's connect arguments as built at creation (from the first settings), baked into
+    the engine: a connect after a reconfiguration rewrites them (:meth:`connect_params`)."""
+    generation: int = 0
+    """Live reconfigurations applied (``poolguard.reconfigure``)."""
+    recycle_before: float = 0.0
+    """Wall-clock, like ``suspect_before``: connections opened before it carry session settings
+    (server-side timeouts) that were since reconfigured; they are replaced at their next
+    checkout (:func:`pool._on_checkout`; ``suspect_before`` is moved too, so the checkout
+    takes its slow path)."""
 
     def __post_init__(self) -> None:
         if self.is_async:
             self.sleep = _greenlet_sleep
-        s = self.settings
-        self.bounded = bool(
-            s.query_timeout
-            or s.transaction_timeout
-            or s.idle_in_transaction_timeout
-            or s.lock_timeout
-        )
+        self.bounded = _bounded(self.settings)
+
+    def reconfigure(self, new: Settings, changed: frozenset[str]) -> None:
+        """Adopt ``new`` (validated by ``poolguard.reconfigure``): the Guard's policy, breaker
+        and budget, then the Settings object every later operation reads."""
+        from poolguard.integrations._live import SESSION_FIELDS
+
+        self.guard.reconfigure(new)
+        self.settings = new
+        self.bounded = _bounded(new)
+        if changed & SESSION_FIELDS:
+            now = time.time()
+            self.recycle_before = now
+            self.suspect_before = max(self.suspect_before, now)
+
+    def refused_live(self) -> dict[str, str]:
+        """Settings this engine cannot change live (beyond the ones no pool can)."""
+        pool = self.pool_ref[0] if self.pool_ref else None
+        if pool is not None and not hasattr(pool, "_pool"):
+            why = f"it has no effect with poolclass={type(pool).__name__}"
+            return {"acquire_timeout": why}
+        return {}
+
+    def connect_params(self, cparams: dict[str, Any]) -> dict[str, Any]:
+        """``cparams`` of a connect, with poolguard's part rebuilt from the current settings
+        (only after a reconfiguration: until then they are what the engine was built with)."""
+        if not self.generation:
+            return cparams
+        from poolguard.integrations._live import rewrite_params
+
+        current = self.backend.connect_args(self.settings, is_async=self.is_async)
+        return rewrite_params(cparams, self.built_connect_args, current)
 
     @property
     def name(self) -> str:

@@ -36,6 +36,7 @@ from poolguard.config.urls import dialect_of, redact
 from poolguard.core.retry import Guard
 from poolguard.errors import ConfigError
 from poolguard.integrations._fork import track_engine
+from poolguard.integrations._live import live_gauges
 from poolguard.integrations.sqlalchemy._backend import SqlBackend, backend_for
 from poolguard.integrations.sqlalchemy._errors import make_error
 from poolguard.integrations.sqlalchemy._keywords import reset_mode, translate
@@ -149,8 +150,9 @@ def _prepare(
         reset=reset_mode(sa_kwargs.get("pool_reset_on_return", "rollback")),
     )
     kwargs = dict(sa_kwargs)
+    state.built_connect_args = backend.connect_args(settings, is_async=is_async)
     kwargs["connect_args"] = backend.merge_connect_args(
-        backend.connect_args(settings, is_async=is_async), sa_kwargs.get("connect_args") or {}
+        state.built_connect_args, sa_kwargs.get("connect_args") or {}
     )
     if kwargs.get("pool") is None:
         _check_asyncio(kwargs.get("poolclass"), is_async)
@@ -270,6 +272,7 @@ def _connect(
     # Native = SQLAlchemy would call the driver's own connect: poolguard may make that call
     # itself, bounded. A module= or a patched dbapi.connect is called as the user arranged.
     native = driver_connect is not None and _plain(dialect.loaded_dbapi.connect) is driver_connect
+    cparams = state.connect_params(cparams)  # after poolguard.reconfigure(): today's timeouts
     return state.backend.connect(state, dialect_connect, native, list(cargs), cparams)
 
 
@@ -277,6 +280,7 @@ def _gauges(state: EngineState) -> dict[str, Any]:
     stats = state.guard.stats
     return {
         **state.pool_ref[0].gauges(),
+        **live_gauges(state.settings, state.generation, stats),
         "ambiguous_resolved": {
             outcome: stats.count(f"ambiguous_resolved.{outcome}")
             for outcome in ("committed", "aborted")

@@ -483,6 +483,10 @@ def _on_checkout(state: EngineState, dbapi_connection: Any, record: Any) -> None
     if life is None or life.fresh:
         if life is not None:
             life.fresh = False
+            # Reconnected in place by an earlier checkout (after its rules ran), maybe before
+            # poolguard.reconfigure() changed the session settings it was opened with.
+            if record.starttime < state.recycle_before:
+                _evict(state, "reconfigured", 0.0, 0.0)
         return  # a connection made for this checkout needs no ping
     now = time.monotonic()
     age = now - life.born
@@ -495,6 +499,9 @@ def _on_checkout(state: EngineState, dbapi_connection: Any, record: Any) -> None
         _evict(state, "idle", age, idle)
     suspect = record.starttime < state.suspect_before
     if suspect or (settings.validate_idle is not None and idle >= settings.validate_idle):
+        if suspect and record.starttime < state.recycle_before:
+            # Opened with session settings (server timeouts) poolguard.reconfigure() changed.
+            _evict(state, "reconfigured", age, idle)
         _validate(state, dbapi_connection, age, idle)
 
 
