@@ -90,12 +90,15 @@ def create_pool(
     Pass ``open=False`` to open it later (``pool.open(wait=True)`` fails fast when the server
     is unreachable); close it with ``pool.close()`` or use it as a context manager.
     """
+    from poolguard.integrations._fork import track_native_pool
     from poolguard.integrations.psycopg_pool import GuardedConnectionPool
 
     settings, rest = _split(url, overrides)
     rules = _rules(settings, hooks)
     rest.setdefault("open", True)
-    return GuardedConnectionPool(_conninfo(settings), rules=rules, **_pool_args(rules, rest))
+    pool = GuardedConnectionPool(_conninfo(settings), rules=rules, **_pool_args(rules, rest))
+    track_native_pool(pool)  # opened before a fork: refused in the child (integrations/_fork.py)
+    return pool
 
 
 def create_async_pool(
@@ -104,12 +107,15 @@ def create_async_pool(
     """A guarded ``psycopg_pool.AsyncConnectionPool``, not yet open (psycopg_pool opens async
     pools in a running loop): ``async with create_async_pool() as pool:`` or
     ``await pool.open()``."""
+    from poolguard.integrations._fork import track_native_pool
     from poolguard.integrations.psycopg_pool import GuardedAsyncConnectionPool
 
     settings, rest = _split(url, overrides)
     rules = _rules(settings, hooks)
     rest.setdefault("open", False)
-    return GuardedAsyncConnectionPool(_conninfo(settings), rules=rules, **_pool_args(rules, rest))
+    pool = GuardedAsyncConnectionPool(_conninfo(settings), rules=rules, **_pool_args(rules, rest))
+    track_native_pool(pool)  # opened before a fork: refused in the child (integrations/_fork.py)
+    return pool
 
 
 def stats(pool: Any) -> dict[str, Any]:

@@ -22,20 +22,25 @@ What else a fork leaves behind, and where it is handled:
   replaced here (:func:`_fresh_locks`), their counters kept;
 - redis-py pools reset themselves in the child (``ConnectionPool._checkpid``, called by every
   checkout; poolguard's pools keep that call); their Guard's locks are replaced here too;
-- the native psycopg_pool pools are *not* reset: psycopg_pool runs worker threads and has no
-  fork support. Open them in each worker (``open=False``, then ``pool.open()`` in gunicorn's
-  ``post_fork``), see docs/frameworks.md.
+- the native pools (``poolguard.postgres.create_pool``) cannot be reset: psycopg_pool keeps
+  its connections, locks, scheduler and worker threads in private state and has no fork
+  support. Measured: a pool opened before ``fork()`` handed the child the parent's connection
+  (same ``pg_backend_pid()``). So a pool that was open at the fork refuses checkouts in the
+  child with an error that says what to do (:func:`_refuse_in_child`): open it in each worker
+  (``open=False``, then ``pool.open()`` in gunicorn's ``post_fork``), see docs/frameworks.md.
+  A pool still unopened at the fork is untouched.
 """
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 import threading
 import weakref
 from typing import Any
 
-__all__ = ["track_engine", "track_guard"]
+__all__ = ["track_engine", "track_guard", "track_native_pool"]
 
 log = logging.getLogger("poolguard.fork")
 
@@ -43,6 +48,9 @@ _engines: weakref.WeakSet[Any] = weakref.WeakSet()
 """Guarded sync engines (an AsyncEngine's ``sync_engine``): disposed with close=False."""
 _guards: weakref.WeakSet[Any] = weakref.WeakSet()
 """Core Guards of the pools whose own pool resets itself (redis-py): only their locks."""
+
+_native_pools: weakref.WeakSet[Any] = weakref.WeakSet()
+"""psycopg_pool pools made by poolguard.postgres: refused in a child if open at the fork."""
 
 #: The lock type (``threading.Lock`` is a factory function, not a class).
 _LockType = type(threading.Lock())
@@ -56,6 +64,64 @@ def track_engine(engine: Any) -> None:
 def track_guard(guard: Any) -> None:
     """Replace the locks of ``guard`` (a core Guard) in every forked child."""
     _guards.add(guard)
+
+
+def track_native_pool(pool: Any) -> None:
+    """Refuse checkouts of ``pool`` (a psycopg_pool pool) in a child forked while it was open."""
+    _native_pools.add(pool)
+
+
+FORKED_POOL_MESSAGE = (
+    "{name}: this pool was opened before fork() (gunicorn --preload, multiprocessing...):"
+    " in this child process it would hand out the parent's connections, whose sockets the"
+    " parent and every sibling share"
+)
+FORKED_POOL_HINT = (
+    "create it with open=False and call pool.open() in each worker (gunicorn: the post_fork"
+    " hook), or create it after the fork; see docs/frameworks.md"
+)
+
+
+def _refuse_in_child(pool: Any) -> None:
+    """Shadow the pool's lowest checkout step (psycopg_pool's ``_getconn_unchecked``, which
+    ``getconn``, ``connection()`` and poolguard's ``fetch*``/``transaction`` all go through) with
+    one raising a clear error, in this process only. The parent's connections are forgotten
+    (not closed: psycopg skips ``PQfinish`` in a process that did not connect)."""
+    from poolguard.errors import PoolguardError, dropin
+
+    try:
+        from psycopg_pool import PoolClosed
+    except ImportError:  # pragma: no cover - tracked pools are psycopg_pool pools
+        return
+
+    def error() -> PoolguardError:
+        name = getattr(pool, "name", "pool")
+        return dropin(
+            PoolguardError,
+            PoolClosed,
+            FORKED_POOL_MESSAGE.format(name=name),
+            hint=FORKED_POOL_HINT,
+        )
+
+    if getattr(pool, "closed", True):
+        return  # not open at the fork: it opens (workers, connections) in this process
+    if inspect.iscoroutinefunction(type(pool)._getconn_unchecked):
+
+        async def refuse_async(*_args: Any, **_kwargs: Any) -> Any:
+            raise error()
+
+        pool._getconn_unchecked = refuse_async
+    else:
+
+        def refuse(*_args: Any, **_kwargs: Any) -> Any:
+            raise error()
+
+        pool._getconn_unchecked = refuse
+    # Forget the parent's connections: without the pool's workers they would never be
+    # returned, closed or replaced here anyway.
+    idle = getattr(pool, "_pool", None)
+    if idle is not None:
+        idle.clear()
 
 
 def _fresh_locks(guard: Any) -> None:
@@ -79,6 +145,11 @@ def _after_fork_in_child() -> None:
             engine.dispose(close=False)
         except Exception:
             log.exception("poolguard: resetting an engine's pool after fork failed")
+    for pool in list(_native_pools):
+        try:
+            _refuse_in_child(pool)
+        except Exception:
+            log.exception("poolguard: disabling a native pool after fork failed")
     for guard in list(_guards):
         try:
             _fresh_locks(guard)

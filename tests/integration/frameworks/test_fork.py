@@ -92,3 +92,45 @@ def test_async_engine_made_before_fork(postgres_server: Any) -> None:
     finally:
         loop.run_until_complete(backend_and_close())
         loop.close()
+
+
+def test_native_pool_opened_before_fork_is_refused_in_the_child(postgres_server: Any) -> None:
+    """psycopg_pool cannot be reset after a fork: a pool open at the fork refuses checkouts in
+    the child (it handed out the parent's connection before) and says what to do; the parent
+    keeps its session."""
+    import psycopg_pool
+
+    import poolguard.postgres
+
+    with poolguard.postgres.create_pool(postgres_server.url, pool_size=1) as pool:
+        pool.wait()
+        parent = pool.fetchval("SELECT pg_backend_pid()")
+
+        def child() -> str:
+            with pytest.raises(psycopg_pool.PoolClosed) as refused:
+                pool.fetchval("SELECT pg_backend_pid()")
+            with pytest.raises(poolguard.PoolguardError), pool.connection():
+                pass
+            return str(refused.value)
+
+        said = _in_child(child)
+        assert "opened before fork()" in said
+        assert "post_fork" in said
+        assert pool.fetchval("SELECT pg_backend_pid()") == parent
+
+
+def test_native_pool_opened_in_the_child_works(postgres_server: Any) -> None:
+    """The recipe for forking servers: create with open=False, open in each worker."""
+    import poolguard.postgres
+
+    pool = poolguard.postgres.create_pool(postgres_server.url, pool_size=1, open=False)
+
+    def child() -> int:
+        pool.open(wait=True)
+        try:
+            return int(pool.fetchval("SELECT pg_backend_pid()"))
+        finally:
+            pool.close()
+
+    first, second = _in_child(child), _in_child(child)
+    assert first != second  # each worker its own session
