@@ -5,8 +5,8 @@ reference (a forgotten engine is not kept alive by its keepalive). The thread sl
 earliest pool is due, then asks that pool to sweep: the pool pings the connections idle longer
 than its interval, evicts and replaces the dead ones, and answers when its next connection
 becomes due. How a pool sweeps (which lock, how it lends the connection's slot so that no
-waiting caller waits for a ping) is the pool's business: see ``integrations/sqlalchemy/
-_keepalive.py`` and ``integrations/psycopg_pool/pool_async.py``.
+waiting caller waits for a ping) is the pool's business: see the ``_keepalive.py`` modules of
+``integrations/sqlalchemy``, ``integrations/psycopg_pool`` and ``integrations/redis``.
 
 Asyncio pools: their connections belong to one event loop, and a thread must not touch them.
 For such a pool the thread does not sweep; it schedules the pool's ``akeepalive_sweep()`` on
@@ -14,16 +14,16 @@ that loop with ``call_soon_threadsafe`` (one task at a time per pool) and the ta
 next due time back. So there is still one thread per process and no task lingers on a loop
 between sweeps; a closed loop drops the pool from the watch.
 
-The thread exits when nothing is watched any more (``dispose()`` / ``close()`` unwatch their
-pool; a collected pool falls out by itself) and at interpreter exit; after ``fork()`` the child
-starts with an empty watch (the parent's connections are not the child's to ping).
+The thread exits when nothing is watched any more (``dispose()`` / ``close()`` /
+``disconnect()`` unwatch their pool; a collected pool falls out at its next due time) and at
+interpreter exit; after ``fork()`` the child starts with an empty watch (the parent's
+connections are not the child's to ping).
 """
 
 from __future__ import annotations
 
 import asyncio
 import atexit
-import functools
 import logging
 import os
 import threading
@@ -79,9 +79,12 @@ class _Keeper:
             if entry is not None and entry.ref() is pool:
                 entry.loop = loop or entry.loop
                 return
-            ref = weakref.ref(pool, functools.partial(self._collected, key))
-            interval = pool.keepalive_interval() or MAX_SLEEP
-            self.entries[key] = _Entry(ref, loop, time.monotonic() + interval)
+            # No callback on the weak reference: it could run (garbage collection) in this very
+            # thread while it holds the lock; a collected pool is dropped at its next due time.
+            ref = weakref.ref(pool)
+            interval = pool.keepalive_interval()
+            # Interval off: due at once, so the thread drops it (and ends if it was the last).
+            self.entries[key] = _Entry(ref, loop, time.monotonic() + (interval or 0.0))
             self.stopping = False
             if self.thread is None or not self.thread.is_alive():
                 self.thread = threading.Thread(
@@ -95,13 +98,6 @@ class _Keeper:
             entry = self.entries.get(id(pool))
             if entry is not None and entry.ref() is pool:
                 del self.entries[id(pool)]
-                self.cond.notify_all()
-
-    def _collected(self, key: int, _ref: object) -> None:
-        with self.cond:
-            entry = self.entries.get(key)
-            if entry is not None and entry.ref() is None:
-                del self.entries[key]
                 self.cond.notify_all()
 
     def stop(self, timeout: float = 2.0) -> None:
