@@ -73,6 +73,19 @@ def test_query_timeout_change_applies_to_the_next_checkout(
         assert conn.execute(text("SELECT 1 FROM pg_sleep(0.5)")).scalar() == 1
 
 
+def test_a_timeout_set_at_creation_can_be_turned_off(
+    make_engine: Any, postgres_server: Any
+) -> None:
+    # The engine's connect parameters carry it (libpq options): new sessions must not.
+    engine = make_engine(postgres_server.url, pool_size=1, max_overflow=0, query_timeout=5)
+    with engine.connect() as conn:
+        assert _statement_timeout(conn) == "5s"
+    poolguard.reconfigure(engine, query_timeout="off")
+    with engine.connect() as conn:
+        assert _statement_timeout(conn) == "0"
+    assert poolguard.stats(engine)["reconfigured_evictions"] == 1
+
+
 async def test_query_timeout_change_on_an_async_engine(
     make_async_engine: Any, postgres_server: Any
 ) -> None:
