@@ -113,6 +113,19 @@ RESOLVE_POLL = 0.05
 RESOLVE_TIMEOUT = 5.0
 
 
+def _all_timeouts(settings: Settings, server_version: int) -> dict[str, int]:
+    """Every server timeout GUC poolguard sets, off ones as 0 (after a reconfiguration)."""
+    gucs = dict.fromkeys(("statement_timeout", "lock_timeout"), 0)
+    gucs["idle_in_transaction_session_timeout"] = 0
+    if server_version >= pg._TRANSACTION_TIMEOUT_VERSION:
+        gucs["transaction_timeout"] = 0
+    return {
+        **gucs,
+        **pg.server_timeouts(settings),
+        **pg._versioned_timeouts(settings, server_version),
+    }
+
+
 class CommitAborted(Exception):
     """Resolution found the lost COMMIT's transaction aborted: the unit may run again."""
 
@@ -387,6 +400,12 @@ class PoolRules:
         return Reconnect(timeout=timeout, backoff=backoff)
 
     def setup_sql(self) -> str | None:
+        if self.recycle_before and not self.pgbouncer:
+            # poolguard.reconfigure() changed server timeouts: set every one explicitly (off is
+            # 0), so that a connect which read the previous parameters still gets today's.
+            return pg._set_config_sql(
+                _all_timeouts(self.settings, self.server_version), local=False
+            )
         return pg.session_setup_sql(self.settings, self.server_version)
 
     def local_sql(self) -> str | None:
@@ -432,6 +451,7 @@ class PoolRules:
 
     def pool_timeout(self, waited: float, measures: dict[str, int]) -> PoolguardError:
         """The drop-in PoolTimeout, saying whether the pool is merely busy or cannot connect."""
+        self.guard.stats.acquire_timeout(waited)
         sizes = (
             f"pool size {measures.get('pool_size', 0)}/{measures.get('pool_max', 0)},"
             f" {measures.get('pool_available', 0)} idle,"
@@ -474,10 +494,11 @@ class PoolRules:
         return _STATEMENT_OPS[bool(idempotent)]
 
     def ambiguous_commit(self, exc: BaseException) -> PoolguardError:
-        self.guard.stats.incr("ambiguous")
+        c = classify(exc)
+        self.guard.stats.ambiguous(None, c.reason, exc, disposition=c.disposition.value)
         return pg_dropin(
             AmbiguousResultError,
-            f"{self.name}: the COMMIT was sent but its reply was lost ({classify(exc).reason}):"
+            f"{self.name}: the COMMIT was sent but its reply was lost ({c.reason}):"
             " the transaction may or may not have been applied",
             orig=exc,
             hint="check on the server before re-running it, or make the unit idempotent",
@@ -541,6 +562,18 @@ class PoolRules:
         stats = self.guard.stats
         return stats.count("checkouts") - stats.count("checkins")
 
+    def record_lent(self, conn: Any) -> None:
+        """Note when ``conn`` was handed out, for its use time (only while sampling)."""
+        conn._pg_lent = time.monotonic()
+
+    def record_use(self, conn: Any) -> None:
+        """Sample how long ``conn`` was out (only called while an exporter samples)."""
+        sink = self.guard.stats.sink
+        lent = getattr(conn, "_pg_lent", None)
+        conn._pg_lent = None
+        if sink is not None and lent is not None:
+            sink.use.append(time.monotonic() - lent)
+
     def gauges(self, measures: dict[str, int]) -> dict[str, Any]:
         # psycopg_pool's pool_size also counts connections still being opened.
         return {
@@ -548,6 +581,9 @@ class PoolRules:
             "idle": measures.get("pool_available", 0),
             "checked_out": self.checked_out,
             "waiting": measures.get("requests_waiting", 0),
+            "max": measures.get("pool_max", 0),
+            # min_size: connections kept open (idle when unused) whatever the load.
+            "idle_min": measures.get("pool_min", 0),
             **live_gauges(self.settings, self.generation, self.guard.stats),
             "ambiguous_resolved": {
                 k: self.guard.stats.count(f"ambiguous_resolved.{k}")

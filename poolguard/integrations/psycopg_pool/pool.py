@@ -92,12 +92,14 @@ class GuardedConnectionPool(
     # -- connecting -----------------------------------------------------------------------------
     def _connect(self, timeout: float | None = None) -> GuardedConnection:
         rules = self._pg
+        started = time.monotonic()
         try:
             with pg.connect_deadline(rules.settings.connect_timeout):
                 conn = super()._connect(timeout)
         except Exception as exc:
             rules.connect_failed(exc)
             raise
+        rules.guard.stats.record_create(time.monotonic() - started)
         return conn
 
     def _pg_configure(self, conn: GuardedConnection) -> None:
@@ -136,10 +138,15 @@ class GuardedConnectionPool(
         finally:
             rules.guard.stats.record_wait(time.monotonic() - started)
         rules.lent()
+        if rules.guard.stats.sink is not None:
+            rules.record_lent(conn)
         return conn
 
     def putconn(self, conn: GuardedConnection) -> None:
-        self._pg.given_back()
+        rules = self._pg
+        rules.given_back()
+        if rules.guard.stats.sink is not None:
+            rules.record_use(conn)
         super().putconn(conn)
 
     def _getconn_with_check_loop(self, deadline: float) -> GuardedConnection:

@@ -91,12 +91,14 @@ class GuardedAsyncConnectionPool(
     # -- connecting -----------------------------------------------------------------------------
     async def _connect(self, timeout: float | None = None) -> GuardedAsyncConnection:
         rules = self._pg
+        started = time.monotonic()
         try:
             with pg.connect_deadline(rules.settings.connect_timeout):
                 conn = await super()._connect(timeout)
         except Exception as exc:
             rules.connect_failed(exc)
             raise
+        rules.guard.stats.record_create(time.monotonic() - started)
         return conn
 
     async def _pg_configure(self, conn: GuardedAsyncConnection) -> None:
@@ -135,10 +137,15 @@ class GuardedAsyncConnectionPool(
         finally:
             rules.guard.stats.record_wait(time.monotonic() - started)
         rules.lent()
+        if rules.guard.stats.sink is not None:
+            rules.record_lent(conn)
         return conn
 
     async def putconn(self, conn: GuardedAsyncConnection) -> None:
-        self._pg.given_back()
+        rules = self._pg
+        rules.given_back()
+        if rules.guard.stats.sink is not None:
+            rules.record_use(conn)
         await super().putconn(conn)
 
     async def _getconn_with_check_loop(self, deadline: float) -> GuardedAsyncConnection:

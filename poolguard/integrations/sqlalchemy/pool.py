@@ -88,11 +88,14 @@ class _Life:
     """One DBAPI connection's bookkeeping, kept on its pool record as ``_guard_life`` (replaced by
     the ``connect`` event for each new connection the record opens)."""
 
-    __slots__ = ("born", "fresh", "lifetime", "returned")
+    __slots__ = ("born", "fresh", "lent", "lifetime", "returned")
 
     def __init__(self, now: float, lifetime: float | None) -> None:
         self.born = now
         self.returned = now
+        # When the current checkout began (only while an exporter samples use times); a new
+        # connection is opened for a checkout.
+        self.lent = now
         self.lifetime = lifetime
         # SQLAlchemy clears record.fresh before the checkout rules run: keep our own mark.
         self.fresh = True
@@ -320,6 +323,7 @@ class _GuardedQueueMixin(KeepaliveMixin, _GuardedPoolMixin):
         return record
 
     def _pool_timeout(self, state: EngineState, timeout: float | None) -> PoolguardError:
+        state.guard.stats.acquire_timeout(timeout or 0.0)
         g = self.gauges()
         return sa_dropin(
             PoolTimeout,
@@ -333,12 +337,18 @@ class _GuardedQueueMixin(KeepaliveMixin, _GuardedPoolMixin):
     def gauges(self) -> dict[str, Any]:
         checked_out = int(self.checkedout())  # type: ignore[attr-defined]
         idle = int(self.checkedin())  # type: ignore[attr-defined]
-        return {
+        pool_size = int(self.size())  # type: ignore[attr-defined]
+        gauges = {
             "size": checked_out + idle,
             "checked_out": checked_out,
             "idle": idle,
             "waiting": self._pool.waiting,
+            # Connections beyond pool_size (overflow) are closed when returned.
+            "idle_max": pool_size,
         }
+        if self._max_overflow >= 0:  # -1: unbounded
+            gauges["max"] = pool_size + self._max_overflow
+        return gauges
 
 
 class GuardedQueuePool(_GuardedQueueMixin, QueuePool):
@@ -422,6 +432,8 @@ def install_pool_events(target: Any, state: EngineState, *, reset: bool = True) 
 def _on_connect(state: EngineState, dbapi_connection: Any, record: Any) -> None:
     record._guard_life = _Life(time.monotonic(), state.lifetime())
     state.guard.stats.incr("connects")
+    # SQLAlchemy set starttime (wall clock) just before calling the driver's connect.
+    state.guard.stats.record_create(max(0.0, time.time() - record.starttime))
     setup = state.backend.setup_sql(state, driver_of(dbapi_connection))
     if setup is not None:
         # Part of connecting: bounded like the connect itself (a server frozen right now).
@@ -465,6 +477,8 @@ def _vetted(state: EngineState, record: ConnectionPoolEntry) -> ConnectionPoolEn
     dbapi_connection = record.dbapi_connection
     if dbapi_connection is None:
         return record  # reconnected by get_connection(): fresh, nothing to check
+    if state.guard.stats.sink is not None:
+        _lent(record)
     try:
         # A ROLLBACK sent without waiting at the last return (connection.py): read its reply
         # before anything else uses the connection; no reply, or a failed one, discards it.
@@ -550,12 +564,21 @@ def _evict(state: EngineState, reason: str, age: float, idle: float) -> None:
     raise sa_exc.DisconnectionError(f"evicted ({reason})")
 
 
+def _lent(record: Any) -> None:
+    life = _life(record)
+    if life is not None:
+        life.lent = time.monotonic()
+
+
 def _returned(state: EngineState, record: Any) -> None:
     life = _life(record)
     if life is None:
         return
     now = time.monotonic()
     life.returned = now
+    sink = state.guard.stats.sink
+    if sink is not None:
+        sink.use.append(now - life.lent)
     lifetime = life.lifetime
     if lifetime is not None and now - life.born >= lifetime:
         state.guard.stats.evict("lifetime", now - life.born, 0.0)
