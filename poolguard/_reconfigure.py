@@ -78,8 +78,10 @@ def _apply(t: _Target, changes: Mapping[str, Any]) -> dict[str, tuple[Any, Any]]
     }
     if not changed:
         return {}
-    t.live.reconfigure(new, frozenset(changed))
+    # Counted first: the integrations' connect paths look at the generation before they rebuild
+    # their parameters from the settings, which are swapped next.
     t.live.generation += 1
+    t.live.reconfigure(new, frozenset(changed))
     _log(t, old, new, changed)
     return changed
 

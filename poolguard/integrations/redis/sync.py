@@ -182,6 +182,10 @@ class _GuardedConnectionMixin:
         now = time.monotonic()
         self.guard_born = self.guard_checked = self.guard_last_used = now
         self.guard_expires = policy.expiry(now)
+        if started < policy.recycle_before:
+            # poolguard.reconfigure() changed the command timeout while this connect ran (it
+            # may have read the old one): born "before" it, so its first checkout replaces it.
+            self.guard_born = self.guard_checked = started
         policy.guard.stats.incr("connects")
         policy.guard.stats.record_create(now - started)
         if not policy.answered:
