@@ -166,7 +166,7 @@ def add_listener(listener: Listener) -> None:
 def remove_listener(listener: Listener) -> None:
     global _listeners
     with _registry_lock:
-        _listeners = tuple(x for x in _listeners if x is not listener)
+        _listeners = tuple(x for x in _listeners if x != listener)  # bound methods: ==
 
 
 def set_sampling(maxlen: int | None) -> None:
@@ -340,13 +340,19 @@ class PoolStats:
         )  # fmt: skip
 
     def ambiguous(
-        self, attempt: int, reason: str, error: BaseException, *, disposition: str | None = None
+        self,
+        attempt: int | None,
+        reason: str,
+        error: BaseException,
+        *,
+        disposition: str | None = None,
     ) -> None:
-        """The outcome is unknown (AmbiguousResultError): never retried."""
+        """The outcome is unknown (AmbiguousResultError): never retried. ``attempt`` None: a
+        lost COMMIT reply, seen outside the retry loop."""
         self.incr("ambiguous")
         self._emit(
             logging.WARNING,
-            "outcome unknown after attempt %d (%s): not retried",
+            "outcome unknown after attempt %s (%s): not retried",
             (attempt, reason),
             "ambiguous",
             attempt=attempt, reason=reason, disposition=disposition, error=error,
@@ -434,14 +440,14 @@ class PoolStats:
             "connect_failures",
             "validations",
             "validation_failures",
+            "keepalive_pings",
+            "keepalive_failures",
             "disconnects",
             "retries",
             "give_ups",
             "ambiguous",
             "requests",
             "budget_exhausted",
-            "keepalive_pings",
-            "keepalive_failures",
             "circuit_open_rejections",
             "acquire_timeouts",
             "transaction_reruns",
