@@ -309,3 +309,31 @@ def test_off_by_default(make_engine: Any, postgres_server: Any) -> None:
     assert keepalive.watched() == watched
     assert isinstance(engine.pool, sqlalchemy.pool.QueuePool)
     assert stat(engine, "keepalive_pings") == 0
+
+
+@pytest.mark.postgres
+def test_interpreter_exit_with_keepalive_running(postgres_server: Any) -> None:
+    # A process that never disposes its engine exits cleanly while the thread is mid-interval.
+    import subprocess
+    import sys
+
+    script = (
+        "import sys, poolguard\n"
+        "from poolguard.core import keepalive\n"
+        "from sqlalchemy import text\n"
+        "e = poolguard.create_engine(sys.argv[1], keepalive=0.05)\n"
+        "with e.connect() as c: c.execute(text('SELECT 1'))\n"
+        "import time\n"
+        "while poolguard.stats(e)['keepalive_pings'] < 3: time.sleep(0.01)\n"
+        "assert len(keepalive.running()) == 1\n"
+        "print('ok')\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script, postgres_server.url],
+        capture_output=True,
+        text=True,
+        timeout=HANG_GUARD,
+        check=False,
+    )
+    assert (done.returncode, done.stdout.strip()) == (0, "ok"), done.stderr
+    assert "Traceback" not in done.stderr
