@@ -2,7 +2,8 @@
 
 The whole public API is re-exported here: ``create_engine`` / ``create_async_engine`` and
 ``run_transaction`` / ``run_transaction_async`` (SQLAlchemy), :mod:`poolguard.postgres`
-(psycopg_pool), :mod:`poolguard.redis` (redis-py), ``deadline``, ``stats``, ``Hooks``,
+(psycopg_pool), :mod:`poolguard.redis` (redis-py), ``deadline``, ``stats``,
+``reconfigure`` / ``reload_on_sighup`` (live settings changes), ``Hooks``,
 ``set_testing`` and the error tree of ``errors.py``. The SQLAlchemy names and the two
 submodules load on first use, so ``import poolguard`` needs no driver.
 

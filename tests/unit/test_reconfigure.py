@@ -9,7 +9,7 @@ from collections.abc import Iterator
 from typing import Any
 
 import pytest
-from sqlalchemy.pool import NullPool
+from sqlalchemy.pool import NullPool, QueuePool
 
 import poolguard
 from poolguard.integrations._live import RECONFIGURABLE, rewrite_params
@@ -77,10 +77,17 @@ def test_a_bad_change_raises_and_nothing_is_applied(
     assert poolguard.stats(engine)["reconfigured"] == 0
 
 
-def test_acquire_timeout_refused_where_it_has_no_effect() -> None:
-    engine = poolguard.create_engine(URL, poolclass=NullPool)
+@pytest.mark.parametrize(
+    ("pool_kw", "named"),
+    [
+        ({"poolclass": NullPool}, "NullPool"),
+        ({"pool": QueuePool(lambda: None, pool_size=1)}, "QueuePool"),  # has its own timeout
+    ],
+)
+def test_acquire_timeout_refused_where_it_has_no_effect(pool_kw: Any, named: str) -> None:
+    engine = poolguard.create_engine(URL, **pool_kw)
     try:
-        with pytest.raises(poolguard.ConfigError, match=r"acquire_timeout.*NullPool"):
+        with pytest.raises(poolguard.ConfigError, match=rf"acquire_timeout.*{named}"):
             poolguard.reconfigure(engine, acquire_timeout=3)
         poolguard.reconfigure(engine, query_timeout=3)
     finally:

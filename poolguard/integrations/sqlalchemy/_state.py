@@ -118,8 +118,10 @@ class EngineState:
     def refused_live(self) -> dict[str, str]:
         """Settings this engine cannot change live (beyond the ones no pool can)."""
         pool = self.pool_ref[0] if self.pool_ref else None
-        if pool is not None and not hasattr(pool, "_pool"):
-            why = f"it has no effect with poolclass={type(pool).__name__}"
+        # Only the guarded queue pools wait with poolguard's acquire timeout (pool.py).
+        if pool is not None and not hasattr(pool, "_pool_timeout"):
+            cls = getattr(pool, "_guard_base", None) or type(pool)  # the user's class
+            why = f"it has no effect with poolclass={cls.__name__} or a pool= instance"
             return {"acquire_timeout": why}
         return {}
 
