@@ -39,7 +39,10 @@ def _in_child(fn: Any) -> Any:
     os.close(write)
     with os.fdopen(read, "rb") as pipe:
         data = pipe.read()
-    os.waitpid(pid, 0)
+    _, status = os.waitpid(pid, 0)
+    assert data, (
+        f"the child reported nothing (wait status {status}: killed, or hung until its alarm)"
+    )
     result = json.loads(data)
     assert "error" not in result, result["error"]
     return result["ok"]
@@ -134,3 +137,48 @@ def test_native_pool_opened_in_the_child_works(postgres_server: Any) -> None:
 
     first, second = _in_child(child), _in_child(child)
     assert first != second  # each worker its own session
+
+
+def test_locks_held_by_another_thread_at_the_fork_do_not_hang_the_child(
+    make_engine: Any, postgres_server: Any
+) -> None:
+    """A thread of the parent is inside the pool's queue and the Guard's locks when another
+    thread forks: in the child those locks stay held forever (their owner does not exist
+    there). The child's pool is a new one and the Guard's locks are new: a checkout works."""
+    import signal
+    import threading
+
+    engine = make_engine(postgres_server.url)
+    with engine.connect() as conn:
+        conn.execute(BACKEND_PID)
+    state = engine.pool._guard_state
+    locks = [engine.pool._pool.mutex]
+    locks += [
+        part._lock
+        for part in (state.guard.budget, state.guard.breaker, state.guard.stats)
+        if hasattr(part, "_lock")
+    ]
+    holding, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        for lock in locks:
+            lock.acquire()
+        holding.set()
+        release.wait()
+        for lock in reversed(locks):
+            lock.release()
+
+    holder = threading.Thread(target=hold)
+    holder.start()
+    holding.wait()
+
+    def child() -> int:
+        signal.alarm(HANG_GUARD)  # a deadlocked child dies (and the test fails) instead of hanging
+        with engine.connect() as conn:
+            return int(conn.execute(BACKEND_PID).scalar_one())
+
+    try:
+        assert _in_child(child) > 0
+    finally:
+        release.set()
+        holder.join()
