@@ -152,6 +152,11 @@ class Settings:
             notes.append("lock_timeout >= query_timeout: the lock timeout can never fire")
         if self.max_idle and self.max_lifetime and self.max_idle >= self.max_lifetime:
             notes.append("max_idle >= max_lifetime: idle eviction can never happen first")
+        if self.keepalive and self.max_idle and self.keepalive >= self.max_idle:
+            notes.append(
+                "keepalive >= max_idle: idle connections are retired before a keepalive ping"
+                " reaches them (raise max_idle or lower keepalive)"
+            )
         if self.retry_attempts > 1 and self.retry_timeout is None:
             notes.append("retries have no total time cap (POOLGUARD_RETRY_TIMEOUT is off)")
         return notes

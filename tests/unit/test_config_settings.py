@@ -133,6 +133,8 @@ def test_warnings() -> None:
     assert not any("no query timeout" in w for w in Settings(query_timeout=5).warnings())
     notes = Settings(query_timeout=1, lock_timeout=2).warnings()
     assert any("lock timeout can never fire" in w for w in notes)
+    assert any("keepalive >= max_idle" in w for w in Settings(keepalive=600).warnings())
+    assert not any("keepalive" in w for w in Settings(keepalive=30).warnings())
 
 
 def test_frozen_and_hashable() -> None:
