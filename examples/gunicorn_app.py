@@ -34,8 +34,12 @@ cache = poolguard.redis.from_url()  # REDIS_URL
 
 # What apps do at import: check the database and the cache (here: note the sessions used, so
 # that the workers can be compared with them). The connections stay idle in the pools.
+#: The server's id of the session serving a statement (PostgreSQL or MySQL/MariaDB).
+SESSION_ID = text(
+    "SELECT pg_backend_pid()" if engine.dialect.name == "postgresql" else "SELECT CONNECTION_ID()"
+)
 with engine.connect() as conn:
-    MASTER_BACKEND = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+    MASTER_BACKEND = conn.execute(SESSION_ID).scalar_one()
 MASTER_REDIS_CLIENT = cache.client_id()
 MASTER_PID = os.getpid()
 
@@ -45,7 +49,7 @@ StartResponse = Callable[[str, list[tuple[str, str]]], Any]
 def _backend() -> dict[str, Any]:
     """A read: which PostgreSQL session (and Redis connection) served this request."""
     with engine.connect() as conn:
-        backend = conn.execute(text("SELECT pg_backend_pid()")).scalar_one()
+        backend = conn.execute(SESSION_ID).scalar_one()
     return {
         "worker": os.getpid(),
         "backend": backend,
@@ -58,7 +62,7 @@ def _backend() -> dict[str, Any]:
 
 def _stalled() -> dict[str, Any]:
     """A statement the server never bounds (``statement_timeout`` 0 for this transaction): only
-    the client backstop (POOLGUARD_QUERY_TIMEOUT plus a grace) can end it."""
+    the client backstop (POOLGUARD_QUERY_TIMEOUT plus a grace) can end it. PostgreSQL only."""
     try:
         with engine.connect() as conn:
             conn.execute(text("SET LOCAL statement_timeout = 0"))

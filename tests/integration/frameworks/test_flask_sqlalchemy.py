@@ -19,7 +19,11 @@ from flask_sqlalchemy_app import PoolguardSQLAlchemy, create_app
 _ids = itertools.count(1)
 
 
-@pytest.fixture(params=["postgres", "mysql"])
+#: Marked like the server fixture it stands for, so that ``-m "not mysql"`` deselects it.
+_KINDS = [pytest.param(kind, marks=getattr(pytest.mark, kind)) for kind in ("postgres", "mysql")]
+
+
+@pytest.fixture(params=_KINDS)
 def server(request: pytest.FixtureRequest) -> Any:
     return request.getfixturevalue(f"{request.param}_server")
 

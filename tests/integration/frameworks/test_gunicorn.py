@@ -36,7 +36,7 @@ httpx = pytest.importorskip("httpx", reason="needs the test extra (pip install .
 
 from .conftest import EXAMPLES  # noqa: E402
 
-pytestmark = [pytest.mark.postgres, pytest.mark.redis, pytest.mark.slow]
+pytestmark = [pytest.mark.redis, pytest.mark.slow]
 
 WORKERS = 2
 THREADS = 4
@@ -129,19 +129,33 @@ class Env(dict[str, str]):
         return f"<env {sorted(self)}>"
 
 
+#: Marked like the server fixture it stands for, so that ``-m "not mysql"`` deselects it.
+_KINDS = [pytest.param(kind, marks=getattr(pytest.mark, kind)) for kind in ("postgres", "mysql")]
+
+
+@pytest.fixture(params=_KINDS)
+def database(request: pytest.FixtureRequest) -> Any:
+    """The SQL server the app uses (the backstop test: PostgreSQL only)."""
+    return request.getfixturevalue(f"{request.param}_server")
+
+
 @pytest.fixture
-def app_env(postgres_server: Any, redis_server: Any) -> dict[str, str]:
-    # The test's own application_name, so that the kill below only hits this app's sessions.
+def app_env(database: Any, redis_server: Any) -> dict[str, str]:
+    # PostgreSQL: the test's own application_name, so that the kill below only hits this app's
+    # sessions (MariaDB has none: the kill hits every app session on this run's server).
     app_name = f"gunicorn_{os.getpid()}_{next(_ids)}"
+    url = database.url
+    if database.kind == "postgres":
+        url = f"{url}?application_name={app_name}"
     return Env(
         {
-            "DATABASE_URL": f"{postgres_server.url}?application_name={app_name}",
+            "DATABASE_URL": url,
             "REDIS_URL": redis_server.url,
             "POOLGUARD_QUERY_TIMEOUT": "1s",
             "POOLGUARD_CONNECT_TIMEOUT": "2s",
             "POOLGUARD_RETRY_BACKOFF_INITIAL": "20ms",
             "POOLGUARD_POOL_SIZE": str(THREADS),
-            "APP_NAME_FOR_TEST": app_name,
+            "APP_NAME_FOR_TEST": app_name if database.kind == "postgres" else "",
         }
     )
 
@@ -173,12 +187,10 @@ def test_preload_workers_get_their_own_connections(app_env: dict[str, str]) -> N
         _assert_own_sessions(replies)
 
 
-def test_preload_workers_survive_session_kills(
-    app_env: dict[str, str], postgres_server: Any
-) -> None:
+def test_preload_workers_survive_session_kills(app_env: dict[str, str], database: Any) -> None:
     with gunicorn(app_env) as server:
         before = _load(server, 200)
-        killed = postgres_server.kill_connections(application_name=app_env["APP_NAME_FOR_TEST"])
+        killed = database.kill_connections(application_name=app_env["APP_NAME_FOR_TEST"] or None)
         assert killed >= WORKERS  # every worker had open sessions
         after = _load(server, 200)  # every read answered (status 200): retried on fresh ones
         _assert_own_sessions(before + after)
@@ -186,6 +198,7 @@ def test_preload_workers_survive_session_kills(
         assert not old & {r["backend"] for r in after}  # the killed sessions are never reused
 
 
+@pytest.mark.parametrize("database", ["postgres"], indirect=True)
 def test_preload_workers_have_a_working_backstop(app_env: dict[str, str]) -> None:
     # One thread per worker: a worker busy with a stalled request accepts no other, so two at
     # once reach both workers.
