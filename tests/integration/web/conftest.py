@@ -11,6 +11,7 @@ import asyncio
 import threading
 import time
 from collections.abc import AsyncIterator, Iterator
+from concurrent.futures import ThreadPoolExecutor, wait
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -33,6 +34,8 @@ from poolguard.web import (
 BUDGET = 1.5
 #: How far past its budget a request may end: a safety bound against hangs, not a speed limit.
 GRACE = 5.0
+#: The HTTP client's own timeout: a request the middleware failed to bound fails the test here.
+CLIENT_TIMEOUT = 30.0
 #: Both budget headers are trusted by the apps.
 HEADERS = ("x-request-timeout", "grpc-timeout")
 #: Short connect/acquire timeouts and backoff, as the other fault suites use.
@@ -221,6 +224,21 @@ def check_bounded_failure(outcome: Outcome, budget: float = BUDGET) -> None:
     assert outcome.elapsed <= budget + GRACE, outcome
 
 
+def while_frozen(pg: Any, call: Any, plan: list[tuple[str, str, dict[str, str]]]) -> list[Outcome]:
+    """Run ``call(*request)`` for the plan from one thread each while ``pg`` is frozen.
+
+    The server is thawed after CLIENT_TIMEOUT whatever happened, so an unbounded request
+    fails the test instead of hanging it.
+    """
+    pool = ThreadPoolExecutor(len(plan))
+    with pg.frozen():
+        futures = [pool.submit(call, *request) for request in plan]
+        _, pending = wait(futures, timeout=CLIENT_TIMEOUT)
+    pool.shutdown(wait=True)
+    assert not pending, f"{len(pending)} of {len(plan)} requests still running after the budget"
+    return [future.result() for future in futures]
+
+
 def until_healthy(call: Any, paths: list[tuple[str, str]], *, within: float = 60.0) -> None:
     """Every path answers 200, three rounds in a row, before ``within`` (a hang guard)."""
     stop = time.monotonic() + within
@@ -268,7 +286,7 @@ def frozen_pg(dedicated_server: Any) -> Any:
 async def gather_async(base: str, requests: list[tuple[str, str, dict[str, str]]]) -> list[Outcome]:
     import httpx
 
-    async with httpx.AsyncClient(base_url=base, timeout=120) as client:
+    async with httpx.AsyncClient(base_url=base, timeout=CLIENT_TIMEOUT) as client:
 
         async def one(method: str, path: str, headers: dict[str, str]) -> Outcome:
             start = time.monotonic()

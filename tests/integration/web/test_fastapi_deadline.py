@@ -21,6 +21,7 @@ import httpx
 
 from .conftest import (
     BUDGET,
+    CLIENT_TIMEOUT,
     ENDPOINTS,
     HEADERS,
     Outcome,
@@ -63,7 +64,7 @@ def test_concurrent_requests_on_a_frozen_server_end_at_their_budget(frozen_pg: A
         return min([budgets[v] for v in headers.values()] or [BUDGET])
 
     app = fastapi_app(frozen_pg.url, headers=HEADERS)
-    with serve(app) as base, httpx.Client(base_url=base, timeout=120) as client:
+    with serve(app) as base, httpx.Client(base_url=base, timeout=CLIENT_TIMEOUT) as client:
         call = _caller(client)
         for method, path in PATHS:
             assert call(method, path).status == 200, path
@@ -89,7 +90,7 @@ def test_header_budget_is_honored_when_shorter_and_capped_when_longer(frozen_pg:
         ({"x-request-timeout": "soon"}, 30.0),  # malformed: the default
         ({"grpc-timeout": "2S", "x-request-timeout": "0.75"}, 0.75),  # the smaller
     ]
-    with serve(app) as base, httpx.Client(base_url=base, timeout=120) as client:
+    with serve(app) as base, httpx.Client(base_url=base, timeout=CLIENT_TIMEOUT) as client:
         for mode in MODES:
             for headers, budget in cases:
                 body = client.get(f"/{mode}/budget", headers=headers).json()

@@ -7,7 +7,6 @@ default but never lengthen it, and the pool serves again after the thaw.
 from __future__ import annotations
 
 import time
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import pytest
@@ -27,6 +26,7 @@ from .conftest import (
     check_bounded_failure,
     flask_app,
     until_healthy,
+    while_frozen,
 )
 
 pytestmark = [pytest.mark.postgres, pytest.mark.chaos, pytest.mark.slow]
@@ -62,8 +62,7 @@ def test_concurrent_requests_on_a_frozen_server_end_at_their_budget(
     plan.append(("GET", "/sync/read", {"grpc-timeout": "300m"}))
     for method, path in PATHS:
         assert call(method, path).status == 200, path
-    with frozen_pg.frozen(), ThreadPoolExecutor(len(plan)) as pool:
-        outcomes = list(pool.map(lambda r: call(*r), plan))
+    outcomes = while_frozen(frozen_pg, call, plan)
     for (_, _, headers), outcome in zip(plan, outcomes, strict=True):
         check_bounded_failure(outcome, 0.3 if headers else BUDGET)
     print(sorted({(o.path, o.status, o.error) for o in outcomes}))
