@@ -1,5 +1,6 @@
-"""After ``fork()``: a child starts with empty pools of its own (gunicorn/uWSGI ``--preload``,
-``multiprocessing`` with the fork start method, Celery's prefork pool).
+"""After ``fork()``: a child starts with empty pools of its own (gunicorn ``--preload``,
+``multiprocessing`` with the fork start method, any ``os.fork()``; uWSGI runs these hooks only
+with ``py-call-uwsgi-fork-hooks``).
 
 A pool created before the fork is copied into the child with its idle connections, whose
 sockets the child now shares with the parent (and with every sibling). SQLAlchemy leaves this to
