@@ -182,3 +182,32 @@ def test_locks_held_by_another_thread_at_the_fork_do_not_hang_the_child(
     finally:
         release.set()
         holder.join()
+
+
+def test_keepalive_thread_runs_again_in_the_child(make_engine: Any, postgres_server: Any) -> None:
+    """POOLGUARD_KEEPALIVE: the parent's watch is not the child's (it would ping the parent's
+    sockets); the child's new pool is watched at its first connection, by a thread of its own."""
+    from poolguard.core import keepalive
+
+    engine = make_engine(postgres_server.url, keepalive=30)
+    with engine.connect() as conn:
+        conn.execute(BACKEND_PID)
+    assert keepalive.watched() >= 1
+    parent_threads = {t.ident for t in keepalive.running()}
+
+    def child() -> dict[str, Any]:
+        at_start = keepalive.watched()
+        with engine.connect() as conn:
+            conn.execute(BACKEND_PID)
+        threads = keepalive.running()
+        return {
+            "at_start": at_start,
+            "watched": keepalive.watched(),
+            "threads": [t.ident for t in threads],
+        }
+
+    seen = _in_child(child)
+    assert seen["at_start"] == 0
+    assert seen["watched"] == 1
+    assert len(seen["threads"]) == 1
+    assert parent_threads  # the parent's thread runs on
