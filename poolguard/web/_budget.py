@@ -154,7 +154,7 @@ class RequestBudget:
         env = os.environ if environ is None else environ
         return cls(_default(seconds, env), _trusted(headers))
 
-    def budget(self, header: Callable[[str], Iterable[str]]) -> float | None:
+    def for_request(self, header: Callable[[str], Iterable[str]]) -> float | None:
         """Seconds for one request; ``header(name)`` gives the values of a lower-case header."""
         best = self.default
         for name in self.headers:

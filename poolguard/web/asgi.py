@@ -48,7 +48,7 @@ class ASGIDeadlineMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
-        seconds = self.budget.budget(lambda name: _values(scope, name))
+        seconds = self.budget.for_request(lambda name: _values(scope, name))
         async with deadline(seconds):
             await self.app(scope, receive, send)
 

@@ -42,10 +42,13 @@ class WSGIDeadlineMiddleware:
         self.budget = RequestBudget.configure(seconds, headers, environ)
 
     def __call__(self, environ: Environ, start_response: StartResponse) -> Iterable[bytes]:
-        seconds = self.budget.budget(lambda name: _values(environ, name))
+        seconds = self.budget.for_request(lambda name: _values(environ, name))
         bound = deadline(seconds)
         with bound:
             body = self.app(environ, start_response)
+        file_wrapper = environ.get("wsgi.file_wrapper")
+        if isinstance(file_wrapper, type) and isinstance(body, file_wrapper):
+            return body  # a file sent as is (sendfile): no database call to bound, keep it fast
         return _Bounded(body, bound.at)
 
 

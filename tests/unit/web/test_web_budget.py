@@ -63,7 +63,7 @@ def headers(**values: str) -> dict[str, list[str]]:
 
 
 def budget_of(budget: RequestBudget, sent: dict[str, list[str]]) -> float | None:
-    return budget.budget(lambda name: sent.get(name, []))
+    return budget.for_request(lambda name: sent.get(name, []))
 
 
 def test_header_budget_shortens_never_lengthens() -> None:

@@ -112,6 +112,16 @@ def test_wsgi_bounds_the_app_call_and_the_streamed_body() -> None:
     assert current_deadline() is None
 
 
+def test_wsgi_hands_a_file_wrapper_back_unwrapped() -> None:
+    class FileWrapper:
+        def __init__(self, data: bytes) -> None:
+            self.data = data
+
+    sent: Any = FileWrapper(b"file")
+    middleware = WSGIDeadlineMiddleware(lambda environ, start: sent, seconds=1.0)
+    assert middleware({"wsgi.file_wrapper": FileWrapper}, lambda *a: lambda data: None) is sent
+
+
 @pytest.mark.parametrize(
     ("error", "status"),
     [
