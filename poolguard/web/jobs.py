@@ -21,6 +21,7 @@ from __future__ import annotations
 import functools
 import inspect
 from collections.abc import Awaitable, Callable
+from contextvars import ContextVar
 from types import TracebackType
 from typing import Any, ParamSpec, TypeVar, cast
 
@@ -32,20 +33,31 @@ __all__ = ["job_deadline"]
 P = ParamSpec("P")
 R = TypeVar("R")
 
+# The deadlines ``with job_deadline(...)`` blocks entered, innermost last. A ContextVar, not an
+# attribute: one module-level job_deadline may be entered by many threads or tasks at once, and
+# each must leave its own.
+_entered: ContextVar[tuple[deadline, ...]] = ContextVar("poolguard_job_deadlines", default=())
+
 
 class job_deadline:  # lower-case, like poolguard.deadline: used as a function
     """Run a job (each call of a decorated function, or a ``with`` block) in ``seconds``."""
 
-    __slots__ = ("_active", "seconds")
+    __slots__ = ("seconds",)
 
     def __init__(self, seconds: float) -> None:
         self.seconds = _check_seconds(seconds)
-        self._active: list[deadline] = []
 
     def _new(self) -> deadline:
         return deadline(self.seconds, detach=True)
 
     def __call__(self, fn: Callable[P, R]) -> Callable[P, R]:
+        if inspect.isgeneratorfunction(fn) or inspect.isasyncgenfunction(fn):
+            # The body runs when the generator is iterated, after the call returned: a deadline
+            # around the call would bound nothing.
+            raise TypeError(
+                f"job_deadline cannot decorate the generator function {fn.__qualname__}: "
+                "decorate the function that iterates it, or use `with job_deadline(...)` there"
+            )
         if inspect.iscoroutinefunction(fn):
             return cast(Callable[P, R], self._wrap_async(fn))
 
@@ -64,10 +76,9 @@ class job_deadline:  # lower-case, like poolguard.deadline: used as a function
 
         return run
 
-    # A stack, so one job_deadline object may be entered again inside itself.
     def __enter__(self) -> deadline:
         bound = self._new()
-        self._active.append(bound)
+        _entered.set((*_entered.get(), bound))
         return bound.__enter__()
 
     def __exit__(
@@ -76,7 +87,9 @@ class job_deadline:  # lower-case, like poolguard.deadline: used as a function
         exc: BaseException | None,
         tb: TracebackType | None,
     ) -> None:
-        self._active.pop().__exit__(exc_type, exc, tb)
+        *outer, bound = _entered.get()
+        _entered.set(tuple(outer))
+        bound.__exit__(exc_type, exc, tb)
 
     async def __aenter__(self) -> deadline:
         return self.__enter__()

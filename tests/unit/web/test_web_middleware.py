@@ -192,6 +192,39 @@ def test_job_deadline_decorates_sync_and_async_and_is_a_root() -> None:
     assert asyncio.iscoroutinefunction(async_job)
 
 
+def test_one_job_deadline_shared_by_threads_and_nested() -> None:
+    import threading
+
+    shared = job_deadline(20)
+    ready = threading.Barrier(4)
+    seen: list[float | None] = []
+
+    def worker() -> None:
+        with shared:
+            ready.wait(10)  # all four inside the same object at once
+            with shared:
+                seen.append(remaining())
+            seen.append(remaining())
+        seen.append(current_deadline())
+
+    threads = [threading.Thread(target=worker) for _ in range(4)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(30)
+    assert len(seen) == 12
+    assert seen.count(None) == 4  # each thread left exactly what it entered
+    assert all(s is None or 5 < s <= 20 for s in seen)
+
+
+def test_job_deadline_refuses_generator_functions() -> None:
+    def numbers() -> Iterator[int]:
+        yield 1
+
+    with pytest.raises(TypeError, match="generator function"):
+        job_deadline(1)(numbers)
+
+
 def test_job_deadline_as_async_context_manager() -> None:
     async def main() -> float | None:
         async with job_deadline(2):
