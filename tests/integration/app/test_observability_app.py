@@ -109,6 +109,24 @@ def app(postgres_server: Any, tmp_path: Path) -> Iterator[App]:
             proc.wait()
 
 
+def _until_sleeping(url: str, application_name: str) -> None:
+    """Wait until the app's ``pg_sleep`` statement runs on the server."""
+    import psycopg
+
+    dsn = make_url(url).set(drivername="postgresql").render_as_string(hide_password=False)
+    with psycopg.connect(dsn, autocommit=True) as conn:
+        for _ in range(1000):  # a hang guard, not a time bound
+            row = conn.execute(
+                "SELECT count(*) FROM pg_stat_activity WHERE application_name = %s"
+                " AND state = 'active' AND query LIKE '%%pg_sleep%%'",
+                (application_name,),
+            ).fetchone()
+            if row and row[0]:
+                return
+            time.sleep(0.01)
+    raise AssertionError("the app's pg_sleep never started")
+
+
 def test_kills_are_retried_and_visible_in_logs_spans_and_metrics(
     app: App, postgres_server: Any
 ) -> None:
@@ -139,6 +157,13 @@ def test_kills_are_retried_and_visible_in_logs_spans_and_metrics(
             k.join()
         assert kills[0] > 0
         assert statuses == [200] * len(statuses)  # reads retried, units re-run: no error
+
+        # A statement killed while it runs: an idempotent read, retried (a kill of an idle
+        # session may instead be found at checkout and replaced, with no retry to log).
+        sleeping = ThreadPoolExecutor(1).submit(client.get, "/slow/1")
+        _until_sleeping(postgres_server.url, name)
+        assert postgres_server.kill_connections(application_name=name) >= 1
+        assert sleeping.result().status_code == 200
 
         # A client's budget shorter than the statement: the library's timeout, mapped to 504.
         slow = client.get("/slow/5", headers={"X-Request-Timeout": "0.5"})
