@@ -137,3 +137,21 @@ def test_the_variable_is_known_to_the_settings_loader() -> None:
     from poolguard.config import Settings
 
     Settings.from_env({ENV: "5s"})  # an unknown POOLGUARD_* variable would raise ConfigError
+
+
+@given(
+    st.one_of(st.none(), st.floats(0, 1e6)),
+    st.lists(st.integers(0, 99_999_999), max_size=3),
+    st.lists(st.text(max_size=8), max_size=2),
+)
+def test_budget_is_the_smallest_of_default_and_valid_headers(
+    default: float | None, millis: list[int], junk: list[str]
+) -> None:
+    """Never more than the default; junk values change nothing."""
+    budget = RequestBudget.configure(default, ["grpc-timeout"], environ={})
+    values = [f"{m}m" for m in millis] + junk
+    got = budget_of(budget, {"grpc-timeout": values})
+    elements = [e for value in junk for e in value.split(",")]  # a list value, element-wise
+    valid = [s for s in map(parse_grpc_timeout, elements) if s is not None]
+    candidates = [m / 1000 for m in millis] + valid + ([] if default is None else [default])
+    assert got == (min(candidates) if candidates else None)
