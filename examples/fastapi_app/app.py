@@ -40,10 +40,10 @@ from sqlalchemy import Engine, ForeignKey, String, func, select
 from sqlalchemy.exc import IntegrityError, SQLAlchemyError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import DeclarativeBase, Mapped, Session, mapped_column, sessionmaker
-from starlette.types import ASGIApp, Receive, Scope, Send
 
 import poolguard
 import poolguard.redis
+from poolguard.web import ASGIDeadlineMiddleware
 
 #: One request's whole budget, retries included (seconds).
 DEADLINE = float(os.environ.get("APP_DEADLINE", "5"))
@@ -167,25 +167,6 @@ def seed(engine: Engine, accounts: int = SEED_ACCOUNTS) -> None:
 # --- the web layer -----------------------------------------------------------------------------
 
 
-class DeadlineMiddleware:
-    """Run every HTTP request under ``poolguard.deadline(seconds)``.
-
-    The deadline is a ContextVar: it reaches ``async def`` endpoints directly and ``def``
-    endpoints through the thread pool (anyio copies the context into the worker thread).
-    """
-
-    def __init__(self, app: ASGIApp, seconds: float) -> None:
-        self.app = app
-        self.seconds = seconds
-
-    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http":
-            await self.app(scope, receive, send)
-            return
-        async with poolguard.deadline(self.seconds):
-            await self.app(scope, receive, send)
-
-
 def describe(exc: BaseException) -> str:
     """poolguard's notes (how many attempts, why it gave up) and the message's first line."""
     notes = [str(note) for note in getattr(exc, "__notes__", ())]
@@ -237,7 +218,9 @@ def create_app(
             await stack.close()
 
     app = FastAPI(title="poolguard bank", lifespan=lifespan)
-    app.add_middleware(DeadlineMiddleware, seconds=deadline)
+    # Every HTTP request under poolguard.deadline(deadline): it reaches ``async def`` endpoints
+    # directly and ``def`` endpoints through the thread pool (the context is copied there).
+    app.add_middleware(ASGIDeadlineMiddleware, seconds=deadline)
     # AmbiguousResultError is also an OperationalError: the more specific handler wins.
     app.add_exception_handler(poolguard.AmbiguousResultError, ambiguous)
     app.add_exception_handler(IntegrityError, duplicate)
