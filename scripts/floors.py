@@ -7,7 +7,7 @@
 
 The CI matrix (scripts/matrix.sh) installs the package with these constraints on the oldest
 supported Python, so the declared lower bounds are the tested ones. What is pinned: the runtime
-dependencies and the runtime extras (``postgres``, ``mysql``, ``redis``, ``testing``) — what a
+dependencies and the runtime extras (``postgres``, ``asyncpg``, ``mysql``, ``redis``, ``testing``) — what a
 user's ``pip install "poolguard[...]"`` may resolve to. The ``test``/``dev`` tool extras
 (pytest-asyncio, hypothesis, linters) are development tools and float.
 
@@ -30,7 +30,7 @@ except ImportError:  # Python 3.10
 
 PYPROJECT = Path(__file__).resolve().parent.parent / "pyproject.toml"
 #: The extras a user installs; their floors are pinned (the tool extras are not).
-RUNTIME_EXTRAS = ("postgres", "mysql", "redis", "testing")
+RUNTIME_EXTRAS = ("postgres", "asyncpg", "mysql", "redis", "testing")
 #: The ``test`` extra's web-app stack (examples/fastapi_app): not part of the matrix's test run,
 #: and it needs a newer typing-extensions than poolguard's floor, so the floor cell leaves it out.
 WEB_APP_STACK = frozenset({"fastapi", "httpx", "uvicorn"})
