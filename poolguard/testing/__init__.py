@@ -31,6 +31,7 @@ if TYPE_CHECKING:
         ServerUnavailable,
         free_port,
     )
+    from poolguard.testing.servers.pg_replication import PgReplicaSet
     from poolguard.testing.workload import StreamResult, stream_during
 
 _WHERE = {
@@ -39,6 +40,7 @@ _WHERE = {
     "LocalServer": "poolguard.testing.servers",
     "MySQLServer": "poolguard.testing.servers",
     "PgBouncerServer": "poolguard.testing.servers",
+    "PgReplicaSet": "poolguard.testing.servers.pg_replication",
     "PostgresServer": "poolguard.testing.servers",
     "RedisServer": "poolguard.testing.servers",
     "ServerError": "poolguard.testing.servers",
@@ -55,6 +57,7 @@ __all__ = [
     "LocalServer",
     "MySQLServer",
     "PgBouncerServer",
+    "PgReplicaSet",
     "PostgresServer",
     "RedisServer",
     "ServerError",

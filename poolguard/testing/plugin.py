@@ -7,6 +7,9 @@ Fixtures
     ("postgres", "mysql", "redis", "pgbouncer") for tests that restart, freeze or kill it;
     stopped at teardown.
     ``fault_proxy(server_or_host, port=None)`` (function): a started :class:`FaultProxy`.
+    ``pg_replica_set(standbys=1, synchronous=True, **options)`` (function): a started
+    :class:`~poolguard.testing.servers.pg_replication.PgReplicaSet` (primary + streaming
+    standbys, ~1.5 s to start) for failover tests; stopped at teardown.
 
 Where servers come from (``POOLGUARD_TEST_SERVERS``)
     ``local`` (default): processes started here by :mod:`poolguard.testing.servers`.
@@ -34,6 +37,7 @@ import pytest
 if TYPE_CHECKING:
     from poolguard.testing.proxy import FaultProxy
     from poolguard.testing.servers import LocalServer
+    from poolguard.testing.servers.pg_replication import PgReplicaSet
 
 __all__ = ["RemoteServer"]
 
@@ -100,6 +104,7 @@ FIXTURE_MARKERS = {
     "pgbouncer_server": ("pgbouncer", "postgres"),
     "dedicated_server": ("chaos",),
     "fault_proxy": ("chaos",),
+    "pg_replica_set": ("chaos", "postgres"),
 }
 
 
@@ -257,6 +262,33 @@ def dedicated_server() -> Iterator[DedicatedServer]:
     yield make
     for server in reversed(started):
         server.stop()
+
+
+ReplicaSetFactory = Callable[..., "PgReplicaSet"]
+
+
+@pytest.fixture
+def pg_replica_set() -> Iterator[ReplicaSetFactory]:
+    """Factory: ``pg_replica_set(standbys=1, synchronous=True, **options)`` -> a started
+    primary/standby set (local mode only); stopped at the end of the test."""
+    from poolguard.testing.servers import ServerUnavailable
+    from poolguard.testing.servers.pg_replication import PgReplicaSet
+
+    started: list[PgReplicaSet] = []
+
+    def make(standbys: int = 1, **options: Any) -> PgReplicaSet:
+        if os.environ.get("POOLGUARD_TEST_POSTGRES_URL") or _docker_mode():
+            pytest.skip("a replicated PostgreSQL topology needs local server mode")
+        replica_set = PgReplicaSet(standbys, **options)
+        started.append(replica_set)
+        try:
+            return replica_set.start()
+        except ServerUnavailable as exc:
+            _unavailable(str(exc))
+
+    yield make
+    for replica_set in reversed(started):
+        replica_set.stop()
 
 
 ProxyFactory = Callable[..., "FaultProxy"]
