@@ -14,19 +14,22 @@ from poolguard.errors import ConfigError
 
 def stats(obj: Any) -> dict[str, Any]:
     """Snapshot of the pool behind ``obj``: an Engine/AsyncEngine from ``create_engine()``, a
-    Redis client from ``poolguard.redis``, or a pool from ``poolguard.postgres``."""
+    Redis client from ``poolguard.redis``, or a pool from ``poolguard.postgres`` /
+    ``poolguard.mysql``."""
     if getattr(getattr(obj, "connection_pool", None), "guard_policy", None) is not None:
         from poolguard.redis import stats as redis_stats
 
         return redis_stats(obj)
-    if getattr(obj, "_pg", None) is not None and callable(getattr(obj, "stats", None)):
-        snapshot: dict[str, Any] = obj.stats()  # a poolguard.postgres pool
+    native = getattr(obj, "_pg", None) or getattr(obj, "_my", None)
+    if native is not None and callable(getattr(obj, "stats", None)):
+        snapshot: dict[str, Any] = obj.stats()  # a poolguard.postgres / poolguard.mysql pool
         return snapshot
     if hasattr(obj, "pool") or hasattr(obj, "sync_engine"):
         from poolguard.integrations.sqlalchemy import stats as engine_stats
 
         return engine_stats(obj)
     raise ConfigError(
-        f"poolguard.stats() takes an engine from poolguard.create_engine(), a client from "
-        f"poolguard.redis or a pool from poolguard.postgres, not {type(obj).__name__}"
+        "poolguard.stats() takes an engine from poolguard.create_engine(), a client from"
+        " poolguard.redis or a pool from poolguard.postgres / poolguard.mysql, not"
+        f" {type(obj).__name__}"
     )
