@@ -38,6 +38,7 @@ from psycopg import generators
 from psycopg.pq import ExecStatus, TransactionStatus
 
 from poolguard.backends.sql import SqlRules, is_read_statement
+from poolguard.core.deadline import remaining
 from poolguard.core.disposition import Classification, Disposition, Scope
 
 if TYPE_CHECKING:
@@ -419,21 +420,39 @@ def connect_params(settings: Settings) -> dict[str, Any]:
 
 # --- connecting under a client deadline --------------------------------------------------------
 
-_connect_deadline: contextvars.ContextVar[float | None] = contextvars.ContextVar(
+# Per connect: (seconds allowed per host, absolute end of the caller's deadline or None).
+# Per host, as libpq's own connect_timeout: psycopg connects to a multi-host URL one host at a
+# time (one _connect_gen each), and one budget for all of them let a blackholed first host
+# spend it, so the next host (the new primary after a failover) was never tried.
+_ConnectBound = tuple[float, float | None]
+_connect_deadline: contextvars.ContextVar[_ConnectBound | None] = contextvars.ContextVar(
     "poolguard_pg_connect_deadline", default=None
 )
 
 _ConnGen = Generator[Any, Any, Any]
 
 
-def _bounded(gen: _ConnGen, deadline: float | None) -> _ConnGen:
-    """Wrap psycopg's connection generator: give up once ``deadline`` passes.
+def _connect_bound(timeout: float | None) -> _ConnectBound | None:
+    """``timeout`` per host, the whole connect within the caller's deadline (if any)."""
+    if timeout is None:
+        return None
+    left = remaining()
+    return timeout, None if left is None else time.monotonic() + left
+
+
+def _bounded(gen: _ConnGen, bound: _ConnectBound | None) -> _ConnGen:
+    """Wrap psycopg's connection generator (one host): give up once this host's time or the
+    caller's deadline is spent.
 
     psycopg's wait loop wakes the generator at least every 0.1 s, so the bound is tight to
     ~0.1 s even when the server never answers (a deaf listener, a blackholed SYN).
     """
-    if deadline is None:
+    if bound is None:
         return (yield from gen)
+    per_host, overall = bound
+    deadline = time.monotonic() + per_host
+    if overall is not None:
+        deadline = min(deadline, overall)
     ready: Any = None
     item = next(gen)
     while True:
@@ -466,10 +485,11 @@ class DeadlineAsyncConnection(psycopg.AsyncConnection[Any]):
 @contextlib.contextmanager
 def connect_deadline(timeout: float | None) -> Iterator[None]:
     """Bound each :class:`DeadlineConnection` / :class:`DeadlineAsyncConnection` connect made in
-    this block (sync code or an asyncio task) by ``timeout`` seconds from now; ``None`` = no
-    bound. For callers that run ``connection_class.connect`` themselves, such as psycopg_pool's
-    background workers."""
-    token = _connect_deadline.set(None if timeout is None else time.monotonic() + timeout)
+    this block (sync code or an asyncio task) by ``timeout`` seconds per host (a multi-host
+    URL tries its hosts in turn, as libpq does), all within the current ``poolguard.deadline``;
+    ``None`` = no bound. For callers that run ``connection_class.connect`` themselves, such as
+    psycopg_pool's background workers."""
+    token = _connect_deadline.set(_connect_bound(timeout))
     try:
         yield
     finally:
@@ -477,8 +497,9 @@ def connect_deadline(timeout: float | None) -> Iterator[None]:
 
 
 def connect(conninfo: str = "", *, timeout: float | None, **kwargs: Any) -> DeadlineConnection:
-    """``psycopg.connect`` bounded by ``timeout`` seconds on the client (sub-second works)."""
-    token = _connect_deadline.set(None if timeout is None else time.monotonic() + timeout)
+    """``psycopg.connect`` bounded by ``timeout`` seconds per host on the client (sub-second
+    works), all hosts within the current ``poolguard.deadline``."""
+    token = _connect_deadline.set(_connect_bound(timeout))
     try:
         return DeadlineConnection.connect(conninfo, **kwargs)
     finally:
@@ -489,7 +510,7 @@ async def connect_async(
     conninfo: str = "", *, timeout: float | None, **kwargs: Any
 ) -> DeadlineAsyncConnection:
     """Async twin of :func:`connect`."""
-    token = _connect_deadline.set(None if timeout is None else time.monotonic() + timeout)
+    token = _connect_deadline.set(_connect_bound(timeout))
     try:
         return await DeadlineAsyncConnection.connect(conninfo, **kwargs)
     finally:

@@ -46,7 +46,7 @@ def address_of(url: str) -> str:
         # libpq style: postgresql:///db?host=/var/run/postgresql
         query = rest.partition("?")[2]
         hosts = parse_qs(query).get("host")
-        return hosts[0] if hosts else "localhost"
+        return ",".join(hosts) if hosts else "localhost"
     if "," in netloc or _has_port(netloc):
         return netloc
     port = DEFAULT_PORTS.get(scheme)

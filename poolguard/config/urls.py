@@ -27,6 +27,7 @@ from poolguard.errors import ConfigError
 __all__ = [
     "Dialect",
     "dialect_of",
+    "multi_host_as_query",
     "normalize_redis_url",
     "normalize_sql_url",
     "redact",
@@ -38,7 +39,8 @@ Dialect = Literal["postgresql", "mysql"]
 
 MASK = "***"
 SUPPORTED_SQL = (
-    "postgres://, postgresql://, postgresql+psycopg://, mysql://, mariadb://, "
+    "postgres://, postgresql://, postgresql+psycopg://, postgresql+asyncpg:// (async), "
+    "mysql://, mariadb://, "
     "mysql+pymysql://, mysql+aiomysql:// (mariadb+ likewise)"
 )
 SUPPORTED_REDIS = "redis://, rediss:// or unix://"
@@ -57,7 +59,7 @@ _SQL_DIALECTS: dict[str, tuple[Dialect, str]] = {
     "mariadb": ("mysql", "mariadb"),
 }
 _SQL_DRIVERS: dict[Dialect, frozenset[str]] = {
-    "postgresql": frozenset({"", "psycopg", "psycopg_async"}),
+    "postgresql": frozenset({"", "psycopg", "psycopg_async", "asyncpg"}),
     "mysql": frozenset({"", "pymysql", "aiomysql"}),
 }
 
@@ -113,8 +115,8 @@ def _sql_parts(url: str, variable: str) -> tuple[Dialect, str, str, str]:
     known = _SQL_DIALECTS.get(name)
     if known is None or driver not in _SQL_DRIVERS[known[0]]:
         hint = ""
-        if driver in {"asyncpg", "psycopg2", "pg8000", "mysqldb", "asyncmy", "mysqlconnector"}:
-            hint = f" (poolguard wraps psycopg 3, PyMySQL and aiomysql, not {driver})"
+        if driver in {"psycopg2", "pg8000", "mysqldb", "asyncmy", "mysqlconnector"}:
+            hint = f" (poolguard wraps psycopg 3, asyncpg, PyMySQL and aiomysql, not {driver})"
         raise ConfigError(
             f"{variable}={redact(url)!r} has an unsupported scheme {scheme + '://'!r}{hint}; "
             f"supported: {SUPPORTED_SQL}",
@@ -137,12 +139,16 @@ def normalize_sql_url(
     async_: bool = False,
     variable: str = "DATABASE_URL",
     keep_async_driver: bool = False,
+    async_driver: str = "psycopg",
 ) -> str:
     """The SQLAlchemy URL poolguard uses for ``url`` in sync or async mode.
 
-    ``postgres://u:p@h/db`` → ``postgresql+psycopg://u:p@h/db`` (both modes);
-    ``postgresql+psycopg_async://`` stays as written in async mode (``engine.url`` shows what
-    the user wrote) and with ``keep_async_driver`` (how ``Settings.url`` stores it);
+    ``postgres://u:p@h/db`` → ``postgresql+psycopg://u:p@h/db`` (both modes), or
+    ``postgresql+asyncpg://u:p@h/db`` in async mode with ``async_driver="asyncpg"``;
+    ``postgresql+psycopg_async://`` and ``postgresql+asyncpg://`` name their async driver: they
+    stay as written in async mode (``engine.url`` shows what the user wrote; the URL's choice
+    wins over ``async_driver``) and with ``keep_async_driver`` (how ``Settings.url`` stores
+    it); a sync engine uses psycopg for any of them;
     ``mysql://...`` → ``mysql+pymysql://...`` (sync) or ``mysql+aiomysql://...`` (async);
     ``mariadb://`` keeps SQLAlchemy's MariaDB dialect (``mariadb+pymysql://``).
     """
@@ -153,10 +159,10 @@ def normalize_sql_url(
             f"{variable}={redact(url)!r} has nothing after '://': {example}", variable=variable
         )
     if dialect == "postgresql":
-        # psycopg 3 serves both modes; SQLAlchemy picks its async dialect under
-        # create_async_engine for either spelling.
-        kept = written == "psycopg_async" and (async_ or keep_async_driver)
-        driver = "psycopg_async" if kept else "psycopg"
+        driver = _postgres_driver(
+            written, async_=async_, keep=keep_async_driver, choice=async_driver
+        )
+        rest = multi_host_as_query(rest)
     else:
         driver = "aiomysql" if async_ else "pymysql"
     normalized = f"{prefix}+{driver}://{rest}"
@@ -168,6 +174,33 @@ def normalize_sql_url(
             variable=variable,
         ) from None
     return normalized
+
+
+def _postgres_driver(written: str, *, async_: bool, keep: bool, choice: str) -> str:
+    """psycopg 3 serves both modes (SQLAlchemy picks its async dialect under
+    create_async_engine for either spelling); asyncpg only the async one."""
+    if written in ("psycopg_async", "asyncpg"):  # the URL names its async driver
+        return written if async_ or keep else "psycopg"
+    return "asyncpg" if async_ and choice == "asyncpg" else "psycopg"
+
+
+def multi_host_as_query(rest: str) -> str:
+    """libpq's multi-host form (``u:p@h1:5432,h2:5433/db?q``, what Patroni, RDS and libpq
+    documentation show) as SQLAlchemy's (``u:p@/db?host=h1:5432&host=h2:5433&q``): SQLAlchemy
+    cannot parse a comma in the netloc (a ValueError on the port), yet hands its own form to
+    psycopg as libpq's ``host=h1,h2 port=5432,5433``, in order. Anything else is unchanged."""
+    # The userinfo (a password may hold "," or "/") ends at the last "@" before the query.
+    query_at = rest.find("?")
+    head = rest if query_at < 0 else rest[:query_at]
+    start = head.rfind("@") + 1
+    cut = re.search(r"[/?#]", rest[start:])
+    end = start + cut.start() if cut else len(rest)
+    netloc = rest[start:end]
+    if "," not in netloc or "[" in netloc:  # one host, or IPv6 literals: left to the user
+        return rest
+    path, _, query = rest[end:].partition("?")
+    hosts = "&".join(f"host={h}" for h in netloc.split(",") if h)
+    return f"{rest[:start]}{path or '/'}?{hosts}{'&' + query if query else ''}"
 
 
 def dialect_of(url: str, *, variable: str = "DATABASE_URL") -> Dialect:
