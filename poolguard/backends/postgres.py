@@ -37,6 +37,7 @@ from psycopg import errors as pg_errors
 from psycopg import generators
 from psycopg.pq import ExecStatus, TransactionStatus
 
+from poolguard.backends.pgbouncer import PGBOUNCER_SQLSTATE, classify_pgbouncer
 from poolguard.backends.sql import SqlRules, is_read_statement
 from poolguard.core.deadline import remaining
 from poolguard.core.disposition import Classification, Disposition, Scope
@@ -77,6 +78,7 @@ __all__ = [
     "sqlstate",
     "startup_options",
     "uses_pgbouncer",
+    "wrong_role",
 ]
 
 # --- classification tables ------------------------------------------------------------------
@@ -162,6 +164,10 @@ _AFTER_SEND_MESSAGES = (
     ("connection reset", "connection_reset"),
     ("broken pipe", "broken_pipe"),
     ("no connection to the server", "no_connection"),
+    # psycopg's COMMIT/BEGIN/SET got an error result *besides* its own: a FATAL the server (or
+    # PgBouncer) sent as the session ended, e.g. a PostgreSQL restart behind PgBouncer
+    # (measured: "received 2 results from command 'COMMIT'"). The session is gone.
+    ("results from command", "unexpected_results"),
 )
 #: Connect-phase reasons: they feed the circuit breaker.
 _CONNECT_REASONS = frozenset(
@@ -195,6 +201,10 @@ def classify(exc: BaseException) -> Classification:
     if not isinstance(err, psycopg.Error):
         return _classify_foreign(exc)
     code = err.sqlstate
+    if code == PGBOUNCER_SQLSTATE:  # all of PgBouncer's own errors: the text decides
+        found = classify_pgbouncer(str(err))
+        if found is not None:
+            return found
     if code is not None:
         found = _classify_sqlstate(code)
         if found is not None:
@@ -251,6 +261,9 @@ def _classify_message(err: psycopg.Error) -> Classification:
 
 
 def _classify_connect_fatal(text: str) -> Classification | None:
+    found = classify_pgbouncer(text)  # a FATAL at login carries no SQLSTATE to psycopg
+    if found is not None:
+        return found
     for needle, reason, scope in _TRANSIENT_CONNECT_MESSAGES:
         if needle in text:
             return Classification(
@@ -553,6 +566,41 @@ def needs_reset(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) ->
     if status == TransactionStatus.ACTIVE and rollback_pending(conn):
         return False  # busy with our own ROLLBACK (send_rollback): nothing more to undo
     return None
+
+
+# --- server role (failover) ------------------------------------------------------------------
+
+#: target_session_attrs values that want a writable server / a standby.
+_WANTS_WRITABLE = frozenset({"read-write", "primary"})
+_WANTS_STANDBY = frozenset({"read-only", "standby"})
+
+
+def wrong_role(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> bool:
+    """Is ``conn``'s server no longer what its ``target_session_attrs`` asked for (a primary
+    demoted or fenced read-only, a standby promoted)? libpq only checks at connect time.
+
+    No round trip: PostgreSQL >= 14 reports ``in_hot_standby`` and
+    ``default_transaction_read_only`` to clients when they change (ParameterStatus, read with
+    the reply to any statement, a validation ping included). Older servers: always False.
+    """
+    pgconn = conn.pgconn
+    standby = pgconn.parameter_status(b"in_hot_standby")
+    if standby is None:
+        return False
+    read_only = standby == b"on" or pgconn.parameter_status(b"default_transaction_read_only") == b"on"
+    attrs = _target_session_attrs(conn)
+    if attrs in _WANTS_WRITABLE:
+        return read_only if attrs == "read-write" else standby == b"on"
+    if attrs in _WANTS_STANDBY:
+        return not read_only if attrs == "read-only" else standby != b"on"
+    return False  # any, prefer-standby: every server is acceptable
+
+
+def _target_session_attrs(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> str:
+    try:
+        return str(conn.info.get_parameters().get("target_session_attrs", "any"))
+    except psycopg.Error:
+        return "any"
 
 
 # --- a ROLLBACK whose reply is read later ---------------------------------------------------
