@@ -140,6 +140,11 @@ class SqlBackend:
         """SQL for the validation ping, or None to use the driver's ``ping()``."""
         return None
 
+    def wrong_role(self, driver_conn: Any) -> bool:
+        """After a validation ping: is the server no longer the role the URL asked for (a
+        failover demoted it)? Then the connection is replaced, not reused."""
+        return False
+
     def fileno(self, driver_conn: Any) -> int | None:
         """The socket the backstop shuts down, or None when the connection is closed."""
         raise NotImplementedError
@@ -275,6 +280,9 @@ class PostgresBackend(SqlBackend):
 
     def ping_sql(self) -> str | None:
         return self.pg.PING_SQL
+
+    def wrong_role(self, driver_conn: Any) -> bool:
+        return self.pg.wrong_role(driver_conn)
 
     def fileno(self, driver_conn: Any) -> int | None:
         return driver_conn.fileno()  # type: ignore[no-any-return]

@@ -532,6 +532,12 @@ def _validate(state: EngineState, dbapi_connection: Any, age: float, idle: float
         stats.incr("validation_failures")
         stats.evict("validation", age, idle)
         raise sa_exc.DisconnectionError(f"validation failed: {type(exc).__name__}") from exc
+    if state.backend.wrong_role(driver_of(dbapi_connection)):
+        # Alive, but a failover made its server read-only (or a standby) while the URL asks
+        # for a writable one: a ping alone kept it, and each write met 25006 on it in turn.
+        stats.incr("validation_failures")
+        stats.evict("validation", age, idle)
+        raise sa_exc.DisconnectionError("validation failed: the server changed role (failover)")
 
 
 def _ping(state: EngineState, dbapi_connection: Any) -> None:
