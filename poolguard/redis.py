@@ -34,14 +34,17 @@ from poolguard.integrations.redis._common import idempotent as _idempotent
 if TYPE_CHECKING:
     import redis
     import redis.asyncio
+    import redis.cluster
 
     from poolguard.core.stats import Hooks
 
 __all__ = [
     "ResubscribeGap",
     "SubscriptionLost",
+    "async_cluster_from_url",
     "async_from_sentinel",
     "async_from_url",
+    "cluster_from_url",
     "from_sentinel",
     "from_url",
     "idempotent",
@@ -174,6 +177,36 @@ def _sentinel(
     )
 
 
+def cluster_from_url(
+    url: str | None = None, *, hooks: Hooks | None = None, **overrides: Any
+) -> redis.cluster.RedisCluster:
+    """A guarded ``redis.cluster.RedisCluster``; ``url`` names any node of the cluster
+    (``redis://``, ``rediss://`` or ``redis+cluster://``; from ``REDIS_URL`` unless given).
+
+    MOVED/ASK are followed by redis-py; CLUSTERDOWN, TRYAGAIN, MASTERDOWN, READONLY and a node
+    that refuses connections (failing over) are retried within the retry window for any
+    command; a lost reply only for idempotent ones. See docs/redis.md "Redis Cluster".
+    """
+    return _cluster(url, hooks, overrides, asyncio=False)  # type: ignore[no-any-return]
+
+
+def async_cluster_from_url(
+    url: str | None = None, *, hooks: Hooks | None = None, **overrides: Any
+) -> redis.asyncio.RedisCluster:
+    """The asyncio twin of :func:`cluster_from_url` (a ``redis.asyncio.RedisCluster``)."""
+    return _cluster(url, hooks, overrides, asyncio=True)  # type: ignore[no-any-return]
+
+
+def _cluster(
+    url: str | None, hooks: Hooks | None, overrides: dict[str, Any], *, asyncio: bool
+) -> Any:
+    from poolguard.integrations.redis.cluster import build_cluster_client, plain_cluster_url
+
+    ours, theirs = split_overrides(dict(overrides))
+    settings = settings_for(plain_cluster_url(url), **ours)
+    return build_cluster_client(settings, theirs, hooks, asyncio=asyncio)
+
+
 @contextmanager
 def idempotent(value: bool = True) -> Iterator[None]:
     """Commands (and pipelines) in this block may be applied twice: retry them after a lost reply.
@@ -201,7 +234,7 @@ def is_idempotent(*args: Any) -> bool:
 def stats(client: Any) -> dict[str, Any]:
     """Snapshot of the client's pool: gauges, connects, validations, retries, give-ups..."""
     pool = getattr(client, "connection_pool", None)
-    policy = getattr(pool, "guard_policy", None)
+    policy = getattr(pool, "guard_policy", None) or getattr(client, "guard_policy", None)
     if policy is None:
         raise TypeError("poolguard.redis.stats() needs a client made by poolguard.redis.from_url")
     counters = policy.guard.stats

@@ -85,6 +85,9 @@ class Classification:
     scope: Scope = Scope.NONE
     connect_phase: bool = False
     """Failed while connecting: counts towards the circuit breaker."""
+    breaker: bool = True
+    """False: a connect-phase failure that says nothing about the service as a whole (one Redis
+    Cluster node failing over while the others serve): retried like one, breaker untouched."""
 
 
 @dataclass(frozen=True, slots=True)

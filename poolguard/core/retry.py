@@ -685,7 +685,8 @@ class Attempts:
         self._last_error = exc
         c = self._last_class = g.classify(exc)
         if c.connect_phase:
-            g.breaker.record_failure()
+            if c.breaker:
+                g.breaker.record_failure()
             g.last_connect_error = error_text(exc)
             # A driver's connect failure, not poolguard's own verdict on one (a give-up of a
             # nested loop, an open breaker, a deadline spent before connecting).

@@ -1,0 +1,138 @@
+"""What the sync and asyncio Redis Cluster adapters share: error classification, "was it sent",
+the connection hooks' bookkeeping, and the client's Policy. No I/O here.
+
+redis-py's cluster client keeps its own retry layer (``RedisCluster.retry``; it re-sends a
+command after ``ConnectionError``/``TimeoutError``/``ClusterDownError`` whether or not it may have
+run, and the sync pipeline re-sends commands whose reply was lost one by one). poolguard sets that
+retry to 0 and wraps ``execute_command`` / ``pipeline().execute()`` in its Guard instead, so the
+retry-safety rule decides. MOVED and ASK stay redis-py's: they are answered *before* executing
+and redis-py follows them (and refreshes its slot table) inside one attempt.
+
+"Was the command sent?" is known per attempt: the attempt opens a :class:`SentMark` (a
+ContextVar), and the guarded node connections set it when a command's bytes have all been
+written. Bytes written while connecting (HELLO, AUTH, READONLY) or while redis-py refreshes the
+topology (CLUSTER SLOTS) do not count: those run with the mark suspended.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
+from typing import Any
+
+import redis.exceptions as rex
+
+from poolguard.backends import redis as backend
+from poolguard.core.disposition import Classification, Disposition, Scope
+
+__all__ = ["SentMark", "classify", "mark_sent", "sent_suspended"]
+
+
+class SentMark:
+    """One attempt's "some command bytes reached a socket" flag (shared with child tasks)."""
+
+    __slots__ = ("sent",)
+
+    def __init__(self) -> None:
+        self.sent = False
+
+
+_mark: ContextVar[SentMark | None] = ContextVar("poolguard_cluster_sent", default=None)
+
+
+@contextmanager
+def attempt_mark() -> Iterator[SentMark]:
+    """Open the mark of one attempt (a command or a pipeline)."""
+    mark = SentMark()
+    token = _mark.set(mark)
+    try:
+        yield mark
+    finally:
+        _mark.reset(token)
+
+
+@contextmanager
+def sent_suspended() -> Iterator[None]:
+    """Writes in this block (handshake, topology refresh) are not the command's."""
+    token = _mark.set(None)
+    try:
+        yield
+    finally:
+        _mark.reset(token)
+
+
+def mark_sent() -> None:
+    mark = _mark.get()
+    if mark is not None:
+        mark.sent = True
+
+
+#: Replies a node sends *before* executing, while the cluster reconfigures: any command may be
+#: retried, until the retry window ends (like a connect failure), and without charging the retry
+#: budget (every caller meets them during a failover; they are not load on a sick server).
+RECONFIGURING = frozenset({"cluster_down", "try_again", "master_down", "readonly_replica"})
+
+#: redis-py's RedisClusterException when no startup node answered the topology refresh.
+UNREACHABLE = "Redis Cluster cannot be connected"
+
+
+def classify(exc: BaseException) -> Classification:
+    """:func:`poolguard.backends.redis.classify`, adapted to a cluster.
+
+    - A node that refuses connections is one node failing over, not the service down: retried
+      like a connect failure (nothing was sent) but the breaker is left alone (``breaker=False``).
+      The breaker opens when no node at all answers the topology refresh.
+    - CLUSTERDOWN, TRYAGAIN, MASTERDOWN, READONLY and a slot missing from the client's table are
+      rejections before execution: retried for any command within the retry window.
+    """
+    if isinstance(exc, rex.SlotNotCoveredError):
+        return Classification(
+            Disposition.RETRY, "slot_not_covered", connect_phase=True, breaker=False
+        )
+    if isinstance(exc, rex.RedisClusterException):
+        if str(exc).startswith(UNREACHABLE):
+            return Classification(
+                Disposition.RETRY,
+                "cluster_unreachable",
+                disconnect=True,
+                scope=Scope.CONNECTION,
+                connect_phase=True,
+            )
+        return Classification(Disposition.FAIL, "cluster_error")
+    c = backend.classify(exc)
+    if c.reason in RECONFIGURING:
+        return dataclasses.replace(c, connect_phase=True, breaker=False)
+    if c.connect_phase:
+        return dataclasses.replace(c, breaker=False)
+    return c
+
+
+def may_have_run(result: Any) -> bool:
+    """A pipeline command's result says it may have been executed (an answer, or a reply lost
+    after the bytes left). Rejections before execution and connect failures say it did not."""
+    if not isinstance(result, BaseException):
+        return True
+    if isinstance(result, rex.MovedError | rex.AskError | rex.TryAgainError):
+        return False
+    c = classify(result)
+    return not (c.disposition is Disposition.RETRY or c.connect_phase)
+
+
+class ClusterPipelinePartiallyApplied(rex.ResponseError):
+    """A cross-slot pipeline failed after some of its commands ran; not replayed because not
+    every command is idempotent."""
+
+
+def partially_applied(index: int, error: BaseException) -> ClusterPipelinePartiallyApplied:
+    return ClusterPipelinePartiallyApplied(
+        f"poolguard: command #{index + 1} of a cluster pipeline failed "
+        f"({type(error).__name__}: {error}) after other commands of it may have run; not "
+        "replayed because not all of its commands are idempotent"
+    )
+
+
+def node_gauges(name: str, in_use: int, idle: int, max_size: int | None) -> dict[str, Any]:
+    return {"node": name, "checked_out": in_use, "idle": idle, "size": in_use + idle,
+            "max_size": max_size}  # fmt: skip

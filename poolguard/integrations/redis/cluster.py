@@ -1,0 +1,384 @@
+"""Guarded Redis Cluster: a real ``redis.cluster.RedisCluster`` whose commands go through the Guard.
+
+Built by :func:`build_cluster_client` for ``poolguard.redis.cluster_from_url()``; the asyncio
+twin is ``cluster_async.py`` (redis-py's two cluster clients differ in structure: per-node
+``Redis`` + ``ConnectionPool`` here, ``ClusterNode`` connection lists there, so the two are
+written by hand; the decisions they share are ``_cluster.py``).
+
+Hook points (redis-py 8.1):
+
+- ``RedisCluster.retry`` is ``Retry(NoBackoff(), 0)``: ``_internal_execute_command`` makes one
+  attempt (following MOVED/ASK/TRYAGAIN inside it, refreshing the slot table on errors) and
+  :meth:`GuardedRedisCluster.execute_command` runs it under ``Guard.run_with``.
+- Node connections are :class:`GuardedClusterConnection`: connect failures are tagged (nothing
+  was sent), and a completed send sets the attempt's :class:`~._cluster.SentMark`.
+- The NodesManager's topology refresh (CLUSTER SLOTS) runs with the mark suspended.
+- :class:`GuardedClusterPipeline` replays the whole pipeline only when safe, and stops redis-py's
+  own per-command re-send of commands whose reply was lost.
+"""
+
+# redis-py's internals carry no annotations.
+# mypy: disable-error-code="no-untyped-call"
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import redis.cluster
+import redis.connection
+import redis.exceptions as rex
+from redis.backoff import NoBackoff
+from redis.retry import Retry
+
+from poolguard.backends import redis as backend
+from poolguard.config.settings import Settings
+from poolguard.core.retry import Attempts, Guard
+from poolguard.errors import PoolguardError
+from poolguard.integrations.redis import _cluster as cl
+from poolguard.integrations.redis import _common as c
+
+__all__ = [
+    "GuardedClusterConnection",
+    "GuardedClusterPipeline",
+    "GuardedRedisCluster",
+    "build_cluster_client",
+    "cluster_policy",
+]
+
+_lookup = backend.lookup
+
+
+def no_retry() -> Retry:
+    return Retry(NoBackoff(), 0)
+
+
+# -- policy -----------------------------------------------------------------------------------
+
+
+def cluster_policy(
+    settings: Settings, label: str, target: str, gauges: Any, hooks: Any = None
+) -> c.Policy:
+    """The client's Policy: one Guard for the whole cluster, with the cluster classifier."""
+    from poolguard.integrations._fork import track_guard
+
+    def make_error(g: Any) -> BaseException:
+        if g.classification.reason in cl.RECONFIGURING | {"slot_not_covered"}:
+            # Still reconfiguring when the window ended: the node's own reply is the error
+            # (ClusterDownError, TryAgainError ...), not a "cannot connect" headline.
+            from poolguard.core.retry import default_error
+
+            return default_error(g)
+        return c.give_up_error(g, label)
+
+    guard = Guard.from_settings(
+        settings,
+        name=settings.name or "redis",
+        backend="redis",
+        classify=cl.classify,
+        make_error=make_error,
+        hooks=hooks,
+        gauges=gauges,
+        target=target,
+        counts_connect_failures=False,  # counted by the node connections
+    )
+    track_guard(guard)
+    return c.Policy(guard, settings, label, first_guard=c.first_contact_guard(guard))
+
+
+def _connection_hooks_connected(policy: c.Policy, started: float) -> None:
+    now = time.monotonic()
+    stats = policy.guard.stats
+    stats.incr("connects")
+    stats.record_create(now - started)
+    if not policy.answered:
+        policy.mark_answered()
+
+
+# -- node connections -------------------------------------------------------------------------
+
+
+class GuardedClusterConnection(redis.connection.Connection):
+    """A node connection: connect failures tagged and counted, completed sends marked.
+
+    Subclassed per client with ``guard_policy`` set (redis-py builds node connections from
+    keyword arguments it filters, so the policy rides on the class)."""
+
+    guard_policy: c.Policy
+
+    def connect_check_health(
+        self, check_health: bool = True, retry_socket_connect: bool = True
+    ) -> None:
+        if self._sock:
+            return
+        policy = self.guard_policy
+        started = time.monotonic()
+        self.socket_connect_timeout = c.connect_timeout(policy.connect_timeout)
+        try:
+            with cl.sent_suspended():  # HELLO/AUTH/READONLY are not the command
+                super().connect_check_health(check_health, retry_socket_connect)
+        except Exception as exc:
+            backend.mark_connect_phase(exc)
+            policy.guard.stats.incr("connect_failures")
+            raise
+        finally:
+            self.socket_connect_timeout = policy.connect_timeout
+        _connection_hooks_connected(policy, started)
+
+    def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        super().send_packed_command(command, check_health)
+        cl.mark_sent()
+
+
+def _connection_class(policy: c.Policy, ssl: bool) -> type[Any]:
+    bases: tuple[type[Any], ...] = (GuardedClusterConnection,)
+    if ssl:
+        bases = (GuardedClusterConnection, redis.connection.SSLConnection)
+    return type("GuardedClusterConnection", bases, {"guard_policy": policy})
+
+
+# -- client -----------------------------------------------------------------------------------
+
+
+class _GuardedNodesManager(redis.cluster.NodesManager):
+    """redis-py's NodesManager whose topology refresh is not mistaken for the command."""
+
+    def initialize(self, *args: Any, **kwargs: Any) -> None:
+        with cl.sent_suspended():
+            super().initialize(*args, **kwargs)
+
+
+class GuardedRedisCluster(redis.cluster.RedisCluster):
+    """A ``redis.cluster.RedisCluster`` whose commands are retried by poolguard, only when safe."""
+
+    guard_policy: c.Policy
+
+    def __init__(self, *args: Any, poolguard_policy: c.Policy, **kwargs: Any) -> None:
+        # Set first: redis-py's __init__ already runs commands (COMMAND, CLUSTER SLOTS).
+        self.guard_policy = poolguard_policy
+        super().__init__(*args, **kwargs)
+
+    def set_retry(self, retry: Any) -> None:
+        c.check_set_retry(retry)
+        super().set_retry(retry)
+
+    def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        info = _lookup(args[0]) or backend.command_info(args)
+        forced = c.override()
+        guard = self.guard_policy.entry_guard
+
+        def attempt(attempts: Attempts) -> Any:
+            with cl.attempt_mark() as mark:
+                try:
+                    # kwargs are popped from by redis-py (target_nodes, keys): a copy per try.
+                    return self._internal_execute_command(*args, **dict(kwargs))
+                except BaseException as exc:
+                    idem = c.rule_idempotent(info, args) if forced is None else forced
+                    attempts.op = (c.SENT if mark.sent else c.NOT_SENT)[idem]
+                    c.note_command(exc, args[0])
+                    raise
+
+        try:
+            return guard.run_with(attempt, c.NOT_SENT[False], timeout_error=c.QueryTimeoutError)
+        except PoolguardError as exc:
+            wrapped = c.wrap_own(exc)
+            if wrapped is exc:
+                raise
+            raise wrapped from exc
+
+    def pipeline(
+        self, transaction: Any = None, shard_hint: Any = None, *, idempotent: bool | None = None
+    ) -> GuardedClusterPipeline:
+        """redis-py's cluster pipeline, replayed as a whole only when safe."""
+        if shard_hint:
+            raise rex.RedisClusterException("shard_hint is deprecated in cluster mode")
+        pipe = GuardedClusterPipeline(
+            nodes_manager=self.nodes_manager,
+            commands_parser=self.commands_parser,
+            startup_nodes=self.nodes_manager.startup_nodes,
+            result_callbacks=self.result_callbacks,
+            cluster_response_callbacks=self.cluster_response_callbacks,
+            read_from_replicas=self.read_from_replicas,
+            load_balancing_strategy=self.load_balancing_strategy,
+            reinitialize_steps=self.reinitialize_steps,
+            retry=no_retry(),
+            lock=self._lock,
+            transaction=transaction,
+            event_dispatcher=self._event_dispatcher,
+        )
+        pipe.guard_client = self
+        pipe.guard_idempotent = idempotent
+        return pipe
+
+    def guard_gauges(self) -> dict[str, Any]:
+        nodes: dict[str, Any] = {}
+        for node in list(self.nodes_manager.nodes_cache.values()):
+            client = node.redis_connection
+            pool = getattr(client, "connection_pool", None)
+            if pool is None:
+                continue
+            created = [x for x in getattr(pool, "_connections", ()) if x is not None]
+            queue = getattr(pool, "pool", None)
+            idle = sum(1 for x in list(queue.queue) if x is not None) if queue else 0
+            nodes[node.name] = {
+                "role": node.server_type,
+                "size": sum(1 for x in created if x._sock is not None),
+                "checked_out": len(created) - idle,
+                "idle": idle,
+            }
+        return {
+            "size": sum(n["size"] for n in nodes.values()),
+            "checked_out": sum(n["checked_out"] for n in nodes.values()),
+            "idle": sum(n["idle"] for n in nodes.values()),
+            "nodes": nodes,
+        }
+
+
+class GuardedClusterPipeline(redis.cluster.ClusterPipeline):
+    """All-or-nothing replay across slots: the whole pipeline is re-run only when every command
+    is idempotent (or the caller vouches), or when none of it may have run.
+
+    redis-py re-sends, one by one, the commands of a pipeline whose node answered MOVED/ASK/
+    TRYAGAIN (safe: they did not run) *and* those whose reply was lost (not safe for INCR): the
+    second kind is stopped here (:meth:`_guard_resend`) unless idempotent.
+    """
+
+    guard_client: GuardedRedisCluster
+    guard_idempotent: bool | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.parent_execute_command = self._guard_resend
+        self._guard_forced: bool | None = None
+
+    def _guard_resend(self, *args: Any, **options: Any) -> Any:
+        for cmd in self._execution_strategy.command_queue:
+            if cmd.args == args and isinstance(cmd.result, BaseException):
+                result = cmd.result
+                break
+        else:  # pragma: no cover - redis-py resends only commands of this pipeline
+            result = None
+        lost = isinstance(result, rex.ConnectionError | rex.TimeoutError)
+        if lost and result is not None and not backend.is_connect_phase(result):
+            forced = self._guard_forced
+            idem = backend.is_idempotent(args) if forced is None else forced
+            if not idem:
+                raise result  # may have run: not re-sent (redis-py would)
+        return self.guard_client.execute_command(*args, **options)
+
+    def execute(self, raise_on_error: bool = True) -> list[Any]:
+        strategy: Any = self._execution_strategy
+        saved = list(strategy.command_queue)
+        if not saved:
+            return []
+        forced = self.guard_idempotent
+        if forced is None:
+            forced = c.override()
+        self._guard_forced = forced
+        stack = [(cmd.args, cmd.options) for cmd in saved]
+        idem = c.pipeline_idempotent(forced, stack)
+        transactional = bool(getattr(self, "transaction", False))
+        guard = self.guard_client.guard_policy.entry_guard
+
+        def attempt(attempts: Attempts) -> list[Any]:
+            commands = [
+                redis.cluster.PipelineCommand(args, dict(options), i)
+                for i, (args, options) in enumerate(stack)
+            ]
+            strategy.command_queue = commands
+            with cl.attempt_mark() as mark:
+                try:
+                    return list(super(GuardedClusterPipeline, self).execute(raise_on_error))
+                except BaseException as exc:
+                    attempts.op = (c.SENT if mark.sent else c.NOT_SENT)[idem]
+                    c.note_command(exc, "MULTI/EXEC" if transactional else "the pipeline")
+                    if mark.sent and not idem and not transactional:
+                        ran = [i for i, cmd in enumerate(commands) if cl.may_have_run(cmd.result)]
+                        if ran:
+                            raise cl.partially_applied(ran[0], exc) from exc
+                    raise
+
+        try:
+            return guard.run_with(attempt, c.NOT_SENT[False], timeout_error=c.QueryTimeoutError)
+        except PoolguardError as exc:
+            wrapped = c.wrap_own(exc)
+            if wrapped is exc:
+                raise
+            raise wrapped from exc
+        finally:
+            strategy.command_queue = []
+
+
+# -- builder ----------------------------------------------------------------------------------
+
+
+def cluster_kwargs(settings: Settings) -> dict[str, Any]:
+    """redis-py keyword arguments (per node) that implement the settings."""
+    kwargs = c.pool_kwargs(settings, unix=False)
+    kwargs.pop("retry", None)  # per node, redis-py sets Retry(NoBackoff(), 0) itself
+    kwargs.pop("health_check_interval", None)
+    return kwargs
+
+
+def build_cluster_client(
+    settings: Settings,
+    redis_kwargs: dict[str, Any],
+    hooks: Any = None,
+    *,
+    asyncio: bool = False,
+) -> Any:
+    """A guarded cluster client for ``settings.url`` (any node of the cluster)."""
+    from poolguard.config.address import address_of
+    from poolguard.config.urls import redact
+
+    url = settings.redis_url()
+    kwargs = cluster_kwargs(settings)
+    kwargs.update(redis_kwargs)
+    label = f"redis cluster {settings.name or 'redis'!r} ({redact(url)})"
+    target = f"the Redis Cluster (via {address_of(url)})"
+    holder: list[Any] = []
+    client: Any
+    policy = cluster_policy(settings, label, target, lambda: holder[0].guard_gauges(), hooks)
+    if asyncio:
+        from poolguard.integrations.redis import cluster_async
+
+        client = cluster_async.build(url, policy, kwargs)
+    else:
+        client = _build_sync(url, policy, kwargs)
+    holder.append(client)
+    client.guard_policy = policy
+    return client
+
+
+def _build_sync(url: str, policy: c.Policy, kwargs: dict[str, Any]) -> GuardedRedisCluster:
+    from redis.connection import parse_url
+
+    ssl = bool(kwargs.pop("ssl", False)) or parse_url(url).get("connection_class") is (
+        redis.connection.SSLConnection
+    )
+    kwargs["connection_class"] = _connection_class(policy, ssl)
+    # A blocking pool per node: a burst waits up to acquire_timeout for a free connection
+    # instead of failing at once with MaxConnectionsError.
+    kwargs["connection_pool_class"] = redis.connection.BlockingConnectionPool
+    kwargs["timeout"] = kwargs.pop("timeout", policy.settings.acquire_timeout)
+    client = GuardedRedisCluster(url=url, retry=no_retry(), poolguard_policy=policy, **kwargs)
+    # Built (with its first refresh) inside RedisCluster.__init__, when no command runs yet;
+    # later refreshes happen inside commands' attempts and must not count as their send.
+    client.nodes_manager.__class__ = _GuardedNodesManager
+    client.guard_policy = policy
+    return client
+
+
+CLUSTER_SCHEMES = ("redis+cluster://", "rediss+cluster://")
+
+
+def plain_cluster_url(url: str | None) -> str | None:
+    """``redis+cluster://h:p`` → ``redis://h:p`` (the scheme only says "this is a cluster")."""
+    if url is None:
+        return None
+    text = url.strip()
+    lowered = text.lower()
+    for scheme in CLUSTER_SCHEMES:
+        if lowered.startswith(scheme):
+            return scheme.replace("+cluster", "") + text[len(scheme) :]
+    return text

@@ -1,0 +1,237 @@
+"""Guarded asyncio Redis Cluster: a real ``redis.asyncio.RedisCluster`` run by poolguard's Guard.
+
+The asyncio twin of ``cluster.py`` (same decisions, from ``_cluster.py``). redis-py's asyncio
+cluster keeps a connection list per ``ClusterNode`` (no pool object) and refreshes its topology
+at the start of the next ``execute_command`` after a failure (``_initialize``), so:
+
+- ``retry=Retry(NoBackoff(), 0)``: one attempt per ``RedisCluster.execute_command``, run under
+  ``Guard.arun_with`` by :meth:`AsyncGuardedRedisCluster.execute_command`;
+- node connections are :class:`AsyncGuardedClusterConnection` (connect failures tagged, sends
+  marked), set on the client's connection kwargs and on the startup nodes built in ``__init__``;
+- :meth:`AsyncGuardedRedisCluster.initialize` (the topology refresh) runs with the mark
+  suspended;
+- redis-py's asyncio pipeline re-sends individually only MOVED/ASK/TRYAGAIN commands (through
+  this client's guarded ``execute_command``); :class:`AsyncGuardedClusterPipeline` adds the
+  all-or-nothing replay of the whole pipeline.
+"""
+
+# redis-py's internals carry no annotations.
+# mypy: disable-error-code="no-untyped-call"
+
+from __future__ import annotations
+
+import time
+from typing import Any
+
+import redis.asyncio.cluster
+import redis.asyncio.connection
+import redis.exceptions as rex
+
+from poolguard.backends import redis as backend
+from poolguard.core.deadline import current_deadline
+from poolguard.core.retry import Attempts
+from poolguard.errors import PoolguardError
+from poolguard.integrations.redis import _cluster as cl
+from poolguard.integrations.redis import _common as c
+from poolguard.integrations.redis.cluster import _connection_hooks_connected, no_retry
+
+__all__ = [
+    "AsyncGuardedClusterConnection",
+    "AsyncGuardedClusterPipeline",
+    "AsyncGuardedRedisCluster",
+    "build",
+]
+
+_lookup = backend.lookup
+
+
+class AsyncGuardedClusterConnection(redis.asyncio.connection.Connection):
+    """A node connection: connect failures tagged and counted, completed sends marked, reads
+    bounded by the caller's deadline."""
+
+    guard_policy: c.Policy
+
+    async def connect_check_health(
+        self, check_health: bool = True, retry_socket_connect: bool = True
+    ) -> None:
+        if self.is_connected:
+            return
+        policy = self.guard_policy
+        started = time.monotonic()
+        self.socket_connect_timeout = c.connect_timeout(policy.connect_timeout)
+        try:
+            with cl.sent_suspended():  # HELLO/AUTH/READONLY are not the command
+                await super().connect_check_health(check_health, retry_socket_connect)
+        except Exception as exc:
+            backend.mark_connect_phase(exc)
+            policy.guard.stats.incr("connect_failures")
+            raise
+        finally:
+            self.socket_connect_timeout = policy.connect_timeout
+        _connection_hooks_connected(policy, started)
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        await super().send_packed_command(command, check_health)
+        cl.mark_sent()
+
+    async def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        if current_deadline() is not None and kwargs.get("timeout") is None:
+            # The asyncio connection takes a per-read timeout: the caller's deadline caps it.
+            kwargs["timeout"] = c.deadline_cap(self.socket_timeout)
+        return await super().read_response(*args, **kwargs)
+
+
+class AsyncGuardedRedisCluster(redis.asyncio.cluster.RedisCluster):
+    """A ``redis.asyncio.RedisCluster`` whose commands are retried by poolguard, only when safe."""
+
+    guard_policy: c.Policy
+
+    def __init__(self, *args: Any, poolguard_policy: c.Policy, **kwargs: Any) -> None:
+        # Set first: redis-py's __init__ already runs commands (COMMAND, CLUSTER SLOTS).
+        self.guard_policy = poolguard_policy
+        super().__init__(*args, **kwargs)
+
+    def set_retry(self, retry: Any) -> None:
+        c.check_set_retry(retry)
+        super().set_retry(retry)
+
+    async def initialize(self, *args: Any, **kwargs: Any) -> AsyncGuardedRedisCluster:
+        with cl.sent_suspended():  # CLUSTER SLOTS / COMMAND are not the command
+            await super().initialize(*args, **kwargs)
+        return self
+
+    async def execute_command(self, *args: Any, **kwargs: Any) -> Any:
+        info = _lookup(args[0]) or backend.command_info(args)
+        forced = c.override()
+        guard = self.guard_policy.entry_guard
+
+        async def attempt(attempts: Attempts) -> Any:
+            with cl.attempt_mark() as mark:
+                try:
+                    return await super(AsyncGuardedRedisCluster, self).execute_command(
+                        *args, **dict(kwargs)
+                    )
+                except BaseException as exc:
+                    idem = c.rule_idempotent(info, args) if forced is None else forced
+                    attempts.op = (c.SENT if mark.sent else c.NOT_SENT)[idem]
+                    c.note_command(exc, args[0])
+                    raise
+
+        try:
+            return await guard.arun_with(
+                attempt, c.NOT_SENT[False], timeout_error=c.QueryTimeoutError
+            )
+        except PoolguardError as exc:
+            wrapped = c.wrap_own(exc)
+            if wrapped is exc:
+                raise
+            raise wrapped from exc
+
+    def pipeline(
+        self, transaction: Any = None, shard_hint: Any = None, *, idempotent: bool | None = None
+    ) -> AsyncGuardedClusterPipeline:
+        """redis-py's cluster pipeline, replayed as a whole only when safe."""
+        if shard_hint:
+            raise rex.RedisClusterException("shard_hint is deprecated in cluster mode")
+        # redis-py's ClusterPipeline is abstract to mypy only (an attribute set in __init__).
+        pipeline_class: Any = AsyncGuardedClusterPipeline
+        pipe: AsyncGuardedClusterPipeline = pipeline_class(self, transaction)
+        pipe.guard_idempotent = idempotent
+        return pipe
+
+    def guard_gauges(self) -> dict[str, Any]:
+        nodes: dict[str, Any] = {}
+        for node in list(self.nodes_manager.nodes_cache.values()):
+            created = list(node._connections)
+            idle = len(node._free)
+            nodes[node.name] = {
+                "role": node.server_type,
+                "size": sum(1 for x in created if x.is_connected),
+                "checked_out": len(created) - idle,
+                "idle": idle,
+            }
+        return {
+            "size": sum(n["size"] for n in nodes.values()),
+            "checked_out": sum(n["checked_out"] for n in nodes.values()),
+            "idle": sum(n["idle"] for n in nodes.values()),
+            "nodes": nodes,
+        }
+
+
+class AsyncGuardedClusterPipeline(redis.asyncio.cluster.ClusterPipeline):
+    """All-or-nothing replay across slots (see ``cluster.GuardedClusterPipeline``)."""
+
+    guard_idempotent: bool | None = None
+
+    async def execute(
+        self, raise_on_error: bool = True, allow_redirections: bool = True
+    ) -> list[Any]:
+        strategy: Any = self._execution_strategy
+        saved = list(strategy._command_queue)
+        if not saved:
+            return []
+        forced = self.guard_idempotent
+        if forced is None:
+            forced = c.override()
+        stack = [(cmd.args, cmd.kwargs) for cmd in saved]
+        idem = c.pipeline_idempotent(forced, stack)
+        transactional = bool(self._transaction)
+        client: Any = self.cluster_client
+        guard = client.guard_policy.entry_guard
+
+        async def attempt(attempts: Attempts) -> list[Any]:
+            commands = [
+                redis.asyncio.cluster.PipelineCommand(i, *args, **dict(kwargs))
+                for i, (args, kwargs) in enumerate(stack)
+            ]
+            strategy._command_queue = commands
+            with cl.attempt_mark() as mark:
+                try:
+                    if client._initialize:
+                        await client.initialize()
+                    return list(await strategy.execute(raise_on_error, allow_redirections))
+                except BaseException as exc:
+                    attempts.op = (c.SENT if mark.sent else c.NOT_SENT)[idem]
+                    c.note_command(exc, "MULTI/EXEC" if transactional else "the pipeline")
+                    if mark.sent and not idem and not transactional:
+                        ran = [i for i, cmd in enumerate(commands) if cl.may_have_run(cmd.result)]
+                        if ran:
+                            raise cl.partially_applied(ran[0], exc) from exc
+                    raise
+
+        try:
+            result: list[Any] = await guard.arun_with(
+                attempt, c.NOT_SENT[False], timeout_error=c.QueryTimeoutError
+            )
+            return result
+        except PoolguardError as exc:
+            wrapped = c.wrap_own(exc)
+            if wrapped is exc:
+                raise
+            raise wrapped from exc
+        finally:
+            await self.reset()
+
+
+def build(url: str, policy: c.Policy, kwargs: dict[str, Any]) -> AsyncGuardedRedisCluster:
+    """The asyncio client; ``kwargs`` are redis-py's (poolguard's settings already applied)."""
+    kwargs = dict(kwargs)
+    kwargs.pop("timeout", None)  # no pool wait in redis-py's asyncio cluster
+    client: Any = AsyncGuardedRedisCluster.from_url(
+        url, retry=no_retry(), poolguard_policy=policy, **kwargs
+    )
+    base = client.connection_kwargs.get("connection_class", redis.asyncio.connection.Connection)
+    guarded = type(
+        "AsyncGuardedClusterConnection",
+        (AsyncGuardedClusterConnection, base)
+        if base is not redis.asyncio.connection.Connection
+        else (AsyncGuardedClusterConnection,),
+        {"guard_policy": policy},
+    )
+    # Nodes found later are built from these kwargs; the startup nodes already exist.
+    client.connection_kwargs["connection_class"] = guarded
+    for node in client.nodes_manager.startup_nodes.values():
+        node.connection_class = guarded
+    client.guard_policy = policy
+    guarded_client: AsyncGuardedRedisCluster = client
+    return guarded_client
