@@ -105,6 +105,7 @@ FIXTURE_MARKERS = {
     "dedicated_server": ("chaos",),
     "fault_proxy": ("chaos",),
     "pg_replica_set": ("chaos", "postgres"),
+    "redis_cluster": ("chaos", "redis"),
 }
 
 
@@ -315,3 +316,22 @@ def fault_proxy() -> Iterator[ProxyFactory]:
     yield make
     for proxy in reversed(proxies):
         proxy.stop()
+
+
+@pytest.fixture(scope="session")
+def redis_cluster() -> Iterator[Any]:
+    """A local Redis Cluster for the session: 3 masters + 3 replicas, ``cluster-node-timeout``
+    1 s (:class:`~poolguard.testing.servers.redis_cluster.RedisClusterTopology`). Tests that kill
+    or fail over a master leave it healthy again (``revive``, ``wait_healthy``)."""
+    from poolguard.testing.servers import ServerUnavailable
+    from poolguard.testing.servers.redis_cluster import RedisClusterTopology
+
+    try:
+        topology = RedisClusterTopology()
+    except ServerUnavailable as exc:
+        _unavailable(str(exc))
+    topology.start()
+    try:
+        yield topology
+    finally:
+        topology.stop()
