@@ -275,7 +275,9 @@ class MyRules:
         reader = conn._reader
         if reader is None or reader.at_eof() or reader.exception() is not None:
             # aiomysql's own free check: the event loop already saw the server close it (a
-            # KILL, wait_timeout, a restart), so no round trip is needed to know.
+            # KILL, wait_timeout, a restart), so no round trip is needed to know. What closed
+            # it has usually closed its siblings: they are checked the same way, for free.
+            self.guard.stats.disconnect("closed_by_server")
             self.evict(conn, "disconnect", now, returned)
         if returned is None and not suspect:
             return None  # fresh: it just proved the server answers
