@@ -51,7 +51,7 @@ import threading
 import time
 from typing import Any, Literal
 
-from sqlalchemy import event
+from sqlalchemy import Engine, event
 from sqlalchemy import exc as sa_exc
 from sqlalchemy.pool import AsyncAdaptedQueuePool, ConnectionPoolEntry, Pool, QueuePool
 from sqlalchemy.util import queue as sqla_queue
@@ -61,6 +61,7 @@ from poolguard.core.disposition import Operation, Scope
 from poolguard.errors import ConnectTimeout, PoolguardError, PoolTimeout
 from poolguard.integrations.backstop import backstop
 from poolguard.integrations.sqlalchemy._errors import as_dropin, sa_dropin
+from poolguard.integrations.sqlalchemy._first_connect import bound_dialect_initialize
 from poolguard.integrations.sqlalchemy._handoff import CREATE, AsyncFairQueue, FairQueue
 from poolguard.integrations.sqlalchemy._keepalive import KeepaliveMixin
 from poolguard.integrations.sqlalchemy._state import (
@@ -425,6 +426,8 @@ def install_pool_events(target: Any, state: EngineState, *, reset: bool = True) 
     leaves reset-on-return to the pool's own setting (a ``pool=`` instance)."""
     # partial, not lambda: called in C, one Python frame less per event.
     event.listen(target, "connect", functools.partial(_on_connect, state))
+    if isinstance(target, Engine):  # its first connect runs the dialect's queries: bound them
+        bound_dialect_initialize(target.dialect, state)
     if reset:
         event.listen(target, "reset", functools.partial(_on_reset, state))
 
@@ -507,6 +510,9 @@ def _on_checkout(state: EngineState, dbapi_connection: Any, record: Any) -> None
     idle = now - life.returned
     lifetime = life.lifetime
     settings = state.settings
+    if state.backend.found_closed(driver_of(dbapi_connection)):
+        # asyncpg noticed the peer gone while the connection sat idle: no ping needed to know.
+        _evict(state, "disconnect", age, idle)
     if lifetime is not None and age >= lifetime:
         _evict(state, "lifetime", age, idle)
     if settings.max_idle and idle >= settings.max_idle:
@@ -541,6 +547,8 @@ def _validate(state: EngineState, dbapi_connection: Any, age: float, idle: float
 
 
 def _ping(state: EngineState, dbapi_connection: Any) -> None:
+    if state.backend.ping(dbapi_connection):
+        return  # the driver's own way (asyncpg: one simple-query round trip, no transaction)
     sql = state.backend.ping_sql()
     if sql is None:
         # The driver's own ping (MySQL COM_PING): no statement, no parse, one round trip.
