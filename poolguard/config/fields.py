@@ -91,6 +91,7 @@ ENV_FIELDS: dict[str, FieldSpec] = {
     "tcp_keepalive": _DURATION,
     "keepalive": _DURATION,
     "pgbouncer": FieldSpec("choice", choices=("auto", "on", "off"), aliases=_BOOLISH),
+    "async_driver": FieldSpec("choice", choices=("psycopg", "asyncpg")),
 }
 
 

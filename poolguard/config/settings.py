@@ -25,6 +25,7 @@ from poolguard.errors import ConfigError
 
 JitterKind = Literal["full", "equal", "decorrelated", "none"]
 PgBouncerMode = Literal["auto", "on", "off"]
+AsyncDriver = Literal["psycopg", "asyncpg"]
 Backend = Literal["sql", "redis"]
 
 
@@ -73,6 +74,8 @@ class Settings:
     keepalive: float | None = None
     """Ping idle connections idle longer than this from a background thread; None = off."""
     pgbouncer: PgBouncerMode = "auto"
+    async_driver: AsyncDriver = "psycopg"
+    """PostgreSQL driver of async engines for a URL that names none (``postgres://``)."""
 
     name: str | None = None
     """Name of a secondary database (``Settings.from_env(name="analytics")``), for logs/stats."""
@@ -109,12 +112,15 @@ class Settings:
         return load_settings(environ, backend=backend, name=name, **overrides)
 
     def sql_url(self, *, async_: bool = False) -> str:
-        """The SQLAlchemy URL for a sync (psycopg/PyMySQL) or async (psycopg/aiomysql) engine."""
+        """The SQLAlchemy URL for a sync (psycopg/PyMySQL) or async (psycopg or asyncpg /
+        aiomysql) engine."""
         if self.url is None:
             raise ConfigError(
                 f"no database URL configured: set {_url_var(self)}", variable=_url_var(self)
             )
-        return normalize_sql_url(self.url, async_=async_, variable=_url_var(self))
+        return normalize_sql_url(
+            self.url, async_=async_, variable=_url_var(self), async_driver=self.async_driver
+        )
 
     def redis_url(self) -> str:
         """The redis-py URL (``redis://``, ``rediss://`` or ``unix://``)."""

@@ -35,6 +35,7 @@ RECONFIGURABLE = (
     "validate_idle",
     "max_lifetime",
     "max_idle",
+    "keepalive",
 )
 
 #: Settings each open connection carries from its connect (server-side timeouts, the driver's
@@ -50,6 +51,7 @@ OUT_OF_SCOPE = {
     "max_overflow": "pool sizes are fixed for the pool's life: create a new engine/pool/client",
     "tcp_keepalive": "socket options are set at connect: create a new engine/pool/client",
     "pgbouncer": "PgBouncer mode is chosen at creation: create a new engine/pool",
+    "async_driver": "the driver is chosen at creation: create a new engine",
     "name": "a pool's name is its identity in logs and stats",
     "backend": "a pool's backend is fixed",
 }

@@ -62,13 +62,21 @@ def make_engine(engine_connect_args: dict[str, Any]) -> Iterator[EngineFactory]:
 
 
 @pytest.fixture
+def async_engine_options() -> Callable[[dict[str, Any]], dict[str, Any]]:
+    """The last word on an async engine's options (the PostgreSQL suite picks the driver)."""
+    return dict
+
+
+@pytest.fixture
 async def make_async_engine(
     engine_connect_args: dict[str, Any],
+    async_engine_options: Callable[[dict[str, Any]], dict[str, Any]],
 ) -> AsyncIterator[AsyncEngineFactory]:
     engines: list[AsyncEngine] = []
 
     def make(url: str, **overrides: Any) -> AsyncEngine:
-        engine = poolguard.create_async_engine(url, **_options(engine_connect_args, overrides))
+        options = async_engine_options(_options(engine_connect_args, overrides))
+        engine = poolguard.create_async_engine(url, **options)
         engines.append(engine)
         return engine
 

@@ -229,7 +229,7 @@ def test_pgbouncer_detected(pgbouncer_server: Any) -> None:
         ({"POOLGUARD_REDIS_CONNECT_TIMEOUT": "-1s"}, "POOLGUARD_REDIS_CONNECT_TIMEOUT"),
         ({"POOLGUARD_QUERY_TIMEOUTS": "5s"}, "POOLGUARD_QUERY_TIMEOUTS"),
         ({"DATABASE_URL": f"sqlite://u:{DISTINCT}@/x"}, "DATABASE_URL"),
-        ({"DATABASE_URL": f"postgresql+asyncpg://u:{DISTINCT}@h/db"}, "DATABASE_URL"),
+        ({"DATABASE_URL": f"postgresql+pg8000://u:{DISTINCT}@h/db"}, "DATABASE_URL"),
         ({"REDIS_URL": f"http://:{DISTINCT}@h"}, "REDIS_URL"),
     ],
 )

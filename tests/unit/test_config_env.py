@@ -38,7 +38,7 @@ def test_every_field_has_a_variable() -> None:
         "POOLGUARD_RETRY_TIMEOUT": "off", "POOLGUARD_RETRY_BUDGET": "0.5",
         "POOLGUARD_BREAKER_FAILURES": "off", "POOLGUARD_BREAKER_RESET": "30s",
         "POOLGUARD_TCP_KEEPALIVE": "0", "POOLGUARD_PGBOUNCER": "on",
-        "POOLGUARD_KEEPALIVE": "45s",
+        "POOLGUARD_KEEPALIVE": "45s", "POOLGUARD_ASYNC_DRIVER": "asyncpg",
     }  # fmt: skip
     assert {v.removeprefix("POOLGUARD_").lower() for v in env} == set(ENV_FIELDS)
     s = Settings.from_env(env)
@@ -53,6 +53,7 @@ def test_every_field_has_a_variable() -> None:
     )
     assert (s.retry_budget, s.breaker_failures, s.breaker_reset) == (0.5, None, 30)
     assert (s.tcp_keepalive, s.pgbouncer, s.keepalive) == (None, "on", 45.0)
+    assert s.async_driver == "asyncpg"
 
 
 def test_keyword_overrides_win() -> None:
@@ -106,7 +107,7 @@ def test_blank_url_is_no_url() -> None:
 
 def test_bad_database_url_is_redacted_in_error() -> None:
     with pytest.raises(ConfigError) as info:
-        Settings.from_env({"DATABASE_URL": f"postgresql+asyncpg://u:{SECRET}@h/db"})
+        Settings.from_env({"DATABASE_URL": f"postgresql+pg8000://u:{SECRET}@h/db"})
     assert SECRET not in str(info.value)
     assert info.value.variable == "DATABASE_URL"
 
@@ -286,3 +287,26 @@ def test_docs_list_every_variable() -> None:
     text = docs.read_text()
     for variable in [f"POOLGUARD_{f.upper()}" for f in ENV_FIELDS] + sorted(EXTRA_VARIABLES):
         assert f"`{variable}`" in text, f"{variable} is missing from docs/configuration.md"
+
+
+def test_async_driver_picks_the_driver_of_a_url_that_names_none() -> None:
+    env = {"DATABASE_URL": "postgres://u:p@h/db", "POOLGUARD_ASYNC_DRIVER": "asyncpg"}
+    s = Settings.from_env(env)
+    assert s.sql_url() == "postgresql+psycopg://u:p@h/db"  # sync engines: psycopg
+    assert s.sql_url(async_=True) == "postgresql+asyncpg://u:p@h/db"
+    assert Settings.from_env({"DATABASE_URL": "postgres://h/db"}).sql_url(async_=True) == (
+        "postgresql+psycopg://h/db"  # the default stays psycopg
+    )
+    # A URL that names its async driver wins over the variable.
+    named = {**env, "DATABASE_URL": "postgresql+psycopg_async://h/db"}
+    assert Settings.from_env(named).sql_url(async_=True) == "postgresql+psycopg_async://h/db"
+    keyword = Settings.from_env(env, async_driver="psycopg")
+    assert keyword.sql_url(async_=True) == "postgresql+psycopg://u:p@h/db"
+
+
+def test_bad_async_driver_names_the_variable() -> None:
+    with pytest.raises(ConfigError) as info:
+        Settings.from_env({"DATABASE_URL": "postgres://h/db", "POOLGUARD_ASYNC_DRIVER": "pg8000"})
+    assert info.value.variable == "POOLGUARD_ASYNC_DRIVER"
+    assert "psycopg" in str(info.value)
+    assert "asyncpg" in str(info.value)

@@ -108,6 +108,9 @@ def test_redact_total(text: str) -> None:
         ),
         ("MariaDB+PyMySQL://h/db", "mariadb+pymysql://h/db", "mariadb+aiomysql://h/db"),
         ("  postgres://h/db  ", "postgresql+psycopg://h/db", "postgresql+psycopg://h/db"),
+        # asyncpg serves async engines only: a sync engine on the same URL uses psycopg.
+        ("postgresql+asyncpg://u:p@h/db", "postgresql+psycopg://u:p@h/db",
+         "postgresql+asyncpg://u:p@h/db"),
     ],
 )
 def test_normalize_sql_url(url: str, sync: str, async_: str) -> None:
@@ -123,7 +126,6 @@ def test_normalize_sql_url(url: str, sync: str, async_: str) -> None:
     [
         ("sqlite:///x.db", "unsupported scheme 'sqlite://'"),
         ("oracle://h/db", "unsupported scheme"),
-        ("postgresql+asyncpg://u:p@h/db", "not asyncpg"),
         ("postgresql+psycopg2://h/db", "not psycopg2"),
         ("mysql+mysqldb://h/db", "not mysqldb"),
         ("redis://h", "unsupported scheme"),
@@ -141,7 +143,7 @@ def test_normalize_sql_url_rejects(url: str, needle: str) -> None:
 
 def test_rejection_redacts_password() -> None:
     with pytest.raises(ConfigError) as info:
-        normalize_sql_url(f"postgresql+asyncpg://u:{SECRET}@h/db", async_=True, variable="X_URL")
+        normalize_sql_url(f"postgresql+pg8000://u:{SECRET}@h/db", async_=True, variable="X_URL")
     assert SECRET not in str(info.value)
     assert info.value.variable == "X_URL"
 

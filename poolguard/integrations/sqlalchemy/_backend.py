@@ -1,9 +1,10 @@
-"""Per-dialect adapters: what the SQLAlchemy integration asks of a database backend.
+"""Per-driver adapters: what the SQLAlchemy integration asks of a database backend.
 
 The engine, pool, Connection subclass and ``run_transaction`` are dialect-neutral: everything
 that depends on the driver (classify an error, ping, read the transaction status without a round
 trip, find the socket the backstop cuts, connect under a client deadline, set server-side
-timeouts) goes through one :class:`SqlBackend`, chosen from the URL by :func:`backend_for`.
+timeouts) goes through one :class:`SqlBackend`, chosen from the URL by :func:`backend_for`
+(asyncpg's is ``_asyncpg.py``).
 Each adapter is a thin translation onto ``poolguard.backends.<db>``, which holds the knowledge.
 Backend modules are imported lazily, so a MySQL-only install never imports psycopg.
 
@@ -143,6 +144,15 @@ class SqlBackend:
     def wrong_role(self, driver_conn: Any) -> bool:
         """After a validation ping: is the server no longer the role the URL asked for (a
         failover demoted it)? Then the connection is replaced, not reused."""
+        return False
+
+    def ping(self, dbapi_connection: Any) -> bool:
+        """Ping in the driver's own way and return True, or return False for the generic ping
+        (:meth:`ping_sql`, run by the pool)."""
+        return False
+
+    def found_closed(self, driver_conn: Any) -> bool:
+        """Does the driver already know, without a round trip, that the connection is dead?"""
         return False
 
     def fileno(self, driver_conn: Any) -> int | None:
@@ -677,6 +687,10 @@ _FACTORIES: dict[Dialect, _Factory] = {
 }
 
 
-def backend_for(dialect: Dialect, *, backstop_grace: float) -> SqlBackend:
-    """The adapter for a URL's dialect (``dialect_of(url)``)."""
+def backend_for(dialect: Dialect, *, backstop_grace: float, driver: str = "") -> SqlBackend:
+    """The adapter for a URL's dialect (``dialect_of(url)``) and driver."""
+    if driver == "asyncpg":
+        from poolguard.integrations.sqlalchemy._asyncpg import AsyncpgBackend
+
+        return AsyncpgBackend()
     return _FACTORIES[dialect](backstop_grace)

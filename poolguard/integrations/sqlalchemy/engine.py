@@ -76,7 +76,8 @@ def create_engine(url: str | URL | None = None, **overrides: Any) -> Engine:
 
 
 def create_async_engine(url: str | URL | None = None, **overrides: Any) -> AsyncEngine:
-    """The asyncio twin of :func:`create_engine` (psycopg async or aiomysql underneath)."""
+    """The asyncio twin of :func:`create_engine` (psycopg async, asyncpg or aiomysql underneath:
+    ``postgresql+asyncpg://``, or ``async_driver="asyncpg"`` / ``POOLGUARD_ASYNC_DRIVER``)."""
     settings, sa_kwargs, given = _split(url, overrides)
     state, kwargs = _prepare(settings, sa_kwargs, given, is_async=True)
     creator = kwargs.get("async_creator")
@@ -130,7 +131,8 @@ def _split(
 def _prepare(
     settings: Settings, sa_kwargs: dict[str, Any], given: dict[str, str], *, is_async: bool
 ) -> tuple[EngineState, dict[str, Any]]:
-    backend = backend_for(dialect_of(settings.sql_url()), backstop_grace=BACKSTOP_GRACE)
+    url = settings.sql_url(async_=is_async)
+    backend = backend_for(dialect_of(url), backstop_grace=BACKSTOP_GRACE, driver=_driver_of(url))
     name = settings.name or "default"
     guard = Guard.from_settings(
         settings,
@@ -165,6 +167,11 @@ def _prepare(
         _refuse([given[s] for s, _arg, _kw in _POOL_ARGS if s in given] + sorted(pool_keywords))
         kwargs["pool"] = guard_instance(kwargs["pool"])
     return state, kwargs
+
+
+def _driver_of(url: str) -> str:
+    """``"asyncpg"`` of ``postgresql+asyncpg://...`` (the URL is normalized: one "+")."""
+    return url.partition("://")[0].partition("+")[2]
 
 
 def _check_asyncio(poolclass: type[Pool] | None, is_async: bool) -> None:

@@ -48,6 +48,8 @@ RetryOn = Collection[str | int] | None
 UNIT_OF_WORK = Operation(Position.LATER, unit_of_work=True)
 
 _XID_SQL = text("SELECT txid_current(), pg_backend_pid()")
+#: The xid is sent as text: asyncpg binds the parameter with the type the server infers
+#: (text here) and refuses an int for it.
 _STATUS_SQL = text("SELECT pg_xact_status(CAST(CAST(:xid AS text) AS xid8))")
 _TERMINATE_SQL = text("SELECT pg_terminate_backend(:pid)")
 #: Pause between pg_xact_status polls while the old backend goes away.
@@ -167,7 +169,7 @@ def _resolve(engine: Engine, state: EngineState, xid: int, pid: int, exc: BaseEx
     try:
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             while time.monotonic() < stop:
-                status = conn.execute(_STATUS_SQL, {"xid": xid}).scalar()
+                status = conn.execute(_STATUS_SQL, {"xid": str(xid)}).scalar()
                 if status in ("committed", "aborted"):
                     state.guard.stats.incr(f"ambiguous_resolved.{status}")
                     return bool(status == "committed")
@@ -269,7 +271,7 @@ async def _aresolve(
         async with engine.connect() as conn:
             conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
             while time.monotonic() < stop:
-                status = (await conn.execute(_STATUS_SQL, {"xid": xid})).scalar()
+                status = (await conn.execute(_STATUS_SQL, {"xid": str(xid)})).scalar()
                 if status in ("committed", "aborted"):
                     state.guard.stats.incr(f"ambiguous_resolved.{status}")
                     return bool(status == "committed")

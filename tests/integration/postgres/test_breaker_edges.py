@@ -27,6 +27,8 @@ from poolguard.core.breaker import FIRST_OPEN_INTERVAL, BreakerState
 from poolguard.integrations.sqlalchemy.engine import guard_of
 from poolguard.testing import stream_during
 
+from .conftest import both_async_drivers
+
 pytestmark = [pytest.mark.postgres]
 
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(Settings)}
@@ -99,6 +101,7 @@ def test_run_transaction_admitted_as_the_probe_does_not_wait_on_itself(
     assert guard_of(engine).guard.breaker.state is BreakerState.CLOSED
 
 
+@both_async_drivers
 async def test_async_run_transaction_admitted_as_the_probe_does_not_wait_on_itself(
     postgres_server: Any, make_async_engine: Any
 ) -> None:
@@ -202,6 +205,7 @@ def test_restart_under_a_mix_with_the_default_breaker(
     assert _total(engine, table) == 2000
 
 
+@both_async_drivers
 async def test_async_restart_under_a_mix_with_the_default_breaker(
     dedicated_server: Any, make_engine: Any, make_async_engine: Any
 ) -> None:

@@ -21,6 +21,8 @@ from sqlalchemy import text
 
 import poolguard
 
+from .conftest import both_async_drivers
+
 pytestmark = [pytest.mark.postgres, pytest.mark.chaos]
 
 CALLERS = 6
@@ -129,6 +131,7 @@ def test_reads_from_threads_survive_backends_killed_every_50ms(
     assert reads[0] > 100
 
 
+@both_async_drivers
 async def test_reads_from_tasks_survive_backends_killed_every_50ms(
     make_async_engine: Any, postgres_server: Any, app_name: str
 ) -> None:

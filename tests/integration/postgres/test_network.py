@@ -13,6 +13,8 @@ from sqlalchemy import text
 import poolguard
 from poolguard.testing.proxy import DeafListener
 
+from .conftest import both_async_drivers
+
 pytestmark = [pytest.mark.postgres, pytest.mark.chaos]
 
 GRACE = 0.5
@@ -141,6 +143,7 @@ def test_deaf_listener_sub_second_connect_timeout(make_engine: Any, postgres_ser
     assert postgres_server.password not in str(info.value)
 
 
+@both_async_drivers
 async def test_async_deaf_listener_sub_second_connect_timeout(
     make_async_engine: Any, postgres_server: Any
 ) -> None:
@@ -157,6 +160,7 @@ async def test_async_deaf_listener_sub_second_connect_timeout(
     assert isinstance(info.value, sqlalchemy.exc.OperationalError)
 
 
+@both_async_drivers
 async def test_async_blackhole_bounded_by_deadline(
     make_async_engine: Any, fault_proxy: Any, postgres_server: Any
 ) -> None:

@@ -13,6 +13,8 @@ from sqlalchemy import text
 import poolguard
 from poolguard.testing import stream_during
 
+from .conftest import both_async_drivers
+
 pytestmark = [pytest.mark.postgres, pytest.mark.chaos, pytest.mark.slow]
 
 #: "No call outlives its deadline by more than a small grace" (DESIGN "Testing").
@@ -36,6 +38,7 @@ def test_restart_with_downtime_surfaces_no_error(dedicated_server: Any, make_eng
     assert snap["give_ups"] == 0
 
 
+@both_async_drivers
 async def test_async_restart_with_downtime_surfaces_no_error(
     dedicated_server: Any, make_async_engine: Any
 ) -> None:
@@ -121,6 +124,7 @@ def test_freeze_during_checkout_of_a_new_connection(
     assert elapsed < 0.3 + GRACE, elapsed
 
 
+@both_async_drivers
 async def test_async_freeze_is_bounded(dedicated_server: Any, make_async_engine: Any) -> None:
     server = dedicated_server("postgres")
     engine = make_async_engine(server.url)

@@ -16,6 +16,8 @@ from sqlalchemy.orm import sessionmaker
 
 import poolguard
 
+from .conftest import both_async_drivers
+
 pytestmark = [pytest.mark.postgres, pytest.mark.chaos]
 
 
@@ -217,6 +219,7 @@ def test_lost_commit_request_resolved_as_aborted_and_rerun(ledger_proxy: tuple[A
     assert snap["ambiguous_resolved"] == {"committed": 0, "aborted": 1}
 
 
+@both_async_drivers
 async def test_async_run_transaction_retries_a_killed_unit(
     make_async_engine: Any, postgres_server: Any, app_name: str
 ) -> None:
@@ -238,6 +241,7 @@ async def test_async_run_transaction_retries_a_killed_unit(
     assert len(runs) == 2
 
 
+@both_async_drivers
 async def test_async_lost_commit_reply_resolved(
     make_async_engine: Any, fault_proxy: Any, postgres_server: Any
 ) -> None:

@@ -1,0 +1,194 @@
+"""The asyncpg adapter of the SQLAlchemy integration (``postgresql+asyncpg``, async engines only).
+
+Everything dialect-neutral (pool, statement retries, backstop, ``run_transaction``) is shared
+with psycopg; what differs is answered here, on ``poolguard.backends.asyncpg``'s knowledge:
+
+- connect: ``asyncpg.connect`` under ``asyncio.wait_for`` (and asyncpg's own ``timeout``), the
+  server timeouts in the startup packet (``server_settings``), the version-gated ones and the
+  TCP keepalives applied before the connection is handed over; what fails while connecting is a
+  connect-phase error (see ``backends/asyncpg.py``);
+- state without a round trip: ``is_in_transaction()`` / ``is_closed()`` (asyncpg keeps the
+  server's last ReadyForQuery status, and notices a dead peer while idle), the socket for the
+  backstop from the transport;
+- the checkout ping is one simple-query round trip on the asyncpg connection (SQLAlchemy's own
+  ``ping()`` opens a transaction around it: three round trips);
+- not here: the deferred ROLLBACK and the pipelined BEGIN of the psycopg adapter (both are
+  libpq-level); SQLAlchemy's asyncpg adapter sends BEGIN itself before a transaction's first
+  statement, and ``close()`` waits for its ROLLBACK.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import weakref
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+from poolguard.integrations.sqlalchemy._backend import SqlBackend, StateView
+from poolguard.integrations.sqlalchemy._compat import await_only
+
+if TYPE_CHECKING:
+    from poolguard.config.settings import Settings
+    from poolguard.core.disposition import Classification
+
+__all__ = ["AsyncpgBackend"]
+
+
+class AsyncpgBackend(SqlBackend):
+    """asyncpg under SQLAlchemy's ``postgresql+asyncpg`` dialect."""
+
+    name = "postgres"  # the same server, the same stats and messages as psycopg
+    setup_commits = True  # SQLAlchemy's asyncpg cursor opens a transaction around a statement
+    ambiguous_hint = (
+        "run it through poolguard.run_transaction_async(..., resolve_ambiguous=True) to have"
+        " poolguard check the outcome on the server"
+    )
+
+    def __init__(self) -> None:
+        from poolguard.backends import asyncpg as apg
+        from poolguard.backends import postgres as pg
+
+        self.apg = apg
+        self.pg = pg
+        self.retry_codes = frozenset(pg.RETRY_TRANSACTION_SQLSTATES)
+        # Connections this adapter opened (their session setup is done): a user's creator's are
+        # set up by the pool's connect event instead.
+        self._set_up: weakref.WeakSet[Any] = weakref.WeakSet()
+
+    def classify(self, exc: BaseException) -> Classification:
+        return self.apg.classify(exc)
+
+    def error_code(self, exc: BaseException) -> str | None:
+        return self.apg.sqlstate(exc)
+
+    def is_idempotent(self, sql: str) -> bool:
+        return self.pg.is_idempotent(sql)
+
+    def connect_args(self, settings: Settings, *, is_async: bool) -> dict[str, Any]:
+        return self.apg.connect_params(settings)
+
+    def merge_connect_args(self, ours: dict[str, Any], theirs: dict[str, Any]) -> dict[str, Any]:
+        merged = {**ours, **theirs}
+        if ours.get("server_settings") and theirs.get("server_settings"):
+            # Both apply; for a setting given twice the user's wins.
+            merged["server_settings"] = {**ours["server_settings"], **theirs["server_settings"]}
+        return merged
+
+    def async_connector(self, state: StateView) -> Callable[..., Any]:
+        return functools.partial(self._connect, state, state.connect_timeout())
+
+    async def _connect(
+        self, state: StateView, timeout: float | None, *args: Any, **kwargs: Any
+    ) -> Any:
+        import asyncpg
+
+        apg = self.apg
+        if timeout is not None:
+            kwargs.setdefault("timeout", timeout)  # asyncpg's own bound (default 60 s)
+        settings = state.settings
+        opened: list[Any] = []
+
+        async def open_() -> Any:
+            conn = await asyncpg.connect(*args, **kwargs)
+            opened.append(conn)
+            if settings.tcp_keepalive:
+                apg.set_keepalive(conn, settings.tcp_keepalive)
+            # Version-gated GUCs (transaction_timeout, client_connection_check_interval): an
+            # unknown GUC in the startup packet is fatal, so they follow it (one round trip,
+            # simple protocol, no transaction). None under PgBouncer.
+            setup = self.pg.session_setup_sql(settings, apg.server_version(conn))
+            if setup:
+                await conn.execute(setup)
+            return conn
+
+        try:
+            conn = await asyncio.wait_for(open_(), timeout)
+        except asyncio.TimeoutError:
+            _terminate(opened)
+            raise apg.ConnectTimeoutError(
+                f"connection timeout expired after {timeout or 0:.2f}s (client deadline)"
+            ) from None
+        except BaseException as exc:
+            _terminate(opened)
+            failed = _connect_error(apg, exc)
+            if failed is exc:
+                raise  # as it was (an error must not be its own cause)
+            raise failed from exc
+        self._set_up.add(conn)
+        return conn
+
+    def connect_timed_out(self, timeout: float | None) -> Exception:
+        err: Exception = self.apg.ConnectTimeoutError(
+            f"connection timeout expired after {timeout or 0:.2f}s (client deadline)"
+        )
+        return err
+
+    def setup_sql(self, state: StateView, driver_conn: Any) -> str | None:
+        state.server_version = self.apg.server_version(driver_conn)
+        if state.pgbouncer or driver_conn in self._set_up:
+            return None
+        # A user's async_creator opened it: the server timeouts go in here instead.
+        settings = state.settings
+        gucs = {
+            **self.pg.server_timeouts(settings),
+            **self.pg._versioned_timeouts(settings, state.server_version),
+        }
+        return self.pg._set_config_sql(gucs, local=False)
+
+    def ping(self, dbapi_connection: Any) -> bool:
+        driver = _driver(dbapi_connection)
+        await_only(driver.execute(self.apg.PING_SQL))
+        return True
+
+    def fileno(self, driver_conn: Any) -> int | None:
+        return self.apg.fileno(driver_conn)
+
+    def found_closed(self, driver_conn: Any) -> bool:
+        return self.apg.is_closed(driver_conn)
+
+    def is_idle(self, driver_conn: Any) -> bool | None:
+        return self.apg.is_idle(driver_conn)
+
+    def needs_reset(self, driver_conn: Any) -> bool | None:
+        return self.apg.needs_reset(driver_conn)
+
+    def local_timeouts_sql(self, state: StateView) -> str | None:
+        if not state.pgbouncer:
+            return None
+        return self.pg.local_timeouts_sql(state.settings, state.server_version)
+
+
+def _driver(dbapi_connection: Any) -> Any:
+    raw = getattr(dbapi_connection, "dbapi_connection", dbapi_connection)
+    return getattr(raw, "driver_connection", raw)
+
+
+def _terminate(opened: list[Any]) -> None:
+    for conn in opened:
+        conn.terminate()
+
+
+def _connect_error(apg: Any, exc: BaseException) -> BaseException:
+    """What a failed connect is reported as: the server's own error when it gave a SQLSTATE
+    (a wrong password must stay permanent), else a connect-phase :class:`ConnectFailedError`."""
+    from asyncpg import exceptions as apg_errors
+
+    connect_failed: type[BaseException] = apg.ConnectFailedError
+    if not isinstance(exc, Exception) or isinstance(exc, connect_failed):
+        return exc
+    # 28P01, 3D000, 57P03, 53300...: the server said why, classified by SQLSTATE.
+    server_said = isinstance(exc, apg_errors.PostgresError) and not isinstance(
+        exc, apg_errors.PostgresConnectionError
+    )
+    lost = isinstance(exc, (OSError, apg_errors.InterfaceError, apg_errors.PostgresConnectionError))
+    if lost and not server_said:
+        return connect_failed(f"could not connect: {exc}")
+    return exc
+    if isinstance(exc, apg_errors.PostgresError) and not isinstance(
+        exc, apg_errors.PostgresConnectionError
+    ):
+        return exc  # 28P01, 3D000, 57P03, 53300...: classified by SQLSTATE
+    if isinstance(exc, (OSError, apg_errors.InterfaceError, apg_errors.PostgresConnectionError)):
+        return connect_failed(f"could not connect: {exc}")
+    return exc
