@@ -252,6 +252,18 @@ class FaultProxy:
         """Listen again, on the same port."""
         self._call(self._listen())
 
+    def retarget(self, host: str, port: int) -> None:
+        """Send *new* connections to ``host:port`` (a VIP or DNS name moved to a new primary);
+        links already open stay with the old server, as TCP connections do when DNS changes."""
+
+        async def swap() -> None:  # on the proxy's loop, so no accept sees half of it
+            self.upstream_host, self.upstream_port = host, port
+
+        if self._loop is None:
+            self.upstream_host, self.upstream_port = host, port
+        else:
+            self._call(swap())
+
     def clear(self) -> None:
         """Remove every toxic (latency, blackhole, bandwidth, close_after, reset); not down()."""
         self._call(self._clear_async())
