@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import threading
 import time
 import uuid
@@ -266,3 +268,62 @@ async def test_async_lost_commit_reply_resolved(
         assert count.scalar() == 1
     while _timers:
         _timers.pop().join()
+
+
+@both_async_drivers
+async def test_async_deadlocks_are_retried(make_async_engine: Any, postgres_server: Any) -> None:
+    engine = make_async_engine(postgres_server.url, retry_attempts=5)
+    async with engine.begin() as conn:
+        await conn.execute(text("DROP TABLE IF EXISTS pg_adl"))
+        await conn.execute(text("CREATE TABLE pg_adl (id int PRIMARY KEY, v int)"))
+        await conn.execute(text("INSERT INTO pg_adl VALUES (1, 0), (2, 0)"))
+    Session = async_sessionmaker(engine)
+    arrived = [0]
+    both_hold_one = asyncio.Event()  # (asyncio.Barrier is Python >= 3.11)
+
+    async def worker(first: int, second: int) -> None:
+        async def unit(session: Any) -> None:
+            await session.execute(text("UPDATE pg_adl SET v = v + 1 WHERE id = :i"), {"i": first})
+            arrived[0] += 1
+            if arrived[0] >= 2:
+                both_hold_one.set()
+            with contextlib.suppress(asyncio.TimeoutError):
+                # both hold their first lock: a real deadlock (a re-run goes straight on)
+                await asyncio.wait_for(both_hold_one.wait(), 2)
+            await session.execute(text("UPDATE pg_adl SET v = v + 1 WHERE id = :i"), {"i": second})
+
+        await poolguard.run_transaction_async(Session, unit)
+
+    await asyncio.gather(worker(1, 2), worker(2, 1))
+    async with engine.connect() as conn:
+        assert (await conn.execute(text("SELECT sum(v) FROM pg_adl"))).scalar() == 4
+    assert poolguard.stats(engine)["retries_by_reason"]["deadlock_detected"] >= 1
+
+
+@both_async_drivers
+async def test_async_lost_commit_reply_is_ambiguous_never_reapplied(
+    make_async_engine: Any, fault_proxy: Any, postgres_server: Any
+) -> None:
+    proxy = fault_proxy(postgres_server)
+    engine = make_async_engine(proxy.url(postgres_server.url), query_timeout=0.5)
+    async with engine.begin() as conn:
+        await conn.execute(text("CREATE TABLE IF NOT EXISTS pg_commit (k text PRIMARY KEY)"))
+    _lose_next_commit_reply(engine.sync_engine, proxy)
+    key = uuid.uuid4().hex
+    calls: list[int] = []
+
+    async def unit(session: Any) -> None:
+        calls.append(1)
+        await session.execute(text("INSERT INTO pg_commit VALUES (:k)"), {"k": key})
+
+    started = time.monotonic()
+    with pytest.raises(poolguard.AmbiguousResultError) as info:
+        await poolguard.run_transaction_async(async_sessionmaker(engine), unit)
+    assert time.monotonic() - started < 0.5 + 0.5 + 1.0  # the backstop, not a hang
+    assert isinstance(info.value, sqlalchemy.exc.OperationalError)
+    assert calls == [1]  # never re-run
+    while _timers:
+        _timers.pop().join()  # the held COMMIT reaches the server
+    async with engine.connect() as conn:
+        count = await conn.execute(text("SELECT count(*) FROM pg_commit WHERE k = :k"), {"k": key})
+        assert count.scalar() == 1  # the server had committed it: exactly once
