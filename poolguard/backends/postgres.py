@@ -26,6 +26,7 @@ import contextlib
 import contextvars
 import functools
 import math
+import sys
 import time
 from collections import deque
 from collections.abc import Generator, Iterator, Mapping
@@ -33,6 +34,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
 import psycopg
+import psycopg.conninfo
 from psycopg import errors as pg_errors
 from psycopg import generators
 from psycopg.pq import ExecStatus, TransactionStatus
@@ -41,6 +43,11 @@ from poolguard.backends.pgbouncer import PGBOUNCER_SQLSTATE, classify_pgbouncer
 from poolguard.backends.sql import SqlRules, is_read_statement
 from poolguard.core.deadline import remaining
 from poolguard.core.disposition import Classification, Disposition, Scope
+
+if sys.version_info >= (3, 11):
+    from typing import Self
+else:  # pragma: no cover
+    from typing_extensions import Self
 
 if TYPE_CHECKING:
     from poolguard.config.settings import Settings
@@ -453,6 +460,11 @@ def _connect_bound(timeout: float | None) -> _ConnectBound | None:
     return timeout, None if left is None else time.monotonic() + left
 
 
+class _DeadlineSpent(pg_errors.ConnectionTimeout):
+    """The caller's deadline ended a connect attempt that had less than half its per-host time:
+    it says nothing about the host (see :func:`_tracked`)."""
+
+
 def _bounded(gen: _ConnGen, bound: _ConnectBound | None) -> _ConnGen:
     """Wrap psycopg's connection generator (one host): give up once this host's time or the
     caller's deadline is spent.
@@ -463,14 +475,21 @@ def _bounded(gen: _ConnGen, bound: _ConnectBound | None) -> _ConnGen:
     if bound is None:
         return (yield from gen)
     per_host, overall = bound
-    deadline = time.monotonic() + per_host
+    started = time.monotonic()
+    deadline = started + per_host
     if overall is not None:
         deadline = min(deadline, overall)
+    # Less than half its time (the caller's deadline nearly spent): the host was not given a
+    # fair chance, and its failure is not held against it (_tracked).
+    inconclusive = deadline - started < per_host / 2
     ready: Any = None
     item = next(gen)
     while True:
-        if time.monotonic() >= deadline:
+        now = time.monotonic()
+        if now >= deadline:
             gen.close()
+            if inconclusive:
+                raise _DeadlineSpent("connection timeout expired (client deadline)")
             raise pg_errors.ConnectionTimeout("connection timeout expired (client deadline)")
         ready = yield item
         try:
@@ -479,20 +498,117 @@ def _bounded(gen: _ConnGen, bound: _ConnectBound | None) -> _ConnGen:
             return stop.value
 
 
+# --- multi-host: the host that answered last goes first ---------------------------------------
+#
+# libpq tries a multi-host URL's hosts in the order written. After a failover the first host
+# is often the old primary: refused (cheap), a standby now (one round trip), or gone without a
+# trace (a blackhole: every new connection then waits out connect_timeout on it first, and a
+# caller whose deadline is not longer than that never reaches the new primary: measured, 0
+# successful calls in 8 s with a 1 s deadline and connect_timeout=1). So, as pgjdbc does with
+# its host status cache, each host's last connect attempt is remembered (process-wide) and
+# the next connect tries the host that accepted one most recently first, hosts whose last
+# attempt failed (refused, timed out, wrong role for target_session_attrs) last, the others in
+# between, each group in the order written. Only with a target_session_attrs other than "any"
+# (the order of an "any" list is the user's preference) and not with load_balance_hosts=random.
+
+_Host = tuple[str, str]
+#: (host, port) -> (last attempt succeeded?, when: monotonic).
+_host_status: dict[_Host, tuple[bool, float]] = {}
+
+
+def _host_list(params: Mapping[str, Any]) -> list[_Host] | None:
+    """The (host, port) pairs of a multi-host connect that may be reordered, else None."""
+    host = str(params.get("host") or "")
+    if "," not in host or params.get("hostaddr"):
+        return None
+    attrs = str(params.get("target_session_attrs") or "any")
+    if attrs == "any" or str(params.get("load_balance_hosts") or "") == "random":
+        return None
+    hosts = host.split(",")
+    ports = str(params.get("port") or "").split(",")
+    if len(ports) == 1:
+        ports = ports * len(hosts)
+    if len(ports) != len(hosts):
+        return None  # libpq refuses it with its own message
+    return list(zip(hosts, ports, strict=True))
+
+
+def _rank(host: _Host) -> tuple[int, float]:
+    ok, when = _host_status.get(host, (None, 0.0))
+    if ok is None:
+        return 1, 0.0
+    return (0, -when) if ok else (2, 0.0)
+
+
+def _reordered(conninfo: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """``kwargs`` with a multi-host list's host/port in the order to try (see above)."""
+    try:
+        hosts = _host_list(psycopg.conninfo.conninfo_to_dict(conninfo, **kwargs))
+    except psycopg.Error:
+        return kwargs  # not ours to judge: psycopg raises its own error
+    if hosts is None:
+        return kwargs
+    order = sorted(hosts, key=_rank)  # stable: the written order within each group
+    if order == hosts:
+        return kwargs
+    return {**kwargs, "host": ",".join(h for h, _ in order), "port": ",".join(p for _, p in order)}
+
+
+def _attempt_host(conninfo: Any) -> _Host | None:
+    """The host of one connect attempt worth tracking (psycopg makes one per host)."""
+    if not isinstance(conninfo, str) or "target_session_attrs" not in conninfo:
+        return None
+    try:
+        params = psycopg.conninfo.conninfo_to_dict(conninfo)
+    except psycopg.Error:
+        return None
+    if str(params.get("target_session_attrs")) == "any":
+        return None
+    return str(params.get("host") or ""), str(params.get("port") or "")
+
+
+def _tracked(gen: _ConnGen, host: _Host | None) -> _ConnGen:
+    """Record how the attempt on ``host`` ended: any exit but success is a failure (refused,
+    timed out, the wrong role, abandoned by psycopg's own timeout), except the caller's
+    deadline."""
+    if host is None:
+        return (yield from gen)
+    try:
+        result = yield from gen
+    except _DeadlineSpent:
+        raise  # cut short by the caller's deadline: nothing learned about the host
+    except BaseException:
+        _host_status[host] = (False, time.monotonic())
+        raise
+    _host_status[host] = (True, time.monotonic())
+    return result
+
+
 class DeadlineConnection(psycopg.Connection[Any]):
-    """psycopg Connection whose connect honours the client deadline set by :func:`connect`."""
+    """psycopg Connection whose connect honours the client deadline set by :func:`connect`
+    (per host), and tries a multi-host URL's last good host first."""
+
+    @classmethod
+    def connect(cls, conninfo: str = "", **kwargs: Any) -> Self:
+        return super().connect(conninfo, **_reordered(conninfo, kwargs))
 
     @classmethod
     def _connect_gen(cls, *args: Any, **kwargs: Any) -> Any:
-        return _bounded(super()._connect_gen(*args, **kwargs), _connect_deadline.get())
+        gen = _bounded(super()._connect_gen(*args, **kwargs), _connect_deadline.get())
+        return _tracked(gen, _attempt_host(args[0] if args else kwargs.get("conninfo")))
 
 
 class DeadlineAsyncConnection(psycopg.AsyncConnection[Any]):
     """Async twin of :class:`DeadlineConnection`."""
 
     @classmethod
+    async def connect(cls, conninfo: str = "", **kwargs: Any) -> Self:
+        return await super().connect(conninfo, **_reordered(conninfo, kwargs))
+
+    @classmethod
     def _connect_gen(cls, *args: Any, **kwargs: Any) -> Any:
-        return _bounded(super()._connect_gen(*args, **kwargs), _connect_deadline.get())
+        gen = _bounded(super()._connect_gen(*args, **kwargs), _connect_deadline.get())
+        return _tracked(gen, _attempt_host(args[0] if args else kwargs.get("conninfo")))
 
 
 @contextlib.contextmanager
@@ -587,7 +703,9 @@ def wrong_role(conn: psycopg.Connection[Any] | psycopg.AsyncConnection[Any]) -> 
     standby = pgconn.parameter_status(b"in_hot_standby")
     if standby is None:
         return False
-    read_only = standby == b"on" or pgconn.parameter_status(b"default_transaction_read_only") == b"on"
+    read_only = (
+        standby == b"on" or pgconn.parameter_status(b"default_transaction_read_only") == b"on"
+    )
     attrs = _target_session_attrs(conn)
     if attrs in _WANTS_WRITABLE:
         return read_only if attrs == "read-write" else standby == b"on"
