@@ -14,6 +14,9 @@ that loop with ``call_soon_threadsafe`` (one task at a time per pool) and the ta
 next due time back. So there is still one thread per process and no task lingers on a loop
 between sweeps; a closed loop drops the pool from the watch.
 
+``poolguard.reconfigure(pool, keepalive=...)`` calls :func:`retune`: a pool that has opened
+connections is watched at once under the new interval (or dropped at once when it is off).
+
 The thread exits when nothing is watched any more (``dispose()`` / ``close()`` /
 ``disconnect()`` unwatch their pool; a collected pool falls out at its next due time) and at
 interpreter exit; after ``fork()`` the child starts with an empty watch (the parent's
@@ -32,7 +35,7 @@ import weakref
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-__all__ = ["Sweepable", "running", "unwatch", "watch", "watched"]
+__all__ = ["Sweepable", "is_watched", "retune", "running", "unwatch", "watch", "watched"]
 
 log = logging.getLogger("poolguard.keepalive")
 
@@ -74,15 +77,19 @@ class _Keeper:
     # -- the pools' interface ---------------------------------------------------------------
     def watch(self, pool: Any, loop: asyncio.AbstractEventLoop | None) -> None:
         key = id(pool)
+        interval: float | None = pool.keepalive_interval()
         with self.cond:
             entry = self.entries.get(key)
             if entry is not None and entry.ref() is pool:
                 entry.loop = loop or entry.loop
+                # A shorter interval (poolguard.reconfigure) is due by then, not at the old time.
+                if interval is not None and time.monotonic() + interval < entry.due:
+                    entry.due = time.monotonic() + interval
+                    self.cond.notify_all()
                 return
             # No callback on the weak reference: it could run (garbage collection) in this very
             # thread while it holds the lock; a collected pool is dropped at its next due time.
             ref = weakref.ref(pool)
-            interval = pool.keepalive_interval()
             # Interval off: due at once, so the thread drops it (and ends if it was the last).
             self.entries[key] = _Entry(ref, loop, time.monotonic() + (interval or 0.0))
             self.stopping = False
@@ -222,6 +229,24 @@ def watch(pool: Sweepable, loop: asyncio.AbstractEventLoop | None = None) -> Non
 def unwatch(pool: object) -> None:
     """Stop keeping ``pool`` alive (its ``dispose()`` / ``close()``); idempotent."""
     _keeper.unwatch(pool)
+
+
+def retune(pool: Sweepable, loop: asyncio.AbstractEventLoop | None = None) -> bool:
+    """``poolguard.reconfigure`` changed ``pool``'s interval: watch it now under the new one (its
+    idle connections are due from now + interval, not from the next connect), or stop watching
+    it at once when keepalive was turned off. Returns whether it is watched."""
+    if pool.keepalive_interval() is None:
+        _keeper.unwatch(pool)
+        return False
+    _keeper.watch(pool, loop)
+    return True
+
+
+def is_watched(pool: object) -> bool:
+    """Is ``pool`` watched (tests, diagnostics)?"""
+    with _keeper.cond:
+        entry = _keeper.entries.get(id(pool))
+        return entry is not None and entry.ref() is pool
 
 
 def watched() -> int:

@@ -104,13 +104,22 @@ class AsyncKeepaliveMixin:
     _pool: Any
     _lock: Any
     _pg_ka_watched = False
+    _pg_ka_loop: asyncio.AbstractEventLoop | None = None
+    """The loop of the pool's connections, known from its first connect."""
 
     async def _connect(self, timeout: float | None = None) -> GuardedAsyncConnection:
         conn: GuardedAsyncConnection = await super()._connect(timeout)  # type: ignore[misc]
+        if self._pg_ka_loop is None:
+            self._pg_ka_loop = asyncio.get_running_loop()  # for keepalive_reconfigured()
         if not self._pg_ka_watched and self.keepalive_interval() is not None:
             self._pg_ka_watched = True
-            keepalive.watch(self, asyncio.get_running_loop())  # type: ignore[arg-type]
+            keepalive.watch(self, self._pg_ka_loop)  # type: ignore[arg-type]
         return conn
+
+    def keepalive_reconfigured(self) -> None:
+        """``poolguard.reconfigure`` changed ``keepalive``: watched (or not) at once."""
+        if self._pg_ka_loop is not None and not self._closed:  # type: ignore[attr-defined]
+            self._pg_ka_watched = keepalive.retune(self, self._pg_ka_loop)  # type: ignore[arg-type]
 
     async def close(self, timeout: float = 5.0) -> None:
         keepalive.unwatch(self)
@@ -162,13 +171,20 @@ class KeepaliveMixin:
     _pool: Any
     _lock: Any
     _pg_ka_watched = False
+    _pg_ka_opened = False
 
     def _connect(self, timeout: float | None = None) -> GuardedConnection:
         conn: GuardedConnection = super()._connect(timeout)  # type: ignore[misc]
+        self._pg_ka_opened = True
         if not self._pg_ka_watched and self.keepalive_interval() is not None:
             self._pg_ka_watched = True
             keepalive.watch(self)
         return conn
+
+    def keepalive_reconfigured(self) -> None:
+        """``poolguard.reconfigure`` changed ``keepalive``: watched (or not) at once."""
+        if self._pg_ka_opened and not self._closed:  # type: ignore[attr-defined]
+            self._pg_ka_watched = keepalive.retune(self)
 
     def close(self, timeout: float = 5.0) -> None:
         keepalive.unwatch(self)

@@ -247,6 +247,8 @@ class PoolRules:
             now = time.monotonic()
             self.recycle_before = now
             self.suspect_before = max(self.suspect_before, now)
+        if "keepalive" in changed and pool is not None:
+            pool.keepalive_reconfigured()  # watched (or not) now, not at the next connect
 
     @property
     def name(self) -> str:

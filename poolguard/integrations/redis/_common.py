@@ -320,6 +320,9 @@ class LiveClient:
         if recycle:
             self.policy.recycle_before = time.monotonic()
         self.pool.guard_reconfigured(recycle)
+        retune = getattr(self.pool, "keepalive_reconfigured", None)
+        if "keepalive" in changed and retune is not None:
+            retune()  # watched (or not) now, not at the pool's next new connection
 
 
 def build_guard(

@@ -71,17 +71,27 @@ class AsyncKeepaliveMixin:
     _condition: Any
     max_connections: int
     _guard_ka_watched = False
+    _guard_ka_loop: asyncio.AbstractEventLoop | None = None
+    """The loop of the pool's connections, known from its first connection."""
 
     def make_connection(self) -> Any:
         conn = super().make_connection()  # type: ignore[misc]
+        if self._guard_ka_loop is None:
+            self._guard_ka_loop = asyncio.get_running_loop()  # for keepalive_reconfigured()
         if not self._guard_ka_watched and self.keepalive_interval() is not None:
             self._guard_ka_watched = True
-            keepalive.watch(self, asyncio.get_running_loop())
+            keepalive.watch(self, self._guard_ka_loop)
         return conn
+
+    def keepalive_reconfigured(self) -> None:
+        """``poolguard.reconfigure`` changed ``keepalive``: watched (or not) at once."""
+        if self._guard_ka_loop is not None:
+            self._guard_ka_watched = keepalive.retune(self, self._guard_ka_loop)
 
     async def disconnect(self, inuse_connections: bool = True) -> None:
         keepalive.unwatch(self)
         self._guard_ka_watched = False
+        self._guard_ka_loop = None  # a reused pool's next connections may be another loop's
         await super().disconnect(inuse_connections)  # type: ignore[misc]
 
     def keepalive_interval(self) -> float | None:
@@ -149,17 +159,25 @@ class KeepaliveMixin:
     pool: Any
     _connections: Any
     _guard_ka_watched = False
+    _guard_ka_opened = False
 
     def make_connection(self) -> Any:
         conn = super().make_connection()  # type: ignore[misc]
+        self._guard_ka_opened = True
         if not self._guard_ka_watched and self.keepalive_interval() is not None:
             self._guard_ka_watched = True
             keepalive.watch(self)
         return conn
 
+    def keepalive_reconfigured(self) -> None:
+        """``poolguard.reconfigure`` changed ``keepalive``: watched (or not) at once."""
+        if self._guard_ka_opened:
+            self._guard_ka_watched = keepalive.retune(self)
+
     def disconnect(self, inuse_connections: bool = True) -> None:
         keepalive.unwatch(self)
         self._guard_ka_watched = False
+        self._guard_ka_opened = False
         super().disconnect(inuse_connections)  # type: ignore[misc]
 
     def keepalive_interval(self) -> float | None:

@@ -53,18 +53,30 @@ class KeepaliveMixin:
     #: Bumped by dispose(): a record lent to a ping during dispose() is closed, not put back.
     _guard_ka_generation = 0
     _guard_ka_watched = False
+    _guard_ka_opened = False
+    """Has the pool opened a connection (since its creation)? Only then is there one to keep."""
+    _guard_ka_loop: asyncio.AbstractEventLoop | None = None
 
     def _keepalive_watch(self) -> None:
         """Called when the pool opened a connection: a pool with none has nothing to keep alive
         (and at construction engine.py has not set ``_guard_state`` yet)."""
-        if self._guard_ka_watched or self.keepalive_interval() is None:
+        if self._guard_ka_watched:
             return
-        loop = None
-        if isinstance(self._pool, AsyncFairQueue):
-            # _create runs in the engine's greenlet, on the loop its connections belong to.
-            loop = asyncio.get_running_loop()
+        if not self._guard_ka_opened:
+            self._guard_ka_opened = True
+            if isinstance(self._pool, AsyncFairQueue):
+                # _create runs in the engine's greenlet, on the loop its connections belong
+                # to; kept for keepalive_reconfigured(), which may run on another thread.
+                self._guard_ka_loop = asyncio.get_running_loop()
+        if self.keepalive_interval() is None:
+            return
         self._guard_ka_watched = True
-        keepalive.watch(self, loop)
+        keepalive.watch(self, self._guard_ka_loop)
+
+    def keepalive_reconfigured(self) -> None:
+        """``poolguard.reconfigure`` changed ``keepalive``: watched (or not) at once."""
+        if self._guard_ka_opened:
+            self._guard_ka_watched = keepalive.retune(self, self._guard_ka_loop)
 
     def keepalive_interval(self) -> float | None:
         state = self._guard_state
@@ -79,6 +91,7 @@ class KeepaliveMixin:
 
     def dispose(self) -> None:
         self._guard_ka_generation += 1
+        self._guard_ka_opened = False  # reconfigure() watches it again only once it reconnects
         if self._guard_ka_watched:
             self._guard_ka_watched = False
             keepalive.unwatch(self)

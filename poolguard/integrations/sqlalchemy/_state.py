@@ -114,6 +114,10 @@ class EngineState:
             now = time.time()
             self.recycle_before = now
             self.suspect_before = max(self.suspect_before, now)
+        if "keepalive" in changed and self.pool_ref:
+            retune = getattr(self.pool_ref[0], "keepalive_reconfigured", None)
+            if retune is not None:  # the guarded queue pools (no idle set elsewhere)
+                retune()
 
     def refused_live(self) -> dict[str, str]:
         """Settings this engine cannot change live (beyond the ones no pool can)."""
