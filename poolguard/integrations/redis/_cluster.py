@@ -25,7 +25,9 @@ from typing import Any
 import redis.exceptions as rex
 
 from poolguard.backends import redis as backend
+from poolguard.core.deadline import current_deadline
 from poolguard.core.disposition import Classification, Disposition, Scope
+from poolguard.integrations.redis import _common as c
 
 __all__ = ["SentMark", "classify", "mark_sent", "sent_suspended"]
 
@@ -67,6 +69,25 @@ def mark_sent() -> None:
     mark = _mark.get()
     if mark is not None:
         mark.sent = True
+
+
+#: :func:`read_timeout`'s "leave the connection's own socket timeout".
+KEEP: Any = object()
+
+
+def read_timeout(configured: float | None, args: Any) -> Any:
+    """The read timeout of the command about to be sent: a blocking command's allowance, capped
+    by the caller's deadline; :data:`KEEP` when neither applies (the common case). Computed
+    *before* the send, so a spent deadline raises while nothing is on the wire."""
+    info = backend.lookup(args[0]) or backend.command_info(args)
+    if info.block is None and current_deadline() is None:
+        return KEEP
+    return c.command_timeout(configured, info, args)
+
+
+def batch_read_timeout(configured: float | None) -> Any:
+    """The read timeout of a pipeline's replies: the deadline's cap, or :data:`KEEP`."""
+    return KEEP if current_deadline() is None else c.deadline_cap(configured)
 
 
 #: Replies a node sends *before* executing, while the cluster reconfigures: any command may be

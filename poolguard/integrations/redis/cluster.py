@@ -33,6 +33,7 @@ from redis.retry import Retry
 
 from poolguard.backends import redis as backend
 from poolguard.config.settings import Settings
+from poolguard.core.deadline import remaining
 from poolguard.core.retry import Attempts, Guard
 from poolguard.errors import PoolguardError
 from poolguard.integrations.redis import _cluster as cl
@@ -114,6 +115,9 @@ class GuardedClusterConnection(redis.connection.Connection):
         policy = self.guard_policy
         started = time.monotonic()
         self.socket_connect_timeout = c.connect_timeout(policy.connect_timeout)
+        # A lazy connect runs inside the command's send: its handshake must not take the
+        # command's read timeout (or leave its own behind).
+        next_read = self.guard_next_read
         try:
             with cl.sent_suspended():  # HELLO/AUTH/READONLY are not the command
                 super().connect_check_health(check_health, retry_socket_connect)
@@ -123,11 +127,29 @@ class GuardedClusterConnection(redis.connection.Connection):
             raise
         finally:
             self.socket_connect_timeout = policy.connect_timeout
+            self.guard_next_read = next_read
         _connection_hooks_connected(policy, started)
+
+    #: The next replies' read timeout (``_cluster.read_timeout``), set at each send.
+    guard_next_read: Any = cl.KEEP
+
+    def send_command(self, *args: Any, **kwargs: Any) -> None:
+        self.guard_next_read = cl.read_timeout(self.socket_timeout, args)
+        super().send_command(*args, **kwargs)
+
+    def pack_commands(self, commands: Any) -> Any:
+        self.guard_next_read = cl.batch_read_timeout(self.socket_timeout)  # a pipeline
+        return super().pack_commands(commands)
 
     def send_packed_command(self, command: Any, check_health: bool = True) -> None:
         super().send_packed_command(command, check_health)
         cl.mark_sent()
+
+    def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        pending = self.guard_next_read
+        if pending is not cl.KEEP and "timeout" not in kwargs:
+            kwargs["timeout"] = pending  # None: a blocking command that may wait forever
+        return super().read_response(*args, **kwargs)
 
 
 def _connection_class(policy: c.Policy, ssl: bool) -> type[Any]:
@@ -144,6 +166,12 @@ class _GuardedNodesManager(redis.cluster.NodesManager):
     """redis-py's NodesManager whose topology refresh is not mistaken for the command."""
 
     def initialize(self, *args: Any, **kwargs: Any) -> None:
+        left = remaining()
+        if left is not None and left <= 0:
+            # redis-py refreshes inside its error handler: with the caller's deadline spent the
+            # refresh could only fail, and its "cannot be connected" would replace the real
+            # error (and count as a cluster outage). The next command refreshes instead.
+            return
         with cl.sent_suspended():
             super().initialize(*args, **kwargs)
 

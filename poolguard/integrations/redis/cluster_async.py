@@ -28,7 +28,6 @@ import redis.asyncio.connection
 import redis.exceptions as rex
 
 from poolguard.backends import redis as backend
-from poolguard.core.deadline import current_deadline
 from poolguard.core.retry import Attempts
 from poolguard.errors import PoolguardError
 from poolguard.integrations.redis import _cluster as cl
@@ -59,6 +58,9 @@ class AsyncGuardedClusterConnection(redis.asyncio.connection.Connection):
         policy = self.guard_policy
         started = time.monotonic()
         self.socket_connect_timeout = c.connect_timeout(policy.connect_timeout)
+        # A lazy connect runs inside the command's send: its handshake must not take the
+        # command's read timeout (or leave its own behind).
+        next_read = self.guard_next_read
         try:
             with cl.sent_suspended():  # HELLO/AUTH/READONLY are not the command
                 await super().connect_check_health(check_health, retry_socket_connect)
@@ -68,17 +70,37 @@ class AsyncGuardedClusterConnection(redis.asyncio.connection.Connection):
             raise
         finally:
             self.socket_connect_timeout = policy.connect_timeout
+            self.guard_next_read = next_read
         _connection_hooks_connected(policy, started)
+
+    #: The next replies' read timeout (``_cluster.read_timeout``), set at each send.
+    guard_next_read: Any = cl.KEEP
+
+    def pack_command(self, *args: Any) -> Any:
+        # redis-py's ClusterNode packs then sends each command: the timeout is decided here.
+        self.guard_next_read = cl.read_timeout(self.socket_timeout, args)
+        return super().pack_command(*args)
+
+    def pack_commands(self, commands: Any) -> Any:
+        self.guard_next_read = cl.batch_read_timeout(self.socket_timeout)  # a pipeline
+        return super().pack_commands(commands)
 
     async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
         await super().send_packed_command(command, check_health)
         cl.mark_sent()
 
     async def read_response(self, *args: Any, **kwargs: Any) -> Any:
-        if current_deadline() is not None and kwargs.get("timeout") is None:
-            # The asyncio connection takes a per-read timeout: the caller's deadline caps it.
-            kwargs["timeout"] = c.deadline_cap(self.socket_timeout)
-        return await super().read_response(*args, **kwargs)
+        pending = self.guard_next_read
+        if pending is cl.KEEP or kwargs.get("timeout") is not None:
+            return await super().read_response(*args, **kwargs)
+        # Lent through the attribute, not ``timeout=``: redis-py's asyncio read_response returns
+        # None when an explicit timeout expires (pub/sub polling), leaving the reply unread.
+        configured = self.socket_timeout
+        self.socket_timeout = pending  # None: a blocking command that may wait forever
+        try:
+            return await super().read_response(*args, **kwargs)
+        finally:
+            self.socket_timeout = configured
 
 
 class AsyncGuardedRedisCluster(redis.asyncio.cluster.RedisCluster):

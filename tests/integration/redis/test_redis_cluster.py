@@ -21,6 +21,7 @@ import redis.asyncio
 import redis.cluster
 import redis.exceptions as rex
 
+import poolguard
 import poolguard.redis
 from poolguard.errors import AmbiguousResultError, ConfigError
 from poolguard.testing.servers.redis_cluster import RedisClusterTopology
@@ -288,11 +289,46 @@ def test_reads_ride_through_resharding(
     load.tasks(3, cluster.url, aread)
     try:
         _wait_ok(load, 200)
-        cluster.migrate_slots(source, target, 2000)  # keys move: ASK while, MOVED after
+        cluster.migrate_slots(source, target, 1000)  # keys move: ASK while, MOVED after
         _wait_ok(load, 200)
         assert any(cluster.master_for_key(k) is target for k in moved)
-        cluster.migrate_slots(target, source, 2000)
+        cluster.migrate_slots(target, source, 1000)
         _wait_ok(load, 200)
     finally:
         load.finish()
     assert not load.errors, load.errors[:3]
+
+
+def test_blocking_commands_and_the_deadline(cluster: RedisClusterTopology) -> None:
+    """A BLPOP longer than the command timeout is not cut; a caller's deadline bounds a read
+    on a stalled master (without it the GET would wait the stall out and succeed)."""
+    key = KEYS[2]
+    master = cluster.master_for_key(key)
+    client = poolguard.redis.cluster_from_url(cluster.url, query_timeout="200ms", **FAILOVER)
+
+    async def aio() -> None:
+        ac = poolguard.redis.async_cluster_from_url(cluster.url, query_timeout="200ms")
+        try:
+            assert await ac.blpop([KEYS[3]], timeout=0.5) is None
+            stall = asyncio.create_task(asyncio.to_thread(master.command, "DEBUG", "SLEEP", "1"))
+            await asyncio.sleep(0.1)
+            with pytest.raises(rex.TimeoutError), poolguard.deadline(0.3):
+                await ac.get(key)
+            await stall
+        finally:
+            await ac.aclose()
+
+    try:
+        client.delete(KEYS[3])
+        assert client.blpop([KEYS[3]], timeout=0.5) is None  # 0.5 s > the 200 ms timeout
+        client.set(key, "v")
+        stall = threading.Thread(target=master.command, args=("DEBUG", "SLEEP", "1"))
+        stall.start()
+        time.sleep(0.1)
+        with pytest.raises(rex.TimeoutError), poolguard.deadline(0.3):
+            client.get(key)
+        stall.join()
+        assert client.get(key) == b"v"
+        asyncio.run(aio())
+    finally:
+        client.close()
