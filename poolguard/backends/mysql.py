@@ -93,10 +93,11 @@ CONNECT_ERRNOS: Mapping[int, tuple[str, Scope]] = {
     1203: ("too_many_connections", Scope.NONE),  # ER_TOO_MANY_USER_CONNECTIONS
 }
 
-#: The statement never ran: retry anywhere, on a new connection. 1290 / 1836: the server is
-#: read-only, i.e. after a failover we reached a replica (every older connection may point at
-#: the demoted primary). 4031: MySQL >= 8.0.24 tells an idle client it was disconnected for
-#: inactivity (``wait_timeout``), before reading its next request.
+#: The statement never ran: retry anywhere, on a new connection. 1290 / 1836 / 1792: the server
+#: is read-only, i.e. after a failover we reached a replica (every older connection may point at
+#: the demoted primary: the SQLAlchemy integration replaces them, ``MySQLBackend.wrong_role``;
+#: ``refused``: not charged to the retry budget). 4031: MySQL >= 8.0.24 tells an idle client it
+#: was disconnected for inactivity (``wait_timeout``), before reading its next request.
 #:
 #: POOL scope for the disconnects too: what kills one idle connection (``wait_timeout``, a
 #: restart, a firewall's idle timer, an admin's KILL loop) has usually killed its idle siblings,
@@ -108,6 +109,9 @@ BEFORE_SEND_ERRNOS: Mapping[int, tuple[str, Scope]] = {
     4031: ("idle_timeout_disconnect", Scope.POOL),  # ER_CLIENT_INTERACTION_TIMEOUT
     1290: ("read_only", Scope.POOL),  # ER_OPTION_PREVENTS_STATEMENT (--read-only)
     1836: ("read_only", Scope.POOL),  # ER_READ_ONLY_MODE
+    # ER_CANT_EXECUTE_IN_READ_ONLY_TRANSACTION: also what a demoted server with
+    # transaction_read_only=ON by default answers (some failover tools fence that way).
+    1792: ("read_only", Scope.POOL),
 }
 
 #: The connection died with a request in flight: it may have run (POOL scope: see above).
@@ -182,7 +186,10 @@ def classify(exc: BaseException) -> Classification:
         )
     if code in BEFORE_SEND_ERRNOS:
         reason, scope = BEFORE_SEND_ERRNOS[code]
-        return Classification(Disposition.RETRY, reason, disconnect=True, scope=scope)
+        refused = reason == "read_only"
+        return Classification(
+            Disposition.RETRY, reason, disconnect=True, scope=scope, refused=refused
+        )
     if code in AFTER_SEND_ERRNOS:
         return _after_send(code, text)
     if code in TIMEOUT_ERRNOS:

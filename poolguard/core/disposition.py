@@ -85,6 +85,11 @@ class Classification:
     scope: Scope = Scope.NONE
     connect_phase: bool = False
     """Failed while connecting: counts towards the circuit breaker."""
+    refused: bool = False
+    """Refused unexecuted by a server that is up but in the wrong role (read-only after a
+    switchover): retried without charging the retry budget, which guards against re-executed
+    work (a refusal costs the server a parse), and not counted by the breaker (the server still
+    serves reads). Backoff, attempts and the deadline still bound it."""
     breaker: bool = True
     """False: a connect-phase failure that says nothing about the service as a whole (one Redis
     Cluster node failing over while the others serve): retried like one, breaker untouched."""

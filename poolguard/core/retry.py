@@ -743,7 +743,9 @@ class Attempts:
         # server that is down is the breaker's job (it spaces the probes and parks callers off
         # the network), so connect-phase retries are not charged: a restart with many callers
         # in flight would otherwise drain the bucket and surface errors the breaker avoids.
-        if not c.connect_phase and not g.budget.try_spend():
+        # Nor are refusals by a server in the wrong role (read-only after a switchover): nothing
+        # was executed, and a switchover's write window drained the bucket in 0.3 s (measured).
+        if not (c.connect_phase or c.refused) and not g.budget.try_spend():
             why = "the pool's retry budget is exhausted (too many recent retries)"
             g.stats.give_up(
                 self.number, c.reason, why, exc, disposition=c.disposition.value, budget=True

@@ -464,6 +464,10 @@ def _has_options(driver_conn: Any, options: str | None) -> bool:
 # --- MySQL / MariaDB (PyMySQL sync, aiomysql async) --------------------------------------------
 
 
+#: Set on a PyMySQL/aiomysql connection when it is opened (wall clock, like ``read_only_seen``).
+_OPENED_AT = "_poolguard_opened_at"
+
+
 class MySQLBackend(SqlBackend):
     """PyMySQL (sync) and aiomysql (asyncio); MariaDB and MySQL alike."""
 
@@ -479,9 +483,24 @@ class MySQLBackend(SqlBackend):
         self.my = mysql
         self.retry_codes = frozenset(str(code) for code in mysql.RETRY_TRANSACTION_ERRNOS)
         self.backstop_grace = backstop_grace
+        #: Wall clock of the last read-only refusal (1290/1836/1792): see :meth:`wrong_role`.
+        self.read_only_seen = 0.0
 
     def classify(self, exc: BaseException) -> Classification:
-        return self.my.classify(exc)
+        c = self.my.classify(exc)
+        if c.reason == "read_only":
+            self.read_only_seen = time.time()
+        return c
+
+    def wrong_role(self, driver_conn: Any) -> bool:
+        """Opened before a read-only refusal: replace it. A switchover demotes the primary to
+        a read-only server that still answers pings, so the POOL-scope validation alone kept
+        every old connection, and each write drew them in turn, spending one retry per stale
+        connection until the retry budget ran out (measured: 9 writes surfaced 1290 through
+        two switchovers). MySQL reports no role change without a round trip, so the age of
+        the connection decides; one opened since then reached the server the URL names now."""
+        opened = getattr(driver_conn, _OPENED_AT, None)
+        return opened is not None and opened < self.read_only_seen
 
     def is_idempotent(self, sql: str) -> bool:
         return self.my.is_idempotent(sql)
@@ -540,6 +559,7 @@ class MySQLBackend(SqlBackend):
         return err
 
     def setup_sql(self, state: StateView, driver_conn: Any) -> str | None:
+        setattr(driver_conn, _OPENED_AT, time.time())  # runs once per new connection
         state.server_info = str(driver_conn.get_server_info())
         return self.my.session_setup_sql(state.settings, state.server_info)
 
