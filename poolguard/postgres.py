@@ -154,7 +154,7 @@ def _split(url: str | None, overrides: dict[str, Any]) -> tuple[Settings, dict[s
 
 
 def _conninfo(settings: Settings) -> str:
-    from poolguard.config.urls import dialect_of, redact, split_scheme
+    from poolguard.config.urls import dialect_of, libpq_query_hosts, redact, split_scheme
     from poolguard.errors import ConfigError
 
     url = settings.sql_url()
@@ -163,7 +163,8 @@ def _conninfo(settings: Settings) -> str:
             f"{redact(url)}: poolguard.postgres pools are for PostgreSQL",
             variable="DATABASE_URL",
         )
-    return "postgresql://" + split_scheme(url)[1]  # libpq wants no "+psycopg" driver suffix
+    # libpq wants no "+psycopg" driver suffix, and a multi-host list in its own form.
+    return "postgresql://" + libpq_query_hosts(split_scheme(url)[1])
 
 
 def _rules(settings: Settings, hooks: Hooks | None) -> PoolRules:

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import re
 from typing import Literal
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import sqlalchemy
 
@@ -27,6 +27,7 @@ from poolguard.errors import ConfigError
 __all__ = [
     "Dialect",
     "dialect_of",
+    "libpq_query_hosts",
     "multi_host_as_query",
     "normalize_redis_url",
     "normalize_sql_url",
@@ -201,6 +202,29 @@ def multi_host_as_query(rest: str) -> str:
     path, _, query = rest[end:].partition("?")
     hosts = "&".join(f"host={h}" for h in netloc.split(",") if h)
     return f"{rest[:start]}{path or '/'}?{hosts}{'&' + query if query else ''}"
+
+
+def libpq_query_hosts(rest: str) -> str:
+    """The reverse of :func:`multi_host_as_query` for libpq itself (psycopg's own pools):
+    libpq's URI takes ``?host=h1,h2&port=p1,p2`` but keeps only the last of repeated
+    ``host=`` parameters, and a ``host=h:port`` names a host called "h:port"."""
+    path, sep, query = rest.partition("?")
+    params = query.split("&") if sep else []
+    hosts = [p[len("host=") :] for p in params if p.startswith("host=")]
+    if len(hosts) < 2:
+        return rest
+    names, ports = zip(
+        *(
+            unquote(h).rpartition(":")[::2] if ":" in unquote(h) else (unquote(h), "")
+            for h in hosts
+        ),
+        strict=True,
+    )
+    others = [p for p in params if not p.startswith("host=")]
+    merged = [f"host={','.join(names)}"]
+    if any(ports):
+        merged.append(f"port={','.join(ports)}")
+    return f"{path}?{'&'.join(merged + others)}"
 
 
 def dialect_of(url: str, *, variable: str = "DATABASE_URL") -> Dialect:

@@ -11,7 +11,7 @@ import pytest
 import sqlalchemy
 
 from poolguard.config.address import address_of
-from poolguard.config.urls import multi_host_as_query, normalize_sql_url, redact
+from poolguard.config.urls import libpq_query_hosts, multi_host_as_query, normalize_sql_url, redact
 
 
 @pytest.mark.parametrize(
@@ -55,3 +55,23 @@ def test_address_and_redaction_of_a_multi_host_url() -> None:
     url = normalize_sql_url("postgresql://u:secret@h1:5432,h2:5433/db")
     assert address_of(url) == "h1:5432,h2:5433"
     assert "secret" not in redact(url)
+
+
+@pytest.mark.parametrize(
+    ("url", "conninfo"),
+    [
+        (
+            "postgresql://u:pw@h1:5432,h2:5433/db?target_session_attrs=read-write",
+            {"host": "h1,h2", "port": "5432,5433", "target_session_attrs": "read-write"},
+        ),
+        ("postgresql://u:pw@h1,h2/db", {"host": "h1,h2"}),
+        ("postgresql://u:pw@h:5432/db", {"host": "h", "port": "5432"}),
+    ],
+)
+def test_native_pools_get_libpq_hosts(url: str, conninfo: dict[str, str]) -> None:
+    """psycopg_pool gets a libpq URI: libpq keeps only the last of repeated ``host=``."""
+    from psycopg.conninfo import conninfo_to_dict
+
+    rest = normalize_sql_url(url).split("://", 1)[1]
+    parsed = conninfo_to_dict("postgresql://" + libpq_query_hosts(rest))
+    assert {k: parsed[k] for k in conninfo} == conninfo

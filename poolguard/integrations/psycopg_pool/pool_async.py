@@ -176,6 +176,10 @@ class GuardedAsyncConnectionPool(
         try:
             with armed(conn, seconds):
                 await self.check_connection(conn)
+            if pg.wrong_role(conn):
+                # Alive, but a failover made its server read-only (or a standby) while the
+                # URL's target_session_attrs asks otherwise: a ping alone would keep it.
+                raise psycopg.OperationalError("the server changed role (failover)")
         except Exception as exc:
             rules.validation_failed(conn, exc)
             raise
