@@ -95,6 +95,13 @@ def batch_read_timeout(configured: float | None) -> Any:
 #: budget (every caller meets them during a failover; they are not load on a sick server).
 RECONFIGURING = frozenset({"cluster_down", "try_again", "master_down", "readonly_replica"})
 
+_RECONFIGURING_CLASSES: dict[type[BaseException], str] = {
+    rex.ClusterDownError: "cluster_down",
+    rex.TryAgainError: "try_again",
+    rex.MasterDownError: "master_down",
+    rex.ReadOnlyError: "readonly_replica",
+}
+
 #: redis-py's RedisClusterException when no startup node answered the topology refresh.
 UNREACHABLE = "Redis Cluster cannot be connected"
 
@@ -123,6 +130,11 @@ def classify(exc: BaseException) -> Classification:
             )
         return Classification(Disposition.FAIL, "cluster_error")
     c = backend.classify(exc)
+    if c.reason not in RECONFIGURING:
+        reason = _RECONFIGURING_CLASSES.get(type(exc))
+        if reason is not None:
+            # redis-py raises some of these itself, without the reply's error code.
+            c = Classification(Disposition.RETRY, reason)
     if c.reason in RECONFIGURING:
         return dataclasses.replace(c, connect_phase=True, breaker=False)
     if c.connect_phase:
