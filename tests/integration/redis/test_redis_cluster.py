@@ -332,3 +332,36 @@ def test_blocking_commands_and_the_deadline(cluster: RedisClusterTopology) -> No
         asyncio.run(aio())
     finally:
         client.close()
+
+
+def test_a_timed_out_incr_is_not_resent_asyncio(cluster: RedisClusterTopology) -> None:
+    """The asyncio twin: redis-py's asyncio cluster also re-sends after TimeoutError."""
+    key = KEYS[4]
+    master = cluster.master_for_key(key)
+    others = [k for k in KEYS if cluster.master_for_key(k) is not master][:3]
+
+    async def main() -> None:
+        ac = poolguard.redis.async_cluster_from_url(cluster.url, query_timeout="200ms", **FAILOVER)
+        try:
+            for k in [key, *others]:
+                await ac.delete(k)
+            stall = asyncio.create_task(asyncio.to_thread(master.command, "DEBUG", "SLEEP", "1"))
+            await asyncio.sleep(0.1)
+            with pytest.raises(AmbiguousResultError):
+                await ac.incr(key)
+            await stall
+            assert int(await ac.get(key)) == 1
+            stall = asyncio.create_task(asyncio.to_thread(master.command, "DEBUG", "SLEEP", "1"))
+            await asyncio.sleep(0.1)
+            pipe = ac.pipeline()
+            for k in [key, *others]:
+                pipe.incr(k)
+            with pytest.raises(rex.RedisError):
+                await pipe.execute()
+            await stall
+            assert int(await ac.get(key)) == 2
+            assert [int(await ac.get(k)) for k in others] == [1, 1, 1]
+        finally:
+            await ac.aclose()
+
+    asyncio.run(main())
