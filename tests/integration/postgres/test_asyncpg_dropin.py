@@ -132,3 +132,34 @@ async def test_a_refused_connect_is_retried_then_reported_as_a_connect_failure(
     assert isinstance(info.value, poolguard.PoolguardError)
     assert poolguard.stats(engine)["retries"] >= 1  # connect phase: retried in the window
     assert postgres_server.password not in str(info.value)
+
+
+async def test_a_server_frozen_right_after_the_handshake_is_a_connect_timeout(
+    dedicated_server: Any,
+) -> None:
+    # A user's creator: the session setup (server timeouts) that follows runs under the
+    # connect timeout; SQLAlchemy's codec setup needs no round trip.
+    server = dedicated_server("postgres")
+
+    async def connect_then_freeze() -> Any:
+        conn = await asyncpg.connect(
+            host=server.host, port=server.port, user=server.user,
+            password=server.password, database=server.database,
+        )  # fmt: skip
+        server.freeze()
+        return conn
+
+    engine = poolguard.create_async_engine(
+        _asyncpg_url(server), async_creator=connect_then_freeze, connect_timeout=0.5,
+        retry_attempts=1, query_timeout=5,
+    )  # fmt: skip
+    try:
+        started = time.monotonic()
+        with pytest.raises(poolguard.ConnectTimeout):
+            async with engine.connect():
+                pass
+        elapsed = time.monotonic() - started
+    finally:
+        server.thaw()
+        await engine.dispose()
+    assert elapsed < 0.5 + GRACE, elapsed
