@@ -25,7 +25,9 @@ from collections.abc import Callable, Mapping
 from typing import Any, Protocol
 
 from poolguard.config.settings import Settings
+from poolguard.core.stats import PoolStats
 from poolguard.errors import ConfigError
+from poolguard.logs import pool_fields
 
 __all__ = ["reconfigure", "reload_on_sighup"]
 
@@ -52,9 +54,14 @@ class Live(Protocol):
 @dataclasses.dataclass(frozen=True)
 class _Target:
     live: Live
-    log: logging.Logger
+    stats: PoolStats
+    """The pool's stats: its logger, and the common fields of its log records."""
     refused: Mapping[str, str]
     """Settings this target cannot change (beyond OUT_OF_SCOPE), with the reason."""
+
+    @property
+    def log(self) -> logging.Logger:
+        return self.stats.log
 
 
 def reconfigure(target: Any, **settings: Any) -> dict[str, tuple[Any, Any]]:
@@ -116,7 +123,12 @@ def _log(t: _Target, old: Settings, new: Settings, changed: Mapping[str, Any]) -
         "%s: reconfigured (%s)",
         t.live.name,
         ", ".join(parts),
-        extra={"pool": t.live.name, "event": "reconfigure", "generation": t.live.generation},
+        extra=pool_fields(
+            t.stats,
+            "reconfigure",
+            generation=t.live.generation,
+            changed={f: [before[f], after[f]] for f in sorted(changed)},
+        ),
     )
 
 
@@ -131,19 +143,19 @@ def _target(obj: Any) -> _Target:
         from poolguard.integrations.redis._common import LiveClient
 
         refused = dict.fromkeys(NOT_FOR_REDIS, "it does not apply to a Redis client")
-        return _Target(LiveClient(policy, pool), policy.guard.stats.log, refused)
+        return _Target(LiveClient(policy, pool), policy.guard.stats, refused)
     rules = getattr(obj, "_pg", None)
     if rules is not None and hasattr(rules, "guard"):
         from poolguard.integrations.psycopg_pool._rules import PoolRules
 
         if isinstance(rules, PoolRules):
             rules.pool_ref = weakref.ref(obj)
-            return _Target(rules, rules.guard.stats.log, {})
+            return _Target(rules, rules.guard.stats, {})
     if hasattr(obj, "pool") or hasattr(obj, "sync_engine"):
         from poolguard.integrations.sqlalchemy.engine import guard_of
 
         state = guard_of(obj)
-        return _Target(state, state.guard.stats.log, state.refused_live())
+        return _Target(state, state.guard.stats, state.refused_live())
     raise ConfigError(
         "poolguard.reconfigure() takes an engine from poolguard.create_engine(), a client from "
         f"poolguard.redis or a pool from poolguard.postgres, not {type(obj).__name__}"
@@ -233,7 +245,11 @@ def _reload_one(reload: _Reload, environ: Mapping[str, str]) -> None:
             "%s: SIGHUP reload refused, settings unchanged: %s",
             t.live.name,
             exc,
-            extra={"pool": t.live.name, "event": "reconfigure", "variable": exc.variable},
+            extra=pool_fields(t.stats, "reconfigure_failed", variable=exc.variable),
         )
-    except Exception:  # a signal handler must not raise into arbitrary code
-        t.log.exception("%s: SIGHUP reload failed, settings unchanged", t.live.name)
+    except Exception as exc:  # a signal handler must not raise into arbitrary code
+        t.log.exception(
+            "%s: SIGHUP reload failed, settings unchanged",
+            t.live.name,
+            extra=pool_fields(t.stats, "reconfigure_failed", error_type=type(exc).__name__),
+        )

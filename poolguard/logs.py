@@ -13,6 +13,11 @@ one JSON object per line, ``null`` where a field does not apply, so a log pipeli
 without knowing the message. Records without those fields (poolguard's other messages, or any
 logger the formatter is given) keep ``ts``/``level``/``logger``/``message``.
 
+Poolguard's other records about one pool (a live reconfiguration, a Redis resubscription, a
+keepalive sweep that failed, a configuration note at creation) carry the same fields through
+:func:`pool_fields`, with an ``event`` of their own (``reconfigure``, ``reconfigure_failed``,
+``resubscribe``, ``keepalive_error``, ``keepalive_refill_failed``, ``config_warning``).
+
 ``target`` is the redacted ``host:port`` the pool connects to; the message and any URL-looking
 text in it go through :func:`poolguard.config.urls.redact` once more, so no password reaches
 a line even if a message quoted a URL.
@@ -28,13 +33,41 @@ from datetime import datetime, timezone
 from typing import IO, Any
 
 from poolguard.config.urls import redact
-from poolguard.core.stats import LOG_FIELDS
+from poolguard.core.stats import LOG_FIELDS, PoolStats
 
-__all__ = ["EXTRA_FIELDS", "JsonFormatter", "configure_json"]
+__all__ = ["EXTRA_FIELDS", "JsonFormatter", "configure_json", "pool_fields"]
 
 #: Fields some events add after LOG_FIELDS (give_up: why; breaker: old; evict: age, idle;
-#: acquire_timeout: waited; any event with an exception: error_type).
-EXTRA_FIELDS = ("why", "old", "age", "idle", "waited", "error_type")
+#: acquire_timeout: waited; any event with an exception: error_type; reconfigure: changed,
+#: generation, variable; resubscribe: channels, patterns, gap).
+EXTRA_FIELDS = (
+    "why",
+    "old",
+    "age",
+    "idle",
+    "waited",
+    "error_type",
+    "changed",
+    "generation",
+    "variable",
+    "channels",
+    "patterns",
+    "gap",
+)
+
+
+def pool_fields(stats: PoolStats, event: str, **more: Any) -> dict[str, Any]:
+    """``extra`` for a pool's log record that is not one of core/stats.py's events (a
+    reconfiguration, a resubscription, a keepalive or configuration note): the same
+    LOG_FIELDS keys as those events (``event``, ``pool``, ``backend``, ``target``), then
+    ``more`` (keys of EXTRA_FIELDS, or ``reason``)."""
+    return {
+        "event": event,
+        "pool": stats.name,
+        "backend": stats.backend,
+        "target": stats.target,
+        **more,
+    }
 
 
 class JsonFormatter(logging.Formatter):

@@ -55,6 +55,8 @@ class Sweepable(Protocol):
         """Sync pools: ping what is due; return the monotonic time the next connection is due
         (None: nothing idle)."""
 
+    # Optional: ``keepalive_stats() -> PoolStats | None``, the pool's stats, for its log fields.
+
 
 @dataclass
 class _Entry:
@@ -155,8 +157,8 @@ class _Keeper:
             return
         try:
             nxt = pool.keepalive_sweep(now)
-        except Exception:  # a bug must not end keepalive for every other pool
-            log.exception("keepalive sweep of %r failed", pool)
+        except Exception as exc:  # a bug must not end keepalive for every other pool
+            _sweep_failed(pool, exc)
             nxt = now + RETRY_AFTER
         self._reschedule(key, entry, nxt, interval)
 
@@ -208,11 +210,28 @@ async def _async_sweep(
     except asyncio.CancelledError:
         keeper._drop(key, entry)  # the loop is shutting down
         raise
-    except Exception:
-        log.exception("keepalive sweep of %r failed", pool)
+    except Exception as exc:
+        _sweep_failed(pool, exc)
         nxt = now + RETRY_AFTER
     del pool  # only the weak reference between sweeps
     keeper._reschedule(key, entry, nxt, interval)
+
+
+def _sweep_failed(pool: Any, exc: Exception) -> None:
+    """Log a sweep that raised, with the pool's common log fields when it has them."""
+    from poolguard.core.stats import PoolStats
+    from poolguard.logs import pool_fields
+
+    stats_of = getattr(pool, "keepalive_stats", None)
+    stats = stats_of() if callable(stats_of) else None
+    more = {"error_type": type(exc).__name__}
+    if not isinstance(stats, PoolStats):
+        log.exception(
+            "keepalive sweep of %r failed", pool, extra={"event": "keepalive_error", **more}
+        )
+        return
+    extra = pool_fields(stats, "keepalive_error", **more)
+    log.exception("%s: keepalive sweep failed", stats.name, extra=extra)
 
 
 _keeper = _Keeper()

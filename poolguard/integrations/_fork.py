@@ -139,23 +139,38 @@ def _after_fork_in_child() -> None:
     # nothing may raise out of here (os.register_at_fork would print it and carry on), so one
     # engine's failure must not leave the others sharing sockets.
     for engine in list(_engines):
+        state = None
         try:
             state = getattr(engine.pool, "_guard_state", None)
             if state is not None:
                 _fresh_locks(state.guard)
             engine.dispose(close=False)
-        except Exception:
-            log.exception("poolguard: resetting an engine's pool after fork failed")
+        except Exception as exc:
+            _failed("resetting an engine's pool", getattr(state, "guard", None), exc)
     for pool in list(_native_pools):
         try:
             _refuse_in_child(pool)
-        except Exception:
-            log.exception("poolguard: disabling a native pool after fork failed")
+        except Exception as exc:
+            _failed(
+                "disabling a native pool", getattr(getattr(pool, "_pg", None), "guard", None), exc
+            )
     for guard in list(_guards):
         try:
             _fresh_locks(guard)
-        except Exception:
-            log.exception("poolguard: resetting a pool's locks after fork failed")
+        except Exception as exc:
+            _failed("resetting a pool's locks", guard, exc)
+
+
+def _failed(what: str, guard: Any, exc: Exception) -> None:
+    """Log a reset that raised in the child, with the pool's common log fields when known."""
+    from poolguard.core.stats import PoolStats
+    from poolguard.logs import pool_fields
+
+    stats = getattr(guard, "stats", None)
+    extra: dict[str, Any] = {"event": "fork_reset_failed", "error_type": type(exc).__name__}
+    if isinstance(stats, PoolStats):  # this must not raise: it runs in the forked child
+        extra = pool_fields(stats, "fork_reset_failed", error_type=type(exc).__name__)
+    log.exception("poolguard: %s after fork failed", what, extra=extra)
 
 
 if hasattr(os, "register_at_fork"):

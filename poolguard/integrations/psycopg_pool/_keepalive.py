@@ -29,6 +29,7 @@ from psycopg_pool.pool import AddConnection as SyncAddConnection
 from psycopg_pool.pool_async import AddConnection as AsyncAddConnection
 
 from poolguard.core import keepalive
+from poolguard.core.stats import PoolStats
 from poolguard.integrations.psycopg_pool._rules import VALIDATE_TIMEOUT, PoolRules, discard
 from poolguard.integrations.psycopg_pool.connection import (
     GuardedAsyncConnection,
@@ -130,6 +131,9 @@ class AsyncKeepaliveMixin:
         interval: float | None = self._pg.settings.keepalive
         return interval
 
+    def keepalive_stats(self) -> PoolStats:
+        return self._pg.guard.stats
+
     async def akeepalive_sweep(self, now: float) -> float | None:
         interval = self.keepalive_interval()
         if interval is None:
@@ -194,6 +198,9 @@ class KeepaliveMixin:
     def keepalive_interval(self) -> float | None:
         interval: float | None = self._pg.settings.keepalive
         return interval
+
+    def keepalive_stats(self) -> PoolStats:
+        return self._pg.guard.stats
 
     def keepalive_sweep(self, now: float) -> float | None:
         interval = self.keepalive_interval()

@@ -11,7 +11,6 @@ the pubsub helpers and the drop-in errors are here too. Which reply or command i
 from __future__ import annotations
 
 import dataclasses
-import logging
 import math
 import operator
 import random
@@ -615,8 +614,6 @@ def pool_timeout_error(label: str, waited: float, size: int) -> BaseException:
 
 # -- pub/sub ---------------------------------------------------------------------------------
 
-log = logging.getLogger("poolguard.redis")
-
 #: A pub/sub reconnect under ``get_message(timeout=t)`` gets ``max(t, floor)`` (never more than
 #: the connect timeout): ``get_message()`` polls with ``timeout=0``, yet connecting, the
 #: handshake and re-sending SUBSCRIBE take a few round trips.
@@ -753,15 +750,26 @@ def report_resubscribe(
     guard: Guard, label: str, gap: ResubscribeGap, callback: Callable[[ResubscribeGap], Any] | None
 ) -> None:
     """Make the at-most-once gap visible: a counter, a warning and the caller's callback."""
-    guard.stats.incr("resubscribes")
-    log.warning(
+    from poolguard.logs import pool_fields
+
+    stats = guard.stats
+    stats.incr("resubscribes")
+    channels = len(gap.channels) + len(gap.shard_channels)
+    stats.log.warning(
         "%s: pub/sub resubscribed %d channel(s), %d pattern(s) after %.3fs without a "
         "connection; messages published meanwhile were lost",
         label,
-        len(gap.channels) + len(gap.shard_channels),
+        channels,
         len(gap.patterns),
         gap.seconds,
-        extra={"reason": "resubscribe", "backend": "redis", "pool": guard.name},
+        extra=pool_fields(
+            stats,
+            "resubscribe",
+            reason="resubscribe",
+            channels=channels,
+            patterns=len(gap.patterns),
+            gap=round(gap.seconds, 3),
+        ),
     )
     if callback is not None:
         callback(gap)

@@ -31,6 +31,7 @@ import time
 from typing import Any
 
 from poolguard.core import keepalive
+from poolguard.core.stats import PoolStats
 from poolguard.integrations.redis import _common as c
 
 __all__ = ["AsyncKeepaliveMixin", "KeepaliveMixin", "due"]
@@ -96,6 +97,9 @@ class AsyncKeepaliveMixin:
 
     def keepalive_interval(self) -> float | None:
         return self.guard_policy.settings.keepalive
+
+    def keepalive_stats(self) -> PoolStats:
+        return self.guard_policy.guard.stats
 
     def keepalive_sweep(self, now: float) -> float | None:  # pragma: no cover - never sync
         raise TypeError("an asyncio pool is swept on its loop")
@@ -182,6 +186,9 @@ class KeepaliveMixin:
 
     def keepalive_interval(self) -> float | None:
         return self.guard_policy.settings.keepalive
+
+    def keepalive_stats(self) -> PoolStats:
+        return self.guard_policy.guard.stats
 
     def keepalive_sweep(self, now: float) -> float | None:
         interval = self.keepalive_interval()

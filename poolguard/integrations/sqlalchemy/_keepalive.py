@@ -34,8 +34,10 @@ from typing import Any
 from sqlalchemy.util import greenlet_spawn
 
 from poolguard.core import keepalive
+from poolguard.core.stats import PoolStats
 from poolguard.integrations.sqlalchemy._handoff import AsyncFairQueue
 from poolguard.integrations.sqlalchemy._state import VALIDATE_TIMEOUT, EngineState
+from poolguard.logs import pool_fields
 
 __all__ = ["KeepaliveMixin", "due", "next_due", "sweep"]
 
@@ -81,6 +83,10 @@ class KeepaliveMixin:
     def keepalive_interval(self) -> float | None:
         state = self._guard_state
         return None if state is None else state.settings.keepalive
+
+    def keepalive_stats(self) -> PoolStats | None:
+        state = self._guard_state
+        return None if state is None else state.guard.stats
 
     def keepalive_sweep(self, now: float) -> float | None:
         return sweep(self, now)
@@ -186,4 +192,11 @@ def _refill(state: EngineState, record: Any) -> None:
     except Exception as exc:
         # The server may be down: the record reconnects at its next checkout, under the
         # checkout's retries, breaker and deadline, which this background attempt has none of.
-        log.info("%s: keepalive could not replace a dead connection: %s", state.name, exc)
+        log.info(
+            "%s: keepalive could not replace a dead connection: %s",
+            state.name,
+            exc,
+            extra=pool_fields(
+                state.guard.stats, "keepalive_refill_failed", error_type=type(exc).__name__
+            ),
+        )

@@ -47,6 +47,7 @@ from poolguard.integrations.sqlalchemy.pool import (
     guarded_class,
     install_pool_events,
 )
+from poolguard.logs import pool_fields
 
 __all__ = ["create_async_engine", "create_engine", "guard_of", "stats"]
 
@@ -242,8 +243,9 @@ def _install(engine: Engine, state: EngineState, sa_kwargs: dict[str, Any]) -> N
     pool._guard_state = state  # type: ignore[attr-defined]
     state.pool_ref[:] = [pool]
     state.guard.stats.gauges = functools.partial(_gauges, state)
+    stats = state.guard.stats
     for note in state.settings.warnings():
-        state.guard.stats.log.info("%s: %s", state.name, note, extra={"pool": state.name})
+        stats.log.info("%s: %s", state.name, note, extra=pool_fields(stats, "config_warning"))
     # Forked children (gunicorn --preload...) start with an empty pool: see _fork.py.
     track_engine(engine)
     engine._connection_cls = GuardedConnection
