@@ -78,7 +78,7 @@ def rewrite_params(
     ``params`` are what a connect is about to use: poolguard's parameters as ``built`` at
     creation, merged with the user's own. A value the user set differently stays. libpq
     ``options`` hold both (poolguard's ``-c`` settings first, the user's after): poolguard's
-    prefix is replaced.
+    prefix is replaced; so do poolguard's entries of a dict (asyncpg's ``server_settings``).
     """
     out = dict(params)
     for key in built.keys() | current.keys():
@@ -95,9 +95,24 @@ def rewrite_params(
                 out[key] = merged
             else:
                 out.pop(key, None)
+        elif isinstance(old, dict) or isinstance(new, dict):
+            _rewrite_entries(out, key, have, old or {}, new or {})
         elif have == old:  # not the user's value: ours, as built
             if new is None:
                 out.pop(key, None)
             else:
                 out[key] = new
     return out
+
+
+def _rewrite_entries(
+    out: dict[str, Any], key: str, have: Any, old: Mapping[str, Any], new: Mapping[str, Any]
+) -> None:
+    """A dict of settings shared with the user (asyncpg's ``server_settings``): poolguard's
+    entries as built are replaced by today's, the user's own (or overridden) entries stay."""
+    theirs = {k: v for k, v in (have or {}).items() if k not in old or old[k] != v}
+    merged = {**new, **theirs}
+    if merged:
+        out[key] = merged
+    else:
+        out.pop(key, None)

@@ -130,6 +130,22 @@ def test_connect_params_are_rewritten_only_where_poolguard_set_them() -> None:
     assert rewrite_params(built, built, {}) == {}
 
 
+def test_asyncpg_server_settings_are_rewritten_entry_by_entry() -> None:
+    built = {"server_settings": {"statement_timeout": "5000", "lock_timeout": "100"}}
+    current = {"server_settings": {"statement_timeout": "250"}}
+    params = {  # poolguard's merged with the user's (who also overrode lock_timeout)
+        "server_settings": {
+            "statement_timeout": "5000", "lock_timeout": "7", "application_name": "app",
+        },
+    }  # fmt: skip
+    assert rewrite_params(params, built, current) == {
+        "server_settings": {
+            "statement_timeout": "250", "lock_timeout": "7", "application_name": "app",
+        },
+    }  # fmt: skip
+    assert rewrite_params(built, built, {}) == {}
+
+
 def test_sighup_install_rules(engine: Any, monkeypatch: pytest.MonkeyPatch) -> None:
     previous = signal.getsignal(signal.SIGHUP)
     try:

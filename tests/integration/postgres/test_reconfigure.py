@@ -16,6 +16,8 @@ from sqlalchemy import text
 
 import poolguard
 
+from .conftest import both_async_drivers
+
 pytestmark = pytest.mark.postgres
 
 #: Only to fail instead of hanging, never a performance bound.
@@ -86,6 +88,7 @@ def test_a_timeout_set_at_creation_can_be_turned_off(
     assert poolguard.stats(engine)["reconfigured_evictions"] == 1
 
 
+@both_async_drivers
 async def test_query_timeout_change_on_an_async_engine(
     make_async_engine: Any, postgres_server: Any
 ) -> None:
