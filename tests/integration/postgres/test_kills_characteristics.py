@@ -16,6 +16,8 @@ from sqlalchemy import text
 
 import poolguard
 
+from .conftest import both_async_drivers
+
 pytestmark = [pytest.mark.postgres, pytest.mark.chaos]
 
 
@@ -45,6 +47,7 @@ def test_autocommit_read_retried_on_a_fresh_autocommit_connection(
     assert poolguard.stats(engine)["give_ups"] == 0
 
 
+@both_async_drivers
 async def test_async_autocommit_read_retried(
     make_async_engine: Any, postgres_server: Any, app_name: str
 ) -> None:
@@ -58,8 +61,8 @@ async def test_async_autocommit_read_retried(
         after = (await conn.execute(text("SELECT pg_backend_pid()"))).scalar()
         assert after != before
         raw = await conn.get_raw_connection()
-        assert raw.driver_connection.autocommit
+        assert raw.dbapi_connection.autocommit  # SQLAlchemy's adapter, either driver
     async with engine.connect() as conn:
         raw = await conn.get_raw_connection()
-        assert not raw.driver_connection.autocommit
+        assert not raw.dbapi_connection.autocommit
     assert poolguard.stats(engine)["give_ups"] == 0

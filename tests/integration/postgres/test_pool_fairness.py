@@ -20,6 +20,8 @@ from sqlalchemy import text
 
 import poolguard
 
+from .conftest import both_async_drivers
+
 pytestmark = pytest.mark.postgres
 
 HANG_GUARD = 20.0
@@ -206,6 +208,7 @@ async def test_async_200_tasks_on_8_connections_are_served_in_request_order(
     assert (snap["checked_out"], snap["idle"], snap["waiting"], snap["connects"]) == (0, 8, 0, 8)
 
 
+@both_async_drivers
 async def test_async_timeout_and_cancellation_leave_no_ghost(
     make_async_engine: Any, postgres_server: Any
 ) -> None:
@@ -242,6 +245,7 @@ async def test_async_timeout_and_cancellation_leave_no_ghost(
     assert (snap["checked_out"], snap["idle"], snap["waiting"]) == (0, 1, 0)
 
 
+@both_async_drivers
 async def test_async_failed_connect_wakes_a_waiter(
     make_async_engine: Any, fault_proxy: Any, postgres_server: Any
 ) -> None:
