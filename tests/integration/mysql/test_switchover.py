@@ -88,6 +88,12 @@ class Outcome:
                 self.acked.add(n)
 
 
+def _longest_gap(times: list[float]) -> float:
+    """Reported, never asserted (no wall-clock thresholds): the recovery time callers saw."""
+    ordered = sorted(times)
+    return max((b - a for a, b in itertools.pairwise(ordered)), default=0.0)
+
+
 def _schema(engine: Engine) -> None:
     with engine.begin() as conn:
         conn.execute(text("DROP TABLE IF EXISTS sw_accounts, sw_events"))
@@ -211,7 +217,8 @@ async def test_writes_ride_through_switchovers(
     snap, asnap = poolguard.stats(engine), poolguard.stats(aengine)
     counts = {k: len(v) for k, v in out.errors.items()}
     print(
-        f"\nswitchovers refused writes for {[round(r, 3) for r in refused]} s; ok="
+        f"\nswitchovers refused writes for {[round(r, 3) for r in refused]} s; longest gap"
+        f" without a success={_longest_gap(out.ok_times):.2f}s; ok="
         f"{len(out.ok_times)} errors={counts} retries={snap['retries_by_reason']}"
         f" async={asnap['retries_by_reason']} evictions={snap['evictions']}"
         f" give_ups={snap['give_ups']}+{asnap['give_ups']}"

@@ -85,6 +85,12 @@ def _check_read(row: Any) -> None:
     assert total == ACCOUNTS * START
 
 
+def _longest_gap(times: list[float]) -> float:
+    """Reported, never asserted (no wall-clock thresholds): the recovery time callers saw."""
+    ordered = sorted(times)
+    return max((b - a for a, b in itertools.pairwise(ordered)), default=0.0)
+
+
 def _schema(engine: Engine) -> None:
     with engine.begin() as conn:
         conn.execute(text("DROP TABLE IF EXISTS pgb_accounts, pgb_events"))
@@ -232,6 +238,7 @@ async def test_pgbouncer_fault_under_load(
     snap, asnap = poolguard.stats(engine), poolguard.stats(aengine)
     print(
         f"\n{pool_mode}/{fault}: ok={len(out.ok_times)} errors={counts}"
+        f" longest gap without a success={_longest_gap(out.ok_times):.2f}s"
         f" ambiguous={len(out.ambiguous)} retries={snap['retries_by_reason']}"
         f" async retries={asnap['retries_by_reason']}"
     )
