@@ -98,6 +98,7 @@ SAFE_FUNCTIONS = frozenset(
         "pg_typeof", "pg_table_size", "pg_relation_size", "pg_total_relation_size",
         "pg_database_size", "pg_size_pretty", "pg_get_serial_sequence", "has_table_privilege",
         "pg_xact_status", "txid_status", "to_regclass", "pg_get_indexdef", "quote_ident",
+        "pg_current_wal_lsn", "pg_walfile_name",
         "quote_literal", "if", "ifnull", "date", "hex", "unhex", "uuid", "database",
         "group_concat", "date_format", "str_to_date", "unix_timestamp", "from_unixtime",
         "found_rows", "last_insert_id", "connection_id", "char", "ascii", "ord", "instr",

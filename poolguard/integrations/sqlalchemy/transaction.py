@@ -12,8 +12,10 @@ itself was sent and its reply was lost: that raises :class:`~poolguard.Ambiguous
     lost reply it asks a fresh connection for ``pg_xact_status(xid)``. ``committed`` → return
     normally; ``aborted`` → re-run; ``in progress`` (the COMMIT never arrived and the old backend
     still holds the transaction open) → ``pg_terminate_backend(pid)`` makes it ``aborted``.
-    This needs PostgreSQL >= 13 and costs one round trip per attempt (the xid query). MySQL and
-    MariaDB have no equivalent: ``resolve_ambiguous=True`` raises ConfigError there.
+    This needs PostgreSQL >= 13 and costs one round trip per attempt (the xid query). The
+    server's timeline is recorded with the xid: a resolving server on another timeline (a
+    failover in between) cannot be trusted with that xid, and the outcome stays ambiguous.
+    MySQL and MariaDB have no equivalent: ``resolve_ambiguous=True`` raises ConfigError there.
 
 Everything runs under the engine's Guard (deadline, retry budget, breaker; backoff between
 attempts), with ``Operation(unit_of_work=True)``. A single statement is retried by ``connection.py``
@@ -47,10 +49,16 @@ DEFAULT_RETRY_SQLSTATES = frozenset({"40001", "40P01", "55P03"})
 RetryOn = Collection[str | int] | None
 UNIT_OF_WORK = Operation(Position.LATER, unit_of_work=True)
 
-_XID_SQL = text("SELECT txid_current(), pg_backend_pid()")
+#: The server's timeline (the first 8 hex digits of its WAL file name), recorded with the xid
+#: and compared at resolution: after a failover the promoted server is on a new timeline, and
+#: there pg_xact_status may answer for *another* transaction given the same xid (the lost
+#: one's WAL never reached the standby), and the recorded pid is someone else's backend. A
+#: different timeline leaves the outcome ambiguous.
+_TIMELINE = "substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)"
+_XID_SQL = text(f"SELECT txid_current(), pg_backend_pid(), {_TIMELINE}")
 #: The xid is sent as text: asyncpg binds the parameter with the type the server infers
 #: (text here) and refuses an int for it.
-_STATUS_SQL = text("SELECT pg_xact_status(CAST(CAST(:xid AS text) AS xid8))")
+_STATUS_SQL = text(f"SELECT pg_xact_status(CAST(CAST(:xid AS text) AS xid8)), {_TIMELINE}")
 _TERMINATE_SQL = text("SELECT pg_terminate_backend(:pid)")
 #: Pause between pg_xact_status polls while the old backend goes away.
 RESOLVE_POLL = 0.05
@@ -153,7 +161,7 @@ def _run_once(
             if unit.in_transaction():
                 unit.rollback()  # forget the dead transaction's client-side state
             engine = resolver.engine if isinstance(resolver, Connection) else resolver
-            if _resolve(engine, state, marker[0], marker[1], exc):
+            if _resolve(engine, state, marker, exc):
                 return result
             raise _CommitAborted("the lost COMMIT was not applied") from exc
         return result
@@ -163,13 +171,17 @@ def _run_once(
         raise
 
 
-def _resolve(engine: Engine, state: EngineState, xid: int, pid: int, exc: BaseException) -> bool:
+def _resolve(
+    engine: Engine, state: EngineState, marker: tuple[Any, ...], exc: BaseException
+) -> bool:
     """True if the transaction committed, False if aborted; re-raise ``exc`` if unknowable."""
+    xid, pid, timeline = marker
     stop = time.monotonic() + RESOLVE_TIMEOUT
     try:
         with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
             while time.monotonic() < stop:
-                status = conn.execute(_STATUS_SQL, {"xid": str(xid)}).scalar()
+                status, now_on = conn.execute(_STATUS_SQL, {"xid": str(xid)}).one()
+                _same_timeline(state, timeline, now_on)
                 if status in ("committed", "aborted"):
                     state.guard.stats.incr(f"ambiguous_resolved.{status}")
                     return bool(status == "committed")
@@ -178,6 +190,16 @@ def _resolve(engine: Engine, state: EngineState, xid: int, pid: int, exc: BaseEx
     except Exception:
         raise exc from exc.__cause__  # unknowable: stay ambiguous (the check error is context)
     raise exc
+
+
+class _OtherTimeline(Exception):
+    """The resolving server is not on the timeline the COMMIT was sent on (a failover)."""
+
+
+def _same_timeline(state: EngineState, recorded: object, current: object) -> None:
+    if recorded != current:
+        state.guard.stats.incr("ambiguous_unresolved.timeline")
+        raise _OtherTimeline(f"timeline {current} is not {recorded}: a failover in between")
 
 
 def _engine_of(target: Any) -> Engine:
@@ -251,7 +273,7 @@ async def _arun_once(
                 raise
             if session.in_transaction():
                 await session.rollback()  # forget the dead transaction's client-side state
-            if await _aresolve(engine, state, marker[0], marker[1], exc):
+            if await _aresolve(engine, state, marker, exc):
                 return result
             raise _CommitAborted("the lost COMMIT was not applied") from exc
         return result
@@ -262,16 +284,18 @@ async def _arun_once(
 
 
 async def _aresolve(
-    engine: AsyncEngine, state: EngineState, xid: int, pid: int, exc: BaseException
+    engine: AsyncEngine, state: EngineState, marker: tuple[Any, ...], exc: BaseException
 ) -> bool:
     import asyncio
 
+    xid, pid, timeline = marker
     stop = time.monotonic() + RESOLVE_TIMEOUT
     try:
         async with engine.connect() as conn:
             conn = await conn.execution_options(isolation_level="AUTOCOMMIT")
             while time.monotonic() < stop:
-                status = (await conn.execute(_STATUS_SQL, {"xid": str(xid)})).scalar()
+                status, now_on = (await conn.execute(_STATUS_SQL, {"xid": str(xid)})).one()
+                _same_timeline(state, timeline, now_on)
                 if status in ("committed", "aborted"):
                     state.guard.stats.incr(f"ambiguous_resolved.{status}")
                     return bool(status == "committed")
