@@ -50,7 +50,12 @@ SERVER_TIMEOUTS = (
 def conninfo(settings: Settings) -> str:
     """The libpq URI of ``settings`` (SQLAlchemy URL without the ``+psycopg`` driver)."""
     url = sqlalchemy.make_url(settings.sql_url()).set(drivername="postgresql")
-    return url.render_as_string(hide_password=False)
+    rendered = url.render_as_string(hide_password=False)
+    # SQLAlchemy writes the query form-encoded (a space as "+", a "+" as "%2B"); libpq decodes
+    # only %XX, so `options=-c%20idle_session_timeout%3D5min` reached the server as
+    # "-c+idle_session_timeout=5min" and the connect failed. ("?" in a password is %3F.)
+    base, sep, query = rendered.partition("?")
+    return base + sep + query.replace("+", "%20")
 
 
 def _watchdog(conn: psycopg.Connection[Any], seconds: float) -> threading.Timer:

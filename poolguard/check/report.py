@@ -146,9 +146,20 @@ def warn_tls(report: BackendReport, host: str | None) -> None:
 def warn_server_idle_kill(
     report: BackendReport, settings: Settings, variable: str, seconds: float
 ) -> None:
-    """Warn when the server drops idle connections before the pool would retire them."""
+    """Warn when the server drops idle connections before the pool would retire them, or
+    before keepalive (``POOLGUARD_KEEPALIVE``) pings them."""
     if seconds <= 0:
         return
+    keepalive = settings.keepalive
+    if keepalive is not None and keepalive < seconds:
+        return  # each idle connection is pinged before the server's limit: kept, not killed
+    if keepalive is not None:
+        report.warnings.append(
+            f"the server closes connections idle for {format_duration(seconds)} ({variable}) "
+            f"but POOLGUARD_KEEPALIVE is {format_duration(keepalive)}: connections will be "
+            "found dead by the keepalive ping (and replaced) rather than kept alive; set "
+            f"POOLGUARD_KEEPALIVE below {format_duration(seconds)}"
+        )
     if settings.max_idle is None or settings.max_idle + IDLE_MARGIN > seconds:
         report.warnings.append(
             f"the server closes connections idle for {format_duration(seconds)} ({variable}) "
