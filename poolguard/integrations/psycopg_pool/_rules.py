@@ -104,8 +104,11 @@ Armed = tuple[Ticket, Limit]
 _POOL_ERRORS = (psycopg_pool.PoolClosed, psycopg_pool.TooManyRequests)
 
 # Resolving a lost COMMIT (``transaction(..., resolve_ambiguous=True)``, PostgreSQL >= 13).
-XID_SQL = "SELECT txid_current(), pg_backend_pid()"
-STATUS_SQL = "SELECT pg_xact_status(%s::text::xid8)"
+# With the server's timeline: one on another timeline (a failover in between) cannot be trusted
+# with the xid (see integrations/sqlalchemy/transaction.py), so the outcome stays ambiguous.
+TIMELINE_SQL = "substr(pg_walfile_name(pg_current_wal_lsn()), 1, 8)"
+XID_SQL = f"SELECT txid_current(), pg_backend_pid(), {TIMELINE_SQL}"
+STATUS_SQL = f"SELECT pg_xact_status(%s::text::xid8), {TIMELINE_SQL}"
 TERMINATE_SQL = "SELECT pg_terminate_backend(%s)"
 #: Pause between pg_xact_status polls while the old backend goes away.
 RESOLVE_POLL = 0.05

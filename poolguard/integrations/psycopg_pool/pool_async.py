@@ -361,11 +361,14 @@ class GuardedAsyncConnectionPool(
 
     async def _pg_resolve(self, marker: Any) -> bool | None:
         """The lost COMMIT's fate, asked on another connection; None when unknowable."""
-        xid, pid = marker
+        xid, pid, timeline = marker
         stop = time.monotonic() + RESOLVE_TIMEOUT
         try:
             while time.monotonic() < stop:
-                status = await self.fetchval(STATUS_SQL, (xid,), idempotent=True)
+                status, now_on = await self.fetchone(STATUS_SQL, (xid,), idempotent=True)
+                if now_on != timeline:  # a failover in between: the xid may be another's
+                    self._pg.guard.stats.incr("ambiguous_unresolved.timeline")
+                    return None
                 found = self._pg.resolved(status)
                 if found is not None:
                     return found

@@ -37,3 +37,24 @@ def test_no_resolution_on_another_timeline(pg_replica_set: Any, make_engine: Any
     with pytest.raises(AmbiguousResultError):
         transaction._resolve(engine, state, marker, lost)
     assert state.guard.stats.count("ambiguous_unresolved.timeline") == 1
+
+
+def test_native_pool_no_resolution_on_another_timeline(pg_replica_set: Any) -> None:
+    import poolguard.postgres
+    from poolguard.integrations.psycopg_pool._rules import XID_SQL
+
+    rs = pg_replica_set(1)
+    pool = poolguard.postgres.create_pool(rs.multi_host_url(), connect_timeout=1.0)
+    try:
+        with pool.connection() as conn:
+            marker = conn.execute(XID_SQL).fetchone()
+            conn.execute("CREATE TABLE t (x int)")
+        assert pool._pg_resolve(marker) is True  # same timeline: resolved as before
+        rs.wait_replayed()
+        rs.stop_primary(crash=True)
+        new = rs.promote()
+        assert pool.fetchval("SELECT inet_server_port()", idempotent=True) == new.port
+        assert pool._pg_resolve(marker) is None  # unknowable: stays ambiguous
+        assert pool._pg.guard.stats.count("ambiguous_unresolved.timeline") == 1
+    finally:
+        pool.close()
