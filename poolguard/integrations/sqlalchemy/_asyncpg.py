@@ -86,9 +86,6 @@ class AsyncpgBackend(SqlBackend):
         import asyncpg
 
         apg = self.apg
-        # ``?pgbouncer=true`` is poolguard's marker (PGBOUNCER=auto), not asyncpg's argument:
-        # SQLAlchemy's asyncpg dialect hands every URL query parameter to connect().
-        kwargs.pop("pgbouncer", None)
         if timeout is not None:
             kwargs.setdefault("timeout", timeout)  # asyncpg's own bound (default 60 s)
         settings = state.settings

@@ -94,6 +94,10 @@ class SqlBackend:
     ) -> Any:
         """A new DBAPI connection, bounded by the connect deadline; ``dialect_connect`` is the
         dialect's own connect, ``native`` says whether it would call the driver's connect."""
+        # ``?pgbouncer=true`` (POOLGUARD_PGBOUNCER=auto) is poolguard's marker, not a driver
+        # argument, but SQLAlchemy hands every URL query parameter to the driver (psycopg
+        # refused it: 'invalid connection option "pgbouncer"').
+        cparams.pop("pgbouncer", None)
         if state.is_async:
             if native:
                 user = cparams.get("async_creator_fn")

@@ -76,3 +76,14 @@ async def test_auto_detects_pgbouncer_from_the_url(
     assert guard_of(engine).pgbouncer
     assert await _many_tasks(engine) == []
     assert poolguard.stats(engine)["give_ups"] == 0
+
+
+def test_auto_detection_from_the_url_with_psycopg(make_engine: Any, pgbouncer_server: Any) -> None:
+    # The marker is poolguard's: psycopg refused it ('invalid connection option "pgbouncer"').
+    url = pgbouncer_server.url + ("&" if "?" in pgbouncer_server.url else "?") + "pgbouncer=true"
+    engine = make_engine(url, query_timeout=2)
+    from poolguard.integrations.sqlalchemy.engine import guard_of
+
+    assert guard_of(engine).pgbouncer
+    with engine.connect() as conn:
+        assert conn.execute(text("SHOW statement_timeout")).scalar() == "2s"  # SET LOCAL
