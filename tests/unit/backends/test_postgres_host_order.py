@@ -67,3 +67,21 @@ def test_attempts_are_tracked_only_with_target_session_attrs() -> None:
     assert pg._attempt_host("host=a port=1 target_session_attrs=read-write") == ("a", "1")
     assert pg._attempt_host("host=a port=1") is None
     assert pg._attempt_host("host=a port=1 target_session_attrs=any") is None
+
+
+@pytest.mark.parametrize(
+    "why", ["session is read-only", "server is in hot standby mode", "session is not read-only"]
+)
+def test_a_server_refused_for_target_session_attrs_is_a_connect_retry(why: str) -> None:
+    """Mid-failover (no primary yet, or a demoted one) every host may be refused: nothing was
+    sent, the connect is retried (and counts towards the breaker)."""
+    import psycopg
+
+    from poolguard.core.disposition import Disposition
+
+    err = psycopg.OperationalError(
+        f'connection failed: connection to server at "10.0.0.1", port 5432 failed: {why}'
+    )
+    found = pg.classify(err)
+    assert found.disposition is Disposition.RETRY
+    assert found.connect_phase
