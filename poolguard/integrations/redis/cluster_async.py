@@ -86,21 +86,41 @@ class AsyncGuardedClusterConnection(redis.asyncio.connection.Connection):
         return super().pack_commands(commands)
 
     async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
-        await super().send_packed_command(command, check_health)
+        try:
+            await super().send_packed_command(command, check_health)
+        except AttributeError as exc:
+            _raise_closed_underneath(self, exc, sent=False)
+            raise
         cl.mark_sent()
 
     async def read_response(self, *args: Any, **kwargs: Any) -> Any:
         pending = self.guard_next_read
-        if pending is cl.KEEP or kwargs.get("timeout") is not None:
-            return await super().read_response(*args, **kwargs)
         # Lent through the attribute, not ``timeout=``: redis-py's asyncio read_response returns
         # None when an explicit timeout expires (pub/sub polling), leaving the reply unread.
+        lend = pending is not cl.KEEP and kwargs.get("timeout") is None
         configured = self.socket_timeout
-        self.socket_timeout = pending  # None: a blocking command that may wait forever
+        if lend:
+            self.socket_timeout = pending  # None: a blocking command that may wait forever
         try:
             return await super().read_response(*args, **kwargs)
+        except AttributeError as exc:
+            _raise_closed_underneath(self, exc, sent=True)
+            raise
         finally:
-            self.socket_timeout = configured
+            if lend:
+                self.socket_timeout = configured
+
+
+def _raise_closed_underneath(conn: Any, exc: AttributeError, *, sent: bool) -> None:
+    """redis-py's asyncio cluster closes every node connection (``aclose()``) on CLUSTERDOWN
+    and every ``reinitialize_steps`` MOVED, even those other tasks are using: their stream is
+    then None mid-call (seen: ``'NoneType' object has no attribute 'writelines'`` during a
+    CLUSTER FAILOVER). That is a lost connection, so the retry rule decides, not a bug."""
+    if getattr(conn, "_writer", None) is None or getattr(conn, "_reader", None) is None:
+        lost = rex.ConnectionError(f"connection closed by a concurrent topology refresh ({exc})")
+        if not sent:
+            backend.mark_connect_phase(lost)  # no byte of the command was written
+        raise lost from exc
 
 
 class AsyncGuardedRedisCluster(redis.asyncio.cluster.RedisCluster):

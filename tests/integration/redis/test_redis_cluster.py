@@ -59,6 +59,9 @@ class Load:
         self.errors: list[BaseException] = []
         self._lock = threading.Lock()
         self._threads: list[threading.Thread] = []
+        self.ready: list[threading.Event] = []
+        """Set once a worker's client has reached the cluster (before any fault is injected:
+        a client that never reached it fails at once, by design)."""
 
     def _record(self, error: BaseException | None) -> None:
         with self._lock:
@@ -85,8 +88,13 @@ class Load:
             self._threads.append(t)
 
     def tasks(self, n: int, url: str, op: Callable[[Any, int], Any]) -> None:
+        ready = threading.Event()
+        self.ready.append(ready)
+
         async def main() -> None:
             client = poolguard.redis.async_cluster_from_url(url, **FAILOVER)
+            await client.initialize()
+            ready.set()
 
             async def run(worker: int) -> None:
                 i = 0
@@ -116,6 +124,8 @@ class Load:
 
 
 def _wait_ok(load: Load, count: int) -> None:
+    for ready in load.ready:
+        assert ready.wait(30), "an asyncio client did not reach the cluster"
     end = time.monotonic() + 30
     start = load.ok
     while load.ok < start + count:
