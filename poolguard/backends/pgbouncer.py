@@ -22,6 +22,8 @@ Read from PgBouncer's source (``janitor.c``, ``objects.c``, ``client.c``, ``serv
 - ``query timeout`` *with a space*: the server ran the query longer than ``query_timeout``
   and PgBouncer cut it: final, as a server-side statement timeout is;
 - ``idle transaction timeout``: the client sat idle in a transaction; its work is gone;
+- ``database removed``: the admin console's ``KILL`` closed every client of the database (a
+  query in flight may have run; the idle siblings are gone too: POOL scope);
 - ``pause failed`` / ``suspend_timeout``: left to the generic 08P01 rule (after send).
 
 The "nothing was sent" cases are connect-phase: they feed the circuit breaker and are not
@@ -72,6 +74,17 @@ PGBOUNCER_MESSAGES: tuple[tuple[str, Classification], ...] = (
     (
         "query timeout",
         Classification(Disposition.FAIL, "pgbouncer_query_timeout", disconnect=True),
+    ),
+    (
+        # Admin console KILL <db> (also a database dropped from the config on RELOAD): every
+        # client and server connection of the database is closed, idle or not.
+        "database removed",
+        Classification(
+            Disposition.RETRY_IF_IDEMPOTENT,
+            "pgbouncer_database_killed",
+            disconnect=True,
+            scope=Scope.POOL,
+        ),
     ),
     # At login (no SQLSTATE reaches psycopg then): permanent.
     ("no such database", Classification(Disposition.FAIL, "unknown_role_or_database")),

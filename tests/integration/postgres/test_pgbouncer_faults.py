@@ -1,7 +1,7 @@
 """PgBouncer's own faults under load, in transaction and session pooling.
 
-A PgBouncer restart (the process), ``PAUSE``/``RESUME``, ``RECONNECT``, and a PostgreSQL restart
-behind PgBouncer, each met by threads and asyncio tasks at once running reads, plain writes and
+A PgBouncer restart (the process), ``PAUSE``/``RESUME``, ``RECONNECT``, the admin console's
+``KILL``, and a PostgreSQL restart behind PgBouncer, each met by threads and asyncio tasks at once running reads, plain writes and
 ``run_transaction`` units (ledger transfers, unique inserts), breaker and budget at defaults.
 Invariants, not speed:
 
@@ -187,6 +187,7 @@ FAULTS: dict[str, Callable[[Any], None]] = {
     "pause_resume": _pause,
     "reconnect": _reconnect,
     "postgres_restart": lambda b: b.upstream.restart(downtime=DOWNTIME),
+    "admin_kill": lambda b: b.kill_connections(),  # KILL app (every client dropped), RESUME
 }
 
 

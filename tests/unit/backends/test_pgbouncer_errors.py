@@ -94,3 +94,13 @@ def test_extra_result_at_commit_is_a_lost_reply() -> None:
     assert c.disposition is Disposition.RETRY_IF_IDEMPOTENT
     assert c.disconnect
     assert decide(c, Operation(Position.COMMIT, unit_of_work=True)) is Action.AMBIGUOUS
+
+
+def test_admin_kill_condemns_the_pool() -> None:
+    # KILL <db> on the admin console closes every client of the database, idle ones included.
+    c = pg.classify(pg_errors.ProtocolViolation("database removed"))
+    assert (c.disposition, c.reason) == (
+        Disposition.RETRY_IF_IDEMPOTENT,
+        "pgbouncer_database_killed",
+    )
+    assert c.scope is Scope.POOL
