@@ -762,6 +762,7 @@ async def _fetchval(cur: Any) -> Any:
 # -- fork: a pool that had connections refuses checkouts in a forked child --------------------
 
 _pools: weakref.WeakSet[GuardedPool] = weakref.WeakSet()
+_forgotten: list[GuardedConnection] = []
 
 
 def _refuse_in_child() -> None:
@@ -780,8 +781,12 @@ def _refuse_in_child() -> None:
             )
 
         pool._getconn_unchecked = refuse  # type: ignore[method-assign]
-        # Forget the parent's connections without closing them (closing would send nothing,
-        # but their sockets are the parent's).
+        # Forget the parent's connections, but keep them referenced for good: a collected
+        # aiomysql connection closes its transport, and the event loop then unregisters the
+        # socket from the epoll instance the child shares with the parent, so the parent never
+        # hears from that connection again (measured: the parent's next query hung).
+        _forgotten.extend(pool._pool)
+        _forgotten.extend(pool._used)
         pool._pool.clear()
         pool._used.clear()
         pool._ka_watched = False
