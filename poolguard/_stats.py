@@ -16,7 +16,9 @@ def stats(obj: Any) -> dict[str, Any]:
     """Snapshot of the pool behind ``obj``: an Engine/AsyncEngine from ``create_engine()``, a
     Redis client from ``poolguard.redis``, or a pool from ``poolguard.postgres`` /
     ``poolguard.mysql``."""
-    if getattr(getattr(obj, "connection_pool", None), "guard_policy", None) is not None:
+    redis_pool = getattr(obj, "connection_pool", None)
+    # A cluster client has a pool per node; its Policy is on the client itself.
+    if getattr(redis_pool, "guard_policy", None) or getattr(obj, "guard_policy", None):
         from poolguard.redis import stats as redis_stats
 
         return redis_stats(obj)
