@@ -298,6 +298,51 @@ def raw_aiomysql(sql: str) -> Variant:
     return Variant(RAW_MY_ASYNC, build, anchor=True)
 
 
+def aiomysql_pool(sql: str) -> Variant:
+    """aiomysql's own pool, sized like the others (minsize = maxsize = POOL)."""
+
+    async def build(url: str) -> ABuilt:
+        import aiomysql
+
+        pool = await aiomysql.create_pool(
+            minsize=pgb.POOL, maxsize=pgb.POOL, **mysql_params(url),
+            db=urlsplit(url).path.lstrip("/"),
+        )  # fmt: skip
+        return _my_pool_op(pool, sql), _my_pool_close(pool)
+
+    return Variant(AIOMYSQL_POOL, build, anchor=True)
+
+
+def native_mysql(sql: str) -> Variant:
+    """poolguard.mysql.create_async_pool: the same acquire / cursor / execute / release."""
+
+    async def build(url: str) -> ABuilt:
+        import poolguard.mysql
+
+        pool = poolguard.mysql.create_async_pool(url, **pgb.SIZES)
+        await pool.open()
+        return _my_pool_op(pool, sql), _my_pool_close(pool)
+
+    return Variant(NATIVE_MY, build)
+
+
+def _my_pool_op(pool: Any, sql: str) -> Callable[[], Awaitable[object]]:
+    async def op() -> object:
+        async with pool.acquire() as conn, conn.cursor() as cur:
+            await cur.execute(sql)
+            return await cur.fetchone()
+
+    return op
+
+
+def _my_pool_close(pool: Any) -> Callable[[], Awaitable[None]]:
+    async def close() -> None:
+        pool.close()
+        await pool.wait_closed()
+
+    return close
+
+
 def redis_sync(name: str, make: Callable[[str], Any], op_name: str, anchor: bool) -> Variant:
     def build(url: str) -> Built:
         client = make(url)
@@ -318,6 +363,7 @@ SA, PING, OURS = "sqlalchemy", "sqlalchemy+pre_ping", "poolguard"
 RAW_PG, PSYCOPG_POOL, NATIVE = "raw psycopg", "psycopg_pool", "poolguard.postgres"
 FETCHVAL = "poolguard.postgres fetchval()"
 RAW_MY, RAW_MY_ASYNC = "raw pymysql", "raw aiomysql"
+AIOMYSQL_POOL, NATIVE_MY = "aiomysql pool", "poolguard.mysql"
 RAW_APG = "raw asyncpg"
 REDIS_PY, OURS_REDIS = "redis-py", "poolguard.redis"
 SELECT_1 = "SELECT 1"
@@ -451,7 +497,9 @@ def mysql_cases() -> list[Case]:
             sa_async(SA, plain_async(), SELECT_1, anchor=True),
             sa_async(PING, plain_async(pool_pre_ping=True), SELECT_1, anchor=True),
             raw_aiomysql(SELECT_1),
-        ], single_checks(RAW_MY_ASYNC)),
+            native_mysql(SELECT_1),
+            aiomysql_pool(SELECT_1),
+        ], [*single_checks(RAW_MY_ASYNC), Check(NATIVE_MY, "median", AIOMYSQL_POOL)]),
         Case("mysql", f"mysql sync {THREADS} threads, 2 ms", "threads", [
             sa_sync(OURS, ours, MY_SLEEP),
             sa_sync(SA, plain(), MY_SLEEP, anchor=True),
@@ -461,7 +509,10 @@ def mysql_cases() -> list[Case]:
             sa_async(OURS, ours_async, MY_SLEEP),
             sa_async(SA, plain_async(), MY_SLEEP, anchor=True),
             sa_async(PING, plain_async(pool_pre_ping=True), MY_SLEEP, anchor=True),
-        ], mysql_load),
+            native_mysql(MY_SLEEP),
+            aiomysql_pool(MY_SLEEP),
+        ], [*mysql_load, Check(NATIVE_MY, "p99", AIOMYSQL_POOL),
+            Check(NATIVE_MY, "ops/s", AIOMYSQL_POOL)]),
     ]  # fmt: skip
 
 
