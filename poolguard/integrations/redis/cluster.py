@@ -305,7 +305,7 @@ class GuardedClusterPipeline(redis.cluster.ClusterPipeline):
         self._guard_forced = forced
         stack = [(cmd.args, cmd.options) for cmd in saved]
         idem = c.pipeline_idempotent(forced, stack)
-        transactional = bool(getattr(self, "transaction", False))
+        transactional = isinstance(strategy, redis.cluster.TransactionStrategy)
         guard = self.guard_client.guard_policy.entry_guard
 
         def attempt(attempts: Attempts) -> list[Any]:
