@@ -32,6 +32,7 @@ if TYPE_CHECKING:
         free_port,
     )
     from poolguard.testing.servers.pg_replication import PgReplicaSet
+    from poolguard.testing.servers.redis_cluster import RedisClusterTopology
     from poolguard.testing.workload import StreamResult, stream_during
 
 _WHERE = {
@@ -42,6 +43,7 @@ _WHERE = {
     "PgBouncerServer": "poolguard.testing.servers",
     "PgReplicaSet": "poolguard.testing.servers.pg_replication",
     "PostgresServer": "poolguard.testing.servers",
+    "RedisClusterTopology": "poolguard.testing.servers.redis_cluster",
     "RedisServer": "poolguard.testing.servers",
     "ServerError": "poolguard.testing.servers",
     "ServerStartError": "poolguard.testing.servers",
@@ -59,6 +61,7 @@ __all__ = [
     "PgBouncerServer",
     "PgReplicaSet",
     "PostgresServer",
+    "RedisClusterTopology",
     "RedisServer",
     "ServerError",
     "ServerStartError",
