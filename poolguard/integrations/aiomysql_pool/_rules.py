@@ -210,7 +210,10 @@ class MyRules:
         """The error to raise after a request failed (a cut becomes a timeout)."""
         if armed is not None and not armed[0].cancel():
             return self.cut(conn, armed[1], exc)
-        self.observe(exc)
+        if self.observe(exc):
+            # aiomysql closes on EOF, not on an error packet that ends the session (1927
+            # KILL, 1053 shutdown): never hand such a connection to the next caller.
+            conn.close()
         return exc
 
     def succeeded(self, conn: Any, armed: Armed | None) -> None:
@@ -230,13 +233,14 @@ class MyRules:
         err.poolguard_cut = True  # type: ignore[attr-defined]
         return err
 
-    def observe(self, exc: BaseException) -> None:
-        """Note a disconnect; a POOL-scope one makes every older connection suspect."""
+    def observe(self, exc: BaseException) -> bool:
+        """Note a disconnect (True); a POOL-scope one makes every older connection suspect."""
         c = classify(exc)
         if c.disconnect:
             self.guard.stats.disconnect(c.reason, exc)
             if c.scope is Scope.POOL:
                 self.suspect_before = time.monotonic()
+        return c.disconnect
 
     # -- connections ----------------------------------------------------------------------------
     def connected(self, conn: Any) -> None:

@@ -125,7 +125,7 @@ class GuardedConnection(aiomysql.Connection):  # type: ignore[misc]
                 return await call(*args)
             except Exception as exc:
                 if rules is not None:
-                    rules.observe(exc)
+                    rules.failed(self, None, exc)
                 raise
         armed = rules.arm(self)
         try:
