@@ -1,8 +1,9 @@
 """PgBouncer's own faults under load, in transaction and session pooling.
 
 A PgBouncer restart (the process), ``PAUSE``/``RESUME``, ``RECONNECT``, the admin console's
-``KILL``, and a PostgreSQL restart behind PgBouncer, each met by threads and asyncio tasks at once running reads, plain writes and
-``run_transaction`` units (ledger transfers, unique inserts), breaker and budget at defaults.
+``KILL``, and a PostgreSQL restart behind PgBouncer, each met by threads and asyncio tasks at
+once running reads, plain writes and ``run_transaction`` units (ledger transfers, unique
+inserts), breaker and budget at defaults.
 Invariants, not speed:
 
 - a read never surfaces an error, and inside every transaction it sees ``statement_timeout``
