@@ -100,3 +100,34 @@ async def test_validation_window_lifetime_and_a_connection_killed_while_idle(
     await asyncio.sleep(0.35)
     assert await _pid(short) != first  # retired at its (jittered) lifetime
     assert poolguard.stats(short)["evictions"]["lifetime"] == 1
+
+
+@both_async_drivers
+async def test_evicting_or_disposing_into_a_blackhole_keeps_the_deadline(
+    make_async_engine: Any, fault_proxy: Any, postgres_server: Any
+) -> None:
+    # Closing a connection must not wait on a network that swallows everything: asyncpg's
+    # close() waits for the server to hang up (SQLAlchemy: up to 2 s when invalidating, without
+    # limit when closing an overflow connection or disposing).
+    proxy = fault_proxy(postgres_server)
+    engine = make_async_engine(
+        proxy.url(postgres_server.url), pool_size=1, max_lifetime=0.3, connect_timeout=0.5
+    )
+    async with engine.connect() as conn:
+        await conn.execute(text("SELECT 1"))
+    await asyncio.sleep(0.35)
+    proxy.blackhole()
+    started = time.monotonic()
+    with pytest.raises(poolguard.ConnectTimeout):  # evicted (lifetime), then no reconnect
+        async with poolguard.deadline(1.0), engine.connect() as conn:
+            await conn.execute(text("SELECT 1"))
+    assert time.monotonic() - started < 1.0 + GRACE
+    assert poolguard.stats(engine)["evictions"]["lifetime"] == 1
+    proxy.clear()
+    async with engine.connect() as conn:  # an idle connection in the pool again
+        await conn.execute(text("SELECT 1"))
+    proxy.blackhole()
+    started = time.monotonic()
+    await asyncio.wait_for(engine.dispose(), 10)  # only to fail instead of hanging
+    assert time.monotonic() - started < GRACE
+    proxy.clear()
