@@ -590,6 +590,11 @@ def _returned(state: EngineState, record: Any) -> None:
         return
     now = time.monotonic()
     life.returned = now
+    # Made for the checkout that just ended: the next one applies the rules. (A record reconnected
+    # in place by get_connection() skips them at that checkout, so the mark is cleared here, not
+    # only by _on_checkout: else the next checkout skipped the suspect check and a pool of
+    # killed connections was tried one by one without validation, failing the retries.)
+    life.fresh = False
     sink = state.guard.stats.sink
     if sink is not None:
         sink.use.append(now - life.lent)
