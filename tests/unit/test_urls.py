@@ -109,8 +109,11 @@ def test_redact_total(text: str) -> None:
         ("MariaDB+PyMySQL://h/db", "mariadb+pymysql://h/db", "mariadb+aiomysql://h/db"),
         ("  postgres://h/db  ", "postgresql+psycopg://h/db", "postgresql+psycopg://h/db"),
         # asyncpg serves async engines only: a sync engine on the same URL uses psycopg.
-        ("postgresql+asyncpg://u:p@h/db", "postgresql+psycopg://u:p@h/db",
-         "postgresql+asyncpg://u:p@h/db"),
+        (
+            "postgresql+asyncpg://u:p@h/db",
+            "postgresql+psycopg://u:p@h/db",
+            "postgresql+asyncpg://u:p@h/db",
+        ),
     ],
 )
 def test_normalize_sql_url(url: str, sync: str, async_: str) -> None:
