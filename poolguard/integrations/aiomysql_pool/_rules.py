@@ -28,10 +28,11 @@ import pymysql
 
 from poolguard.backends import mysql as my
 from poolguard.config.settings import Settings
+from poolguard.core.backoff import default_rng
 from poolguard.core.breaker import CLOSED
 from poolguard.core.deadline import _deadline, current_deadline, effective_timeout
 from poolguard.core.disposition import Classification, Disposition, Operation, Position, Scope
-from poolguard.core.retry import Guard, cannot_connect, error_text
+from poolguard.core.retry import Guard, cannot_connect, error_text, is_testing
 from poolguard.errors import (
     AmbiguousResultError,
     PoolguardError,
@@ -265,6 +266,22 @@ class MyRules:
         if breaker:  # a caller outside the retry loop (whose loop records it itself)
             self.guard.breaker.record_failure()
             self.guard.last_connect_error = error_text(exc)
+
+    def reconnect_delay(
+        self, exc: BaseException, failures: int, wait: float | None, started: float
+    ) -> float | None:
+        """Seconds before ``acquire()`` tries to connect again, None to raise ``exc``: only
+        after a connect failure, while the breaker stays closed and the next try fits in the
+        acquire wait (or, without one, the retry window)."""
+        if isinstance(exc, PoolguardError) or not classify(exc).connect_phase:
+            return None
+        if self.guard.breaker._state is not CLOSED:
+            return None  # open: fail fast (the next acquire says so)
+        delay = 0.0 if is_testing() else self.guard.policy.backoff.delay(failures, default_rng)
+        window = wait if wait is not None else self.guard.policy.timeout
+        if window is None or time.monotonic() + delay - started >= window:
+            return None
+        return delay
 
     def setup_sql(self) -> str | None:
         return my.session_setup_sql(self.settings, self.server_version)

@@ -271,8 +271,23 @@ class GuardedPool:
             rules.breaker_check()  # the guarded helpers ask the breaker once, in their loop
         wait = rules.acquire_wait(timeout)
         started = time.monotonic()
+        failures = 0
         try:
-            conn = await self._getconn_unchecked(wait, started, breaker)
+            while True:
+                try:
+                    conn = await self._getconn_unchecked(wait, started, breaker)
+                    break
+                except pymysql.err.OperationalError as exc:
+                    # A caller of acquire() (the helpers have their retry loop): a failed
+                    # connect sent nothing, so keep trying within the acquire wait, as
+                    # psycopg_pool's getconn waits for its reconnects.
+                    failures += 1
+                    delay = (
+                        None if not breaker else rules.reconnect_delay(exc, failures, wait, started)
+                    )
+                    if delay is None:
+                        raise
+                await asyncio.sleep(delay)
         finally:
             rules.guard.stats.record_wait(time.monotonic() - started)
         rules.lent()

@@ -282,3 +282,25 @@ async def test_connection_lost_after_commit_was_sent_is_ambiguous(
     direct = await make_pool(mysql_server.url)
     assert await _count(direct, ledger, "c") <= 1
     assert pool.stats()["ambiguous"] == 1
+
+
+async def test_raw_acquire_rides_out_refused_connects(
+    mysql_server: Any, fault_proxy: Any, make_pool: Any
+) -> None:
+    # aiomysql's acquire() raises the first failed connect; a checkout sent nothing, so the
+    # pool keeps connecting (with backoff) within the acquire wait.
+    proxy = fault_proxy(mysql_server)
+    pool = await make_pool(proxy.url(mysql_server.url), open=False, acquire_timeout=5)
+    proxy.down()
+    task = asyncio.create_task(_acquire_and_select(pool))
+    while pool.stats()["connect_failures"] < 2:
+        await asyncio.sleep(0.01)
+    proxy.up()
+    assert await task == 1
+    assert pool.stats()["connect_failures"] >= 2
+
+
+async def _acquire_and_select(pool: Any) -> int:
+    async with pool.acquire() as conn, conn.cursor() as cur:
+        await cur.execute("SELECT 1")
+        return int((await cur.fetchone())[0])
