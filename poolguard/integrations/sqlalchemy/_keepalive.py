@@ -187,8 +187,15 @@ def _pinged(record: Any) -> float:
 
 
 def _refill(state: EngineState, record: Any) -> None:
+    from poolguard.integrations.sqlalchemy.pool import _life
+
     try:
         record.get_connection()  # reconnects the invalidated record (connect event: setup)
+        life = _life(record)
+        if life is not None:
+            # Not made for a checkout: the next checkout applies the rules (the suspect check
+            # above all), else a refilled connection killed meanwhile would be used unchecked.
+            life.fresh = False
     except Exception as exc:
         # The server may be down: the record reconnects at its next checkout, under the
         # checkout's retries, breaker and deadline, which this background attempt has none of.

@@ -11,6 +11,7 @@ checkout that had reconnected it), so the retries never reached a new connection
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 import pytest
@@ -21,6 +22,8 @@ import poolguard
 pytestmark = [pytest.mark.postgres, pytest.mark.chaos]
 
 POOL = 4  # more idle connections than retry attempts
+#: Only to fail instead of hanging, never a performance bound.
+HANG_GUARD = 30.0
 
 
 def test_records_reconnected_in_place_are_validated_when_suspect(
@@ -47,3 +50,32 @@ def test_records_reconnected_in_place_are_validated_when_suspect(
     stats = poolguard.stats(engine)
     assert stats["give_ups"] == 0
     assert stats["validation_failures"] >= 1  # the other killed ones were found by validation
+
+
+def test_records_reconnected_by_keepalive_are_validated_when_suspect(
+    make_engine: Any, postgres_server: Any, app_name: str
+) -> None:
+    engine = make_engine(
+        postgres_server.url,
+        pool_size=POOL,
+        retry_attempts=3,
+        validate_idle=None,
+        max_idle=None,
+        keepalive=0.1,
+    )
+    conns = [engine.connect() for _ in range(POOL)]
+    for conn in conns:
+        conn.execute(text("SELECT 1"))
+        conn.commit()
+        conn.close()
+    assert postgres_server.kill_connections(application_name=app_name) == POOL
+    stop = time.monotonic() + HANG_GUARD
+    while poolguard.stats(engine)["connects"] < 2 * POOL:  # keepalive found them, reconnected
+        assert time.monotonic() < stop, "keepalive never replaced the killed connections"
+        time.sleep(0.02)
+    poolguard.reconfigure(engine, keepalive=None)  # no sweep from now on: only checkouts act
+
+    assert postgres_server.kill_connections(application_name=app_name) == POOL
+    with engine.connect() as conn:
+        assert conn.execute(text("SELECT 1")).scalar() == 1
+    assert poolguard.stats(engine)["give_ups"] == 0
