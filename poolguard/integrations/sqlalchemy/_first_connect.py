@@ -6,14 +6,18 @@ so neither the session-setup backstop (``pool.py``) nor a statement's backstop c
 that accepts the login but holds queries leaves it waiting forever: PgBouncer under ``PAUSE``
 answers the login from its cache and holds every query (measured: a fresh engine's first call
 under ``poolguard.deadline(0.5)`` waited for PgBouncer's ``query_wait_timeout``, 120 s by default).
-Here ``initialize`` runs under the backstop with the connect timeout (capped by the deadline), and
-a cut surfaces as :class:`ConnectTimeout` (connect-phase: retried within the caller's window).
+Here ``initialize`` runs under the backstop, and a cut surfaces as :class:`ConnectTimeout`
+(connect-phase: retried within the caller's window). Its allowance is the connect timeout plus
+the larger of the connect and query timeouts, capped by the deadline: it is several round trips
+(five or six queries), so the connect timeout alone, sized for a handshake, cut a healthy first
+connect over a 200 ms round-trip link (test_network.py::test_latency_is_tolerated).
 """
 
 from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
+from poolguard.core.deadline import effective_timeout
 from poolguard.errors import ConnectTimeout
 
 if TYPE_CHECKING:
@@ -31,7 +35,7 @@ def bound_dialect_initialize(dialect: Any, state: EngineState) -> None:
         return
 
     def initialize(connection: Any) -> None:
-        limit = state.connect_timeout()
+        limit = _allowance(state)
         with guard_io(state, connection.connection, limit) as ticket:
             try:
                 original(connection)
@@ -48,3 +52,15 @@ def bound_dialect_initialize(dialect: Any, state: EngineState) -> None:
 
     initialize._poolguard_bounded = True  # type: ignore[attr-defined]
     dialect.initialize = initialize
+
+
+def _allowance(state: EngineState) -> float | None:
+    """Connect timeout + max(connect, query timeout), capped by the deadline (None: unbounded)."""
+    settings = state.settings
+    connect = settings.connect_timeout
+    if connect is None:
+        return state.connect_timeout()  # unbounded but for the deadline (which raises if spent)
+    allowance = connect + max(connect, settings.query_timeout or 0.0)
+    target = state.guard.target
+    what = f"connect to {target}" if target else "connect"
+    return effective_timeout(allowance, what=what, error=ConnectTimeout)
