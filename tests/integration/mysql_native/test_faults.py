@@ -293,7 +293,7 @@ async def test_raw_acquire_rides_out_refused_connects(
     pool = await make_pool(proxy.url(mysql_server.url), open=False, acquire_timeout=5)
     proxy.down()
     task = asyncio.create_task(_acquire_and_select(pool))
-    while pool.stats()["connect_failures"] < 2:
+    while pool.stats()["connect_failures"] < 2 and not task.done():
         await asyncio.sleep(0.01)
     proxy.up()
     assert await task == 1
