@@ -237,3 +237,19 @@ async def test_wrong_password_never_shown(mysql_server: Any, make_pool: Any) -> 
         await pool.fetchval("SELECT 1")
     assert secret not in str(info.value)
     assert secret not in repr(pool)
+
+
+async def test_exporters_see_the_pool(mysql_server: Any, make_pool: Any) -> None:
+    from poolguard.core import stats as core_stats
+
+    pool = await make_pool(mysql_server.url, pool_size=2, name="orders")
+    await pool.fetchval("SELECT 1")
+    # OpenTelemetry reads the PoolStats registry; Prometheus goes through poolguard.stats().
+    assert pool._my.guard.stats in core_stats.registered()
+    pytest.importorskip("prometheus_client")
+    from poolguard.metrics.prometheus import PoolguardCollector
+
+    metrics = {m.name: m for m in PoolguardCollector({"orders": pool}).collect()}
+    size = metrics["poolguard_size"].samples[0]
+    assert size.labels == {"pool": "orders", "backend": "mysql"}
+    assert size.value == 2
