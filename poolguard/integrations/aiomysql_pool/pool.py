@@ -305,7 +305,15 @@ class GuardedPool:
                 self._used.add(handed)
             if handed is not None:
                 conn, handed = handed, None
-                if await self._check(conn, wait, started):
+                try:
+                    ok = await self._check(conn, wait, started)
+                except asyncio.CancelledError:
+                    # Cancelled mid-ping or mid-ROLLBACK read: the connection is half-read;
+                    # discard it, and give its slot back (nobody else will).
+                    self._discarded(conn)
+                    self._slot_freed()
+                    raise
+                if ok:
                     return conn
                 continue
             left = None if wait is None else wait - (time.monotonic() - started)

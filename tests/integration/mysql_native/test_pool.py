@@ -253,3 +253,29 @@ async def test_exporters_see_the_pool(mysql_server: Any, make_pool: Any) -> None
     size = metrics["poolguard_size"].samples[0]
     assert size.labels == {"pool": "orders", "backend": "mysql"}
     assert size.value == 2
+
+
+async def test_cancelled_checkouts_leak_no_slot(
+    mysql_server: Any, fault_proxy: Any, make_pool: Any
+) -> None:
+    proxy = fault_proxy(mysql_server)
+    pool = await make_pool(
+        proxy.url(mysql_server.url), pool_size=1, max_overflow=0, validate_idle=0
+    )
+    held = await pool.acquire()
+    waiters = [asyncio.create_task(pool.fetchval("SELECT 1")) for _ in range(3)]
+    await asyncio.sleep(0.05)
+    for task in waiters:  # cancelled while queued for the only slot
+        task.cancel()
+    await asyncio.gather(*waiters, return_exceptions=True)
+    pool.release(held)
+    proxy.blackhole()
+    pinging = asyncio.create_task(pool.fetchval("SELECT 1"))  # its checkout ping hangs
+    while pool.stats()["validations"] < 1:
+        await asyncio.sleep(0.01)
+    pinging.cancel()
+    await asyncio.gather(pinging, return_exceptions=True)
+    proxy.clear()
+    assert pool.size == 0  # the half-pinged connection was discarded, its slot given back
+    assert await pool.fetchval("SELECT 2") == 2
+    assert pool.size == 1
