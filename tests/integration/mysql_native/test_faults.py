@@ -304,3 +304,26 @@ async def _acquire_and_select(pool: Any) -> int:
     async with pool.acquire() as conn, conn.cursor() as cur:
         await cur.execute("SELECT 1")
         return int((await cur.fetchone())[0])
+
+
+async def test_breaker_opens_on_a_dead_server_and_closes_when_it_returns(
+    mysql_server: Any, fault_proxy: Any, make_pool: Any
+) -> None:
+    proxy = fault_proxy(mysql_server)
+    pool = await make_pool(
+        proxy.url(mysql_server.url), open=False, retry_attempts=1, breaker_reset=0.3
+    )
+    proxy.down()
+    for _ in range(5):  # the default threshold: 5 failed connects
+        with pytest.raises(pymysql.err.OperationalError):
+            await pool.fetchval("SELECT 1")
+    assert pool.stats()["breaker"]["state"] == "open"
+    with pytest.raises(poolguard.CircuitOpenError) as info:
+        async with pool.acquire():
+            pass
+    assert isinstance(info.value, pymysql.err.OperationalError)
+    assert pool.stats()["connect_failures"] == 5  # failed fast: no sixth connect
+    proxy.up()
+    await asyncio.sleep(0.35)
+    assert await pool.fetchval("SELECT 1") == 1  # the half-open probe succeeds
+    assert pool.stats()["breaker"]["state"] == "closed"
