@@ -279,3 +279,24 @@ async def test_cancelled_checkouts_leak_no_slot(
     assert pool.size == 0  # the half-pinged connection was discarded, its slot given back
     assert await pool.fetchval("SELECT 2") == 2
     assert pool.size == 1
+
+
+async def test_transaction_timeout_bounds_the_unit_and_is_not_rerun(
+    mysql_server: Any, make_pool: Any
+) -> None:
+    pool = await make_pool(mysql_server.url, transaction_timeout=0.3)
+    calls = 0
+
+    async def slow(conn: Any) -> None:
+        nonlocal calls
+        calls += 1
+        async with conn.cursor() as cur:
+            await cur.execute("SELECT SLEEP(0.1)")
+            await cur.execute("SELECT SLEEP(2)")  # past the unit's 0.3 s: cut by the backstop
+
+    with pytest.raises(poolguard.TransactionTimeout) as info:
+        await pool.run_transaction(slow)
+    assert isinstance(info.value, pymysql.err.OperationalError)
+    assert calls == 1
+    assert pool.stats()["evictions"]["timeout"] == 1
+    assert await pool.fetchval("SELECT 1") == 1
