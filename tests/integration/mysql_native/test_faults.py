@@ -327,3 +327,63 @@ async def test_breaker_opens_on_a_dead_server_and_closes_when_it_returns(
     await asyncio.sleep(0.35)
     assert await pool.fetchval("SELECT 1") == 1  # the half-open probe succeeds
     assert pool.stats()["breaker"]["state"] == "closed"
+
+
+async def test_sessions_killed_under_mixed_concurrent_load(
+    mysql_server: Any, make_pool: Any
+) -> None:
+    pool = await make_pool(mysql_server.url, pool_size=4, max_overflow=2)
+    ledger = await _ledger(pool)
+    read_errors: list[BaseException] = []
+    acked: list[str] = []
+    unexpected: list[BaseException] = []
+    stop = asyncio.Event()
+    ids = itertools.count()
+
+    async def reader() -> None:
+        while not stop.is_set():
+            try:
+                with poolguard.deadline(10):
+                    assert await pool.fetchval("SELECT 1") == 1
+            except Exception as exc:
+                read_errors.append(exc)
+            await asyncio.sleep(0.002)
+
+    async def writer(unit: bool) -> None:
+        while not stop.is_set():
+            op = f"{'u' if unit else 'w'}{next(ids)}"
+
+            async def fn(conn: Any, op: str = op) -> None:
+                async with conn.cursor() as cur:
+                    await cur.execute(f"INSERT INTO {ledger} (op) VALUES (%s)", (op,))
+                    await cur.execute("SELECT 1")
+
+            try:
+                with poolguard.deadline(10):
+                    if unit:
+                        await pool.run_transaction(fn)
+                    else:
+                        await pool.execute(f"INSERT INTO {ledger} (op) VALUES (%s)", (op,))
+                acked.append(op)
+            except poolguard.AmbiguousResultError:
+                pass  # may or may not be there: checked below to be there at most once
+            except Exception as exc:
+                unexpected.append(exc)
+            await asyncio.sleep(0.002)
+
+    tasks = [asyncio.create_task(reader()) for _ in range(3)]
+    tasks += [asyncio.create_task(writer(unit)) for unit in (False, False, True, True)]
+    killed = 0
+    for _ in range(6):
+        await asyncio.sleep(0.15)
+        killed += await asyncio.to_thread(mysql_server.kill_connections)
+    stop.set()
+    await asyncio.gather(*tasks)
+
+    assert killed >= 6
+    assert read_errors == []
+    assert unexpected == []
+    counts = dict(await pool.fetchall(f"SELECT op, count(*) FROM {ledger} GROUP BY op"))
+    assert all(n == 1 for n in counts.values()), "a write was applied twice"
+    assert all(counts.get(op) == 1 for op in acked), "an acknowledged write is missing"
+    assert pool.stats()["disconnects"] >= 1
