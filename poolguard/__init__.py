@@ -2,9 +2,9 @@
 
 The whole public API is re-exported here: ``create_engine`` / ``create_async_engine`` and
 ``run_transaction`` / ``run_transaction_async`` (SQLAlchemy), :mod:`poolguard.postgres`
-(psycopg_pool), :mod:`poolguard.redis` (redis-py), ``deadline``, ``stats``,
-``reconfigure`` / ``reload_on_sighup`` (live settings changes), ``Hooks``,
-``set_testing`` and the error tree of ``errors.py``. The SQLAlchemy names and the two
+(psycopg_pool), :mod:`poolguard.mysql` (aiomysql), :mod:`poolguard.redis` (redis-py),
+``deadline``, ``stats``, ``reconfigure`` / ``reload_on_sighup`` (live settings changes),
+``Hooks``, ``set_testing`` and the error tree of ``errors.py``. The SQLAlchemy names and the
 submodules load on first use, so ``import poolguard`` needs no driver.
 
 One folder per layer, each importing only the ones before it: ``core/`` decides (retry safety,
@@ -32,7 +32,7 @@ from poolguard.errors import (
 )
 
 if TYPE_CHECKING:
-    from poolguard import postgres, redis
+    from poolguard import mysql, postgres, redis
     from poolguard.integrations.sqlalchemy import (
         create_async_engine,
         create_engine,
@@ -52,7 +52,7 @@ _LAZY = {
 
 
 #: Submodules reachable as attributes (``poolguard.redis.from_url()``), imported on first use.
-_SUBMODULES = frozenset({"postgres", "redis"})
+_SUBMODULES = frozenset({"mysql", "postgres", "redis"})
 
 
 def __getattr__(name: str) -> Any:
@@ -82,6 +82,7 @@ __all__ = [
     "create_async_engine",
     "create_engine",
     "deadline",
+    "mysql",
     "postgres",
     "reconfigure",
     "redis",
