@@ -293,10 +293,12 @@ async def test_raw_acquire_rides_out_refused_connects(
     pool = await make_pool(proxy.url(mysql_server.url), open=False, acquire_timeout=5)
     proxy.down()
     task = asyncio.create_task(_acquire_and_select(pool))
-    while pool.stats()["connect_failures"] < 2 and not task.done():
+    for _ in range(3000):  # a hang guard, not a time bound: the acquire wait is 5 s
+        if pool.stats()["connect_failures"] >= 2 or task.done():
+            break
         await asyncio.sleep(0.01)
     proxy.up()
-    assert await task == 1
+    assert await asyncio.wait_for(task, 30) == 1
     assert pool.stats()["connect_failures"] >= 2
 
 
