@@ -7,10 +7,11 @@ that accepts the login but holds queries leaves it waiting forever: PgBouncer un
 answers the login from its cache and holds every query (measured: a fresh engine's first call
 under ``poolguard.deadline(0.5)`` waited for PgBouncer's ``query_wait_timeout``, 120 s by default).
 Here ``initialize`` runs under the backstop, and a cut surfaces as :class:`ConnectTimeout`
-(connect-phase: retried within the caller's window). Its allowance is the connect timeout plus
-the larger of the connect and query timeouts, capped by the deadline: it is several round trips
-(five or six queries), so the connect timeout alone, sized for a handshake, cut a healthy first
-connect over a 200 ms round-trip link (test_network.py::test_latency_is_tolerated).
+(connect-phase: retried within the caller's window). Its allowance is twice the connect timeout,
+capped by the deadline: the queries are about as many round trips as the handshake (five or six),
+so the connect timeout alone, sized for a handshake, cut a healthy first connect over a 200 ms
+round-trip link (test_network.py::test_latency_is_tolerated); the query timeout, often seconds,
+would leave a server frozen right after the handshake undetected for that long.
 """
 
 from __future__ import annotations
@@ -55,12 +56,11 @@ def bound_dialect_initialize(dialect: Any, state: EngineState) -> None:
 
 
 def _allowance(state: EngineState) -> float | None:
-    """Connect timeout + max(connect, query timeout), capped by the deadline (None: unbounded)."""
-    settings = state.settings
-    connect = settings.connect_timeout
+    """Twice the connect timeout, capped by the deadline (None: unbounded)."""
+    connect = state.settings.connect_timeout
     if connect is None:
         return state.connect_timeout()  # unbounded but for the deadline (which raises if spent)
-    allowance = connect + max(connect, settings.query_timeout or 0.0)
+    allowance = 2 * connect
     target = state.guard.target
     what = f"connect to {target}" if target else "connect"
     return effective_timeout(allowance, what=what, error=ConnectTimeout)

@@ -162,4 +162,5 @@ async def test_a_server_frozen_right_after_the_handshake_is_a_connect_timeout(
     finally:
         server.thaw()
         await engine.dispose()
-    assert elapsed < 0.5 + GRACE, elapsed
+    # The dialect's first queries (select version() ...) get twice the connect timeout.
+    assert elapsed < 2 * 0.5 + GRACE, elapsed
