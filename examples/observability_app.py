@@ -95,13 +95,14 @@ async def count_items() -> dict[str, int]:
 
 @app.post("/items")
 async def add_item() -> dict[str, int]:
-    """A write as a unit of work: re-run only when it cannot have been applied."""
+    """A write as a unit of work: re-run only when it cannot have been applied; a lost COMMIT
+    reply is resolved on the server (PostgreSQL) instead of surfacing as AmbiguousResultError."""
 
     async def insert(session: AsyncSession) -> int:
         result = await session.execute(text("INSERT INTO items DEFAULT VALUES RETURNING id"))
         return int(result.scalar_one())
 
-    return {"id": await poolguard.run_transaction_async(Session, insert)}
+    return {"id": await poolguard.run_transaction_async(Session, insert, resolve_ambiguous=True)}
 
 
 @app.get("/slow/{seconds}")
