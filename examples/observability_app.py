@@ -30,12 +30,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI, Request, Response
+from fastapi.responses import JSONResponse
 from opentelemetry import metrics, trace
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import ConsoleMetricExporter, PeriodicExportingMetricReader
 from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import ConsoleSpanExporter, SimpleSpanProcessor
 from sqlalchemy import text
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.ext.asyncio import AsyncSession, async_sessionmaker
 
 import poolguard
@@ -73,6 +75,13 @@ app = FastAPI(lifespan=lifespan)
 # The budget: POOLGUARD_REQUEST_DEADLINE; clients may shorten it with these headers.
 app.add_middleware(ASGIDeadlineMiddleware, headers=["x-request-timeout", "grpc-timeout"])
 install_error_handlers(app)  # poolguard's errors: timeouts -> 504, pool/breaker -> 503
+
+
+@app.exception_handler(OperationalError)
+async def backend_unavailable(request: Request, exc: OperationalError) -> JSONResponse:
+    """A database error poolguard could not hide (its retries or the retry budget ran out; the
+    error keeps SQLAlchemy's type, annotated with why poolguard gave up): 503, not a 500."""
+    return JSONResponse({"error": type(exc).__name__}, status_code=503)
 
 
 @app.middleware("http")
