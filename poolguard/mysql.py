@@ -28,7 +28,6 @@ This module only builds settings and pools; the pool is
 
 from __future__ import annotations
 
-import dataclasses
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -82,36 +81,27 @@ def create_async_pool(
 
 def stats(pool: Any) -> dict[str, Any]:
     """Snapshot of a pool made by :func:`create_async_pool`."""
-    if getattr(pool, "_my", None) is None:
-        raise TypeError("poolguard.mysql.stats() needs a pool made by poolguard.mysql")
-    snapshot: dict[str, Any] = pool.stats()
-    return snapshot
+    from poolguard.integrations._native import snapshot
+
+    return snapshot(pool, marker="_my", module="poolguard.mysql")
 
 
 # --- construction ------------------------------------------------------------------------------
 
 
 def _split(url: str | None, overrides: dict[str, Any]) -> tuple[Settings, dict[str, Any]]:
-    from poolguard.config.settings import Settings
     from poolguard.config.urls import dialect_of, redact
     from poolguard.errors import ConfigError
+    from poolguard.integrations._native import split_overrides
 
-    names = {f.name for f in dataclasses.fields(Settings)}
-    mine = {k: v for k, v in overrides.items() if k in names}
-    rest = {k: v for k, v in overrides.items() if k not in names}
-    refused = sorted(set(rest) & (_RESERVED | _FROM_URL))
-    if refused:
-        raise ConfigError(
-            f"{refused[0]!r} is set by poolguard from its settings or the URL (pool_size,"
-            " max_overflow, max_lifetime, max_idle, DATABASE_URL); use those instead",
-            variable=refused[0],
-        )
-    name = mine.pop("name", None)
-    mine.pop("backend", None)
-    if url is not None:
-        mine["url"] = url
-    settings = Settings.from_env(backend="sql", name=name, **mine)
-    sql_url = settings.sql_url(async_=True)  # ConfigError naming DATABASE_URL when unset
+    settings, rest = split_overrides(
+        url,
+        overrides,
+        refused=_RESERVED | _FROM_URL,
+        set_from="its settings or the URL (pool_size, max_overflow, max_lifetime, max_idle,"
+        " DATABASE_URL)",
+    )
+    sql_url = settings.sql_url(async_=True)
     if dialect_of(sql_url) != "mysql":
         raise ConfigError(
             f"{redact(sql_url)}: poolguard.mysql pools are for MySQL / MariaDB",
@@ -144,19 +134,11 @@ def _connect_kwargs(settings: Settings, rest: dict[str, Any]) -> dict[str, Any]:
 
 
 def _rules(settings: Settings, hooks: Hooks | None) -> Any:
-    from poolguard.config.address import address_of
     from poolguard.config.urls import redact
-    from poolguard.core.retry import Guard
+    from poolguard.integrations._native import native_guard
     from poolguard.integrations.aiomysql_pool._rules import MyRules, classify, make_error
 
-    guard = Guard.from_settings(
-        settings,
-        name=settings.name or "default",
-        backend="mysql",
-        classify=classify,
-        make_error=make_error,
-        hooks=hooks,
-        target=address_of(settings.sql_url(async_=True)),
-        counts_connect_failures=False,  # counted where the pool connects (pool.py)
+    guard = native_guard(
+        settings, backend="mysql", classify=classify, make_error=make_error, hooks=hooks
     )
     return MyRules(settings=settings, guard=guard, redacted_url=redact(settings.sql_url()))

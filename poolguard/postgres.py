@@ -28,7 +28,6 @@ the PostgreSQL knowledge ``poolguard/backends/postgres.py``. For SQLAlchemy, use
 
 from __future__ import annotations
 
-import dataclasses
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -120,37 +119,24 @@ def create_async_pool(
 
 def stats(pool: Any) -> dict[str, Any]:
     """Snapshot of a guarded pool: gauges, connects, validations, retries, give-ups..."""
-    getter = getattr(pool, "_pg", None)
-    if getter is None:
-        raise TypeError("poolguard.postgres.stats() needs a pool made by poolguard.postgres")
-    snapshot: dict[str, Any] = pool.stats()
-    return snapshot
+    from poolguard.integrations._native import snapshot
+
+    return snapshot(pool, marker="_pg", module="poolguard.postgres")
 
 
 # --- construction ------------------------------------------------------------------------------
 
 
 def _split(url: str | None, overrides: dict[str, Any]) -> tuple[Settings, dict[str, Any]]:
-    from poolguard.config.settings import Settings
-    from poolguard.errors import ConfigError
+    from poolguard.integrations._native import split_overrides
 
-    names = {f.name for f in dataclasses.fields(Settings)}
-    mine = {k: v for k, v in overrides.items() if k in names}
-    rest = {k: v for k, v in overrides.items() if k not in names}
-    reserved = sorted(set(rest) & _RESERVED)
-    if reserved:
-        raise ConfigError(
-            f"{reserved[0]!r} is set by poolguard from its settings (pool_size, max_overflow,"
-            " acquire_timeout, max_lifetime, max_idle, validate_idle); use those instead",
-            variable=reserved[0],
-        )
-    name = mine.pop("name", None)
-    mine.pop("backend", None)
-    if url is not None:
-        mine["url"] = url
-    settings = Settings.from_env(backend="sql", name=name, **mine)
-    settings.sql_url()  # raises the ConfigError naming DATABASE_URL when there is none
-    return settings, rest
+    return split_overrides(
+        url,
+        overrides,
+        refused=_RESERVED,
+        set_from="its settings (pool_size, max_overflow, acquire_timeout, max_lifetime,"
+        " max_idle, validate_idle)",
+    )
 
 
 def _conninfo(settings: Settings) -> str:
@@ -169,21 +155,13 @@ def _conninfo(settings: Settings) -> str:
 
 def _rules(settings: Settings, hooks: Hooks | None) -> PoolRules:
     from poolguard.backends import postgres as pg
-    from poolguard.config.address import address_of
     from poolguard.config.urls import redact
-    from poolguard.core.retry import Guard
+    from poolguard.integrations._native import native_guard
     from poolguard.integrations.psycopg_pool._errors import make_error
     from poolguard.integrations.psycopg_pool._rules import PoolRules, classify
 
-    guard = Guard.from_settings(
-        settings,
-        name=settings.name or "default",
-        backend="postgres",
-        classify=classify,
-        make_error=make_error,
-        hooks=hooks,
-        target=address_of(settings.sql_url()),
-        counts_connect_failures=False,  # counted by the pool's connect workers (_rules.py)
+    guard = native_guard(
+        settings, backend="postgres", classify=classify, make_error=make_error, hooks=hooks
     )
     return PoolRules(
         settings=settings,
