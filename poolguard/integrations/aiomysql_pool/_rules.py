@@ -7,7 +7,7 @@ to raise. ``pool.py`` only does the I/O.
 
 The same questions as the psycopg pool's ``psycopg_pool/_rules.py``, answered the same way
 (validate only past ``validate_idle`` or when suspect, jittered lifetime enforced at checkout,
-POOL-scope disconnects make older connections suspect, one backstop armed per statement). That
+any disconnect makes older connections suspect, one backstop armed per statement). That
 module is not imported: it imports psycopg and psycopg_pool at module level, which a MySQL-only
 install does not have. The decisions themselves are the core's (``Guard``, ``decide``).
 
@@ -31,7 +31,7 @@ from poolguard.config.settings import Settings
 from poolguard.core.backoff import default_rng
 from poolguard.core.breaker import CLOSED
 from poolguard.core.deadline import _deadline, current_deadline, effective_timeout
-from poolguard.core.disposition import Classification, Disposition, Operation, Position, Scope
+from poolguard.core.disposition import Classification, Disposition, Operation, Position
 from poolguard.core.retry import Guard, cannot_connect, error_text, is_testing
 from poolguard.errors import (
     AmbiguousResultError,
@@ -235,12 +235,13 @@ class MyRules:
         return err
 
     def observe(self, exc: BaseException) -> bool:
-        """Note a disconnect (True); a POOL-scope one makes every older connection suspect."""
+        """Note a disconnect (True); any disconnect makes every older connection suspect
+        (pinged at its next checkout): what closed this one has usually closed its siblings,
+        whatever scope the error's classification names (as the psycopg pool)."""
         c = classify(exc)
         if c.disconnect:
             self.guard.stats.disconnect(c.reason, exc)
-            if c.scope is Scope.POOL:
-                self.suspect_before = time.monotonic()
+            self.suspect_before = time.monotonic()
         return c.disconnect
 
     # -- connections ----------------------------------------------------------------------------

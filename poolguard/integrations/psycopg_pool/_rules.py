@@ -39,7 +39,6 @@ from poolguard.core.disposition import (
     Disposition,
     Operation,
     Position,
-    Scope,
     decide,
 )
 from poolguard.core.retry import Guard, cannot_connect, error_text
@@ -189,7 +188,7 @@ class PoolRules:
     redacted_url: str
     suspect_before: float = 0.0
     """Monotonic time: connections created before it are validated at their next checkout
-    (a POOL-scope disconnect was seen: restart, failover)."""
+    (a disconnect was seen: restart, crash, failover, killed backends)."""
     server_version: int = 0
     last_connect_error: BaseException | None = None
     query_limit: Limit | None = None
@@ -323,12 +322,19 @@ class PoolRules:
         return err
 
     def observe(self, exc: BaseException) -> None:
-        """Note a disconnect; a POOL-scope one makes every older connection suspect."""
+        """Note a disconnect; any disconnect makes every older connection suspect.
+
+        Not only POOL-scope ones: a crashed or killed server often shows up as libpq's bare
+        EOF ("consuming input failed", "server closed the connection unexpectedly": CONNECTION
+        scope) rather than 57P01/57P02, and what killed this connection has usually killed
+        its idle siblings. Unmarked, each retry drew the next dead idle connection (3 attempts
+        spent on 3 dead connections after a primary crash). Suspect means "pinged at the next
+        checkout", not dropped, as the SQLAlchemy integration does.
+        """
         c = classify(exc)
         if c.disconnect:
             self.guard.stats.disconnect(c.reason, exc)
-            if c.scope is Scope.POOL:
-                self.suspect_before = time.monotonic()
+            self.suspect_before = time.monotonic()
 
     # -- checkout -------------------------------------------------------------------------------
     def checkout(self, conn: Any) -> float | None:

@@ -7,7 +7,7 @@ each a small override:
 - connects are bounded by ``connect_timeout`` on the client (sub-second values work) and the
   background reconnect uses poolguard's backoff instead of 1 s, 2 s, 4 s...;
 - checkout validates only when the connection was idle longer than ``validate_idle`` (or is
-  suspect after a restart-like error); a failed validation discards that connection and takes
+  suspect after a disconnect); a failed validation discards that connection and takes
   the next at once (psycopg_pool would sleep 1 s, 2 s... between failed checks);
 - lifetime (jittered by psycopg_pool) and ``max_idle`` are also enforced at checkout;
 - ``getconn`` waits ``min(timeout or acquire_timeout, deadline)`` and raises a PoolTimeout that

@@ -87,6 +87,50 @@ def test_killed_idle_connections_are_replaced_without_errors(
     assert snap["validation_failures"] >= 1
 
 
+def _use_all(pool: Any, n: int) -> None:
+    """Hand out ``n`` connections at once and return them: each has been lent, so none is
+    "fresh" (fresh connections are not pinged at checkout)."""
+    conns = [pool.getconn() for _ in range(n)]
+    for conn in conns:
+        pool.putconn(conn)
+
+
+def _assert_one_retry_then_pings(snap: dict[str, Any], idle: int) -> None:
+    # The first attempt met a dead connection: its EOF ("consuming input failed", a
+    # CONNECTION-scope error, no 57P01 after a SIGKILL) marked the older connections suspect,
+    # so the retry pinged each other dead idle one (evicted) instead of running on it.
+    assert snap["give_ups"] == 0
+    assert snap["retries"] == 1
+    assert snap["validation_failures"] == idle - 1
+    assert snap["evictions"]["validation"] == idle - 1
+
+
+def test_crash_with_idle_connections_costs_one_retry(dedicated_server: Any, make_pool: Any) -> None:
+    """All backends die without a word (SIGKILL: the client reads a bare EOF): one read then
+    succeeds on its first retry instead of spending its attempts on each dead idle one."""
+    server = dedicated_server("postgres")
+    pool = make_pool(server.url, pool_size=3, max_overflow=0)
+    _use_all(pool, 3)
+    server.restart(crash=True)
+    with poolguard.deadline(20):
+        assert pool.fetchval("SELECT 1") == 1
+    _assert_one_retry_then_pings(pool.stats(), idle=3)
+
+
+async def test_async_crash_with_idle_connections_costs_one_retry(
+    dedicated_server: Any, make_async_pool: Any
+) -> None:
+    server = dedicated_server("postgres")
+    pool = await make_async_pool(server.url, pool_size=3, max_overflow=0)
+    conns = [await pool.getconn() for _ in range(3)]
+    for conn in conns:
+        await pool.putconn(conn)
+    await asyncio.get_running_loop().run_in_executor(None, lambda: server.restart(crash=True))
+    with poolguard.deadline(20):
+        assert await pool.fetchval("SELECT 1") == 1
+    _assert_one_retry_then_pings(pool.stats(), idle=3)
+
+
 def _kill_soon(server: Any, app_name: str, delay: float = 0.4) -> threading.Thread:
     def kill() -> None:
         time.sleep(delay)

@@ -143,3 +143,13 @@ def test_acquire_reconnect_stops_at_the_wait_and_the_open_breaker() -> None:
     for _ in range(5):
         r.guard.breaker.record_failure()
     assert r.reconnect_delay(refused, 1, 5.0, time.monotonic()) is None
+
+
+def test_any_disconnect_makes_older_connections_suspect() -> None:
+    r = rules(validate_idle=5.0)
+    c = conn(idle=0.1)
+    assert outcome(r, c) is None  # recently used: no ping
+    # A CONNECTION-scope disconnect (PyMySQL refusing to send on a closed connection).
+    assert r.observe(pymysql.err.InterfaceError(0, "")) is True
+    assert outcome(r, c) == VALIDATE_TIMEOUT  # older connections are pinged next checkout
+    assert r.observe(pymysql.err.IntegrityError(1062, "Duplicate entry")) is False

@@ -70,3 +70,25 @@ def test_checkout_decides_like_the_full_rules(
         r.suspect_before = now - 50.0 if suspect else 0.0
         c = conn(now, idle=idle, expires_in=expires_in)
         assert outcome(r, c) == reference(r, c, now), (idle, expires_in, suspect)
+
+
+@pytest.mark.parametrize(
+    "error",
+    [
+        # A SIGKILLed / crashed server: libpq's bare EOF, CONNECTION scope (no 57P01).
+        "consuming input failed: server closed the connection unexpectedly",
+        "server closed the connection unexpectedly",
+    ],
+)
+def test_any_disconnect_makes_older_connections_suspect(error: str) -> None:
+    import psycopg
+
+    r = rules(validate_idle=5.0)
+    before = time.monotonic()
+    c = conn(before, idle=0.1, expires_in=1e9)
+    assert outcome(r, c) is None  # recently used: no ping
+    r.observe(psycopg.OperationalError(error))
+    assert r.suspect_before >= before
+    assert outcome(r, c) == VALIDATE_TIMEOUT  # what killed one may have killed it too
+    r.observe(psycopg.errors.UniqueViolation("duplicate key"))  # not a disconnect
+    assert r.guard.stats.count("disconnects") == 1
