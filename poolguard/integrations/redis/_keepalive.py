@@ -43,8 +43,15 @@ def _last(conn: Any) -> float:
     return max(used, pinged)
 
 
+def _connected(conn: Any) -> bool:
+    # redis-py 7.2's sync Connection has no ``is_connected`` (8.x's, and every asyncio one,
+    # do); its socket tells the same.
+    connected = getattr(conn, "is_connected", None)
+    return conn._sock is not None if connected is None else bool(connected)
+
+
 def due(pool: Any, conn: Any, now: float, interval: float) -> bool:
-    if conn is None or not conn.is_connected or now - _last(conn) < interval:
+    if conn is None or not _connected(conn) or now - _last(conn) < interval:
         return False
     if now >= conn.guard_expires:
         return False

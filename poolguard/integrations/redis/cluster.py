@@ -22,6 +22,7 @@ Hook points (redis-py 8.1):
 
 from __future__ import annotations
 
+import inspect
 import time
 from typing import Any
 
@@ -147,9 +148,28 @@ class GuardedClusterConnection(redis.connection.Connection):
 
     def read_response(self, *args: Any, **kwargs: Any) -> Any:
         pending = self.guard_next_read
-        if pending is not cl.KEEP and "timeout" not in kwargs:
+        if pending is cl.KEEP or "timeout" in kwargs:
+            return super().read_response(*args, **kwargs)
+        if _READ_TAKES_TIMEOUT:
             kwargs["timeout"] = pending  # None: a blocking command that may wait forever
-        return super().read_response(*args, **kwargs)
+            return super().read_response(*args, **kwargs)
+        # redis-py 7.2: no per-read timeout; the socket's own is lent for this read (its
+        # timeout was set once, at connect) and given back unless the read closed it.
+        sock = self._sock
+        if sock is None:  # pragma: no cover - a read follows a send, which connects
+            return super().read_response(*args, **kwargs)
+        sock.settimeout(pending)
+        try:
+            return super().read_response(*args, **kwargs)
+        finally:
+            if self._sock is sock:
+                sock.settimeout(self.socket_timeout)
+
+
+#: redis-py >= 8 reads with ``read_response(timeout=...)``; 7.2's takes no timeout.
+_READ_TAKES_TIMEOUT = (
+    "timeout" in inspect.signature(redis.connection.Connection.read_response).parameters
+)
 
 
 def _connection_class(policy: c.Policy, ssl: bool) -> type[Any]:
@@ -176,6 +196,10 @@ class _GuardedNodesManager(redis.cluster.NodesManager):
             super().initialize(*args, **kwargs)
 
 
+_EMIT_ERROR: Any = getattr(redis.cluster.RedisCluster, "_emit_on_error_event", None)
+_EMIT_AFTER: Any = getattr(redis.cluster.RedisCluster, "_emit_after_command_execution_event", None)
+
+
 class GuardedRedisCluster(redis.cluster.RedisCluster):
     """A ``redis.cluster.RedisCluster`` whose commands are retried by poolguard, only when safe."""
 
@@ -189,6 +213,18 @@ class GuardedRedisCluster(redis.cluster.RedisCluster):
     def set_retry(self, retry: Any) -> None:
         c.check_set_retry(retry)
         super().set_retry(retry)
+
+    # redis-py 7.2 only (8.x records its metrics elsewhere and never calls these): its error
+    # handlers pass the failed command's connection, None when none was obtained (a node that
+    # refuses connections during a failover), and read ``connection.host``: the AttributeError
+    # replaced the ConnectionError poolguard retries. Without a connection, nothing is recorded.
+    def _emit_on_error_event(self, error: Any, connection: Any, *args: Any, **kw: Any) -> None:
+        if connection is not None and _EMIT_ERROR is not None:
+            _EMIT_ERROR(self, error, connection, *args, **kw)
+
+    def _emit_after_command_execution_event(self, *args: Any, **kw: Any) -> None:
+        if kw.get("connection") is not None and _EMIT_AFTER is not None:
+            _EMIT_AFTER(self, *args, **kw)
 
     def execute_command(self, *args: Any, **kwargs: Any) -> Any:
         info = _lookup(args[0]) or backend.command_info(args)
