@@ -88,6 +88,17 @@ def _refill(pool: Any) -> bool:
     return True
 
 
+def _closer(pool: Any) -> Any:
+    """psycopg_pool's ``_close_connection`` (absent from psycopg_pool 3.2.1, which closes
+    inline: ``conn._pool = None; conn.close()``), or None: then the caller does the same.
+
+    Feature-detected, not version-compared. Calling the missing method raised AttributeError
+    in the middle of a keepalive eviction, before the slot given up in :func:`_lend` was
+    refilled: the pool stayed below ``min_size`` for good (version-matrix floor cell).
+    """
+    return getattr(pool, "_close_connection", None)
+
+
 def _failed(pool: Any, conn: Any, exc: BaseException) -> None:
     stats = pool._pg.guard.stats
     now = time.monotonic()
@@ -153,11 +164,14 @@ class AsyncKeepaliveMixin:
                 await self.check_connection(conn)  # type: ignore[attr-defined]
         except Exception as exc:
             _failed(self, conn, exc)
-            await self._close_connection(conn)  # type: ignore[attr-defined]
-            async with self._lock:
-                refill = _refill(self)
-            if refill:
-                self.run_task(AsyncAddConnection(self))  # type: ignore[attr-defined, arg-type]
+            try:
+                await self._ka_close(conn)
+            finally:
+                # The slot lent in _lend is refilled whatever the close did.
+                async with self._lock:
+                    refill = _refill(self)
+                if refill:
+                    self.run_task(AsyncAddConnection(self))  # type: ignore[attr-defined, arg-type]
             return
         conn._pg_pinged = time.monotonic()
         async with self._lock:
@@ -165,7 +179,15 @@ class AsyncKeepaliveMixin:
         if keep:
             await self._add_to_pool(conn)  # type: ignore[attr-defined]
         else:
-            await self._close_connection(conn)  # type: ignore[attr-defined]
+            await self._ka_close(conn)
+
+    async def _ka_close(self, conn: Any) -> None:
+        close = _closer(self)
+        if close is not None:
+            await close(conn)
+            return
+        conn._pool = None  # psycopg_pool 3.2.1's inline close: not handed back to the pool
+        await conn.close()
 
 
 class KeepaliveMixin:
@@ -221,11 +243,14 @@ class KeepaliveMixin:
                 self.check_connection(conn)  # type: ignore[attr-defined]
         except Exception as exc:
             _failed(self, conn, exc)
-            self._close_connection(conn)  # type: ignore[attr-defined]
-            with self._lock:
-                refill = _refill(self)
-            if refill:
-                self.run_task(SyncAddConnection(self))  # type: ignore[attr-defined, arg-type]
+            try:
+                self._ka_close(conn)
+            finally:
+                # The slot lent in _lend is refilled whatever the close did.
+                with self._lock:
+                    refill = _refill(self)
+                if refill:
+                    self.run_task(SyncAddConnection(self))  # type: ignore[attr-defined, arg-type]
             return
         conn._pg_pinged = time.monotonic()
         with self._lock:
@@ -233,4 +258,12 @@ class KeepaliveMixin:
         if keep:
             self._add_to_pool(conn)  # type: ignore[attr-defined]
         else:
-            self._close_connection(conn)  # type: ignore[attr-defined]
+            self._ka_close(conn)
+
+    def _ka_close(self, conn: Any) -> None:
+        close = _closer(self)
+        if close is not None:
+            close(conn)
+            return
+        conn._pool = None  # psycopg_pool 3.2.1's inline close: not handed back to the pool
+        conn.close()
