@@ -291,12 +291,12 @@ class PoolRules:
     ) -> Exception:
         """The error to raise after a wait failed (a cut becomes a timeout).
 
-        ``observe=False`` for an outer operation whose inner waits already noted the error.
+        ``observe=False`` for an outer operation whose inner waits already counted the error
+        (they leave the suspect mark to it: only it knows whether its watchdog cut the socket).
         """
         if armed is not None and not armed[0].cancel():
             return self.cut(conn, armed[1], exc)
-        if observe:
-            self.observe(exc)
+        self.observe(exc, count=observe)
         return exc
 
     def succeeded(self, conn: Any, armed: Armed | None) -> None:
@@ -321,19 +321,25 @@ class PoolRules:
         err.poolguard_cut = True  # type: ignore[attr-defined]
         return err
 
-    def observe(self, exc: BaseException) -> None:
-        """Note a disconnect; any disconnect makes every older connection suspect.
+    def observe(self, exc: BaseException, *, count: bool = True, mark: bool = True) -> None:
+        """Note a disconnect (``count``); any disconnect makes every older connection suspect
+        (``mark``), unless poolguard's own backstop cut it.
 
         Not only POOL-scope ones: a crashed or killed server often shows up as libpq's bare
         EOF ("consuming input failed", "server closed the connection unexpectedly": CONNECTION
         scope) rather than 57P01/57P02, and what killed this connection has usually killed
         its idle siblings. Unmarked, each retry drew the next dead idle connection (3 attempts
         spent on 3 dead connections after a primary crash). Suspect means "pinged at the next
-        checkout", not dropped, as the SQLAlchemy integration does.
+        checkout", not dropped, as the SQLAlchemy integration does. A backstop cut (a slow or
+        frozen server) says nothing the sibling's own query timeout would not: not marked,
+        as SQLAlchemy's (a ping of each sibling at a frozen server would only add waits).
         """
         c = classify(exc)
-        if c.disconnect:
+        if not c.disconnect:
+            return
+        if count:
             self.guard.stats.disconnect(c.reason, exc)
+        if mark and not getattr(exc, "poolguard_cut", False):
             self.suspect_before = time.monotonic()
 
     # -- checkout -------------------------------------------------------------------------------

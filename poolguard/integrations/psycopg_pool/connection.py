@@ -74,7 +74,8 @@ class GuardedConnection(pg.DeadlineConnection):
             try:
                 return super().wait(gen, interval)
             except Exception as exc:
-                rules.observe(exc)
+                # Under an outer backstop, the outer operation marks (or not: its own cut).
+                rules.observe(exc, mark=mode != ARMED)
                 raise
         armed = rules.arm(self)
         try:
@@ -116,7 +117,8 @@ class GuardedAsyncConnection(pg.DeadlineAsyncConnection):
             try:
                 return await super().wait(gen, interval)
             except Exception as exc:
-                rules.observe(exc)
+                # Under an outer backstop, the outer operation marks (or not: its own cut).
+                rules.observe(exc, mark=mode != ARMED)
                 raise
         armed = rules.arm(self)
         try:
@@ -144,4 +146,6 @@ def armed(conn: Any, seconds: float) -> Iterator[None]:
         conn._pg_mode = NORMAL
         if not ticket.cancel():
             conn.pgconn.finish()
-            raise psycopg.OperationalError(f"no reply within {seconds:.2f}s: connection cut")
+            err = psycopg.OperationalError(f"no reply within {seconds:.2f}s: connection cut")
+            err.poolguard_cut = True  # type: ignore[attr-defined]
+            raise err

@@ -92,3 +92,17 @@ def test_any_disconnect_makes_older_connections_suspect(error: str) -> None:
     assert outcome(r, c) == VALIDATE_TIMEOUT  # what killed one may have killed it too
     r.observe(psycopg.errors.UniqueViolation("duplicate key"))  # not a disconnect
     assert r.guard.stats.count("disconnects") == 1
+
+
+def test_a_backstop_cut_marks_no_sibling_suspect() -> None:
+    """poolguard's own cut (a frozen server, a slow query) is counted but marks nothing: each
+    sibling meets the freeze under its own bound, without a ping first."""
+    import psycopg
+
+    r = rules(validate_idle=None)
+    cut = psycopg.OperationalError("no reply within 1.00s: connection cut")
+    cut.poolguard_cut = True  # type: ignore[attr-defined]
+    r.observe(cut)
+    r.observe(psycopg.OperationalError("server closed the connection unexpectedly"), mark=False)
+    assert r.suspect_before == 0.0
+    assert r.guard.stats.count("disconnects") == 2
