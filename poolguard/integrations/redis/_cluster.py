@@ -25,7 +25,7 @@ from typing import Any
 import redis.exceptions as rex
 
 from poolguard.backends import redis as backend
-from poolguard.core.deadline import current_deadline
+from poolguard.core.deadline import current_deadline, remaining
 from poolguard.core.disposition import Classification, Disposition, Scope
 from poolguard.integrations.redis import _common as c
 
@@ -104,6 +104,22 @@ _RECONFIGURING_CLASSES: dict[type[BaseException], str] = {
 
 #: redis-py's RedisClusterException when no startup node answered the topology refresh.
 UNREACHABLE = "Redis Cluster cannot be connected"
+
+
+def deadline_spent() -> bool:
+    """The caller's deadline has run out (a topology refresh can then only fail, and its
+    "cannot be connected" would say nothing about the cluster)."""
+    left = remaining()
+    return left is not None and left <= 0
+
+
+def refresh_cut_short(exc: BaseException) -> BaseException:
+    """The error of a topology refresh the caller's deadline cut short: a timeout, not the
+    cluster unreachable (which would be retried as a connect failure and count as an outage)."""
+    return c.QueryTimeoutError(
+        f"deadline exceeded during the Redis Cluster topology refresh ({exc})",
+        hint="raise the poolguard.deadline() budget",
+    )
 
 
 def classify(exc: BaseException) -> Classification:

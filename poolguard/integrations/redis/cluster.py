@@ -34,7 +34,6 @@ from redis.retry import Retry
 
 from poolguard.backends import redis as backend
 from poolguard.config.settings import Settings
-from poolguard.core.deadline import remaining
 from poolguard.core.retry import Attempts, Guard
 from poolguard.errors import PoolguardError
 from poolguard.integrations.redis import _cluster as cl
@@ -186,14 +185,19 @@ class _GuardedNodesManager(redis.cluster.NodesManager):
     """redis-py's NodesManager whose topology refresh is not mistaken for the command."""
 
     def initialize(self, *args: Any, **kwargs: Any) -> None:
-        left = remaining()
-        if left is not None and left <= 0:
-            # redis-py refreshes inside its error handler: with the caller's deadline spent the
-            # refresh could only fail, and its "cannot be connected" would replace the real
-            # error (and count as a cluster outage). The next command refreshes instead.
+        # redis-py refreshes inside its error handler: with the caller's deadline spent the
+        # refresh could only fail, and its "cannot be connected" would replace the real error
+        # (and count as a cluster outage). The next command refreshes instead. The same when
+        # the deadline runs out *during* the refresh (a read that timed out at query_timeout
+        # leaves it the rest; on a loaded machine, reconnecting to a node may not fit).
+        if cl.deadline_spent():
             return
-        with cl.sent_suspended():
-            super().initialize(*args, **kwargs)
+        try:
+            with cl.sent_suspended():
+                super().initialize(*args, **kwargs)
+        except Exception:
+            if not cl.deadline_spent():
+                raise
 
 
 _EMIT_ERROR: Any = getattr(redis.cluster.RedisCluster, "_emit_on_error_event", None)

@@ -138,8 +138,16 @@ class AsyncGuardedRedisCluster(redis.asyncio.cluster.RedisCluster):
         super().set_retry(retry)
 
     async def initialize(self, *args: Any, **kwargs: Any) -> AsyncGuardedRedisCluster:
-        with cl.sent_suspended():  # CLUSTER SLOTS / COMMAND are not the command
-            await super().initialize(*args, **kwargs)
+        try:
+            with cl.sent_suspended():  # CLUSTER SLOTS / COMMAND are not the command
+                await super().initialize(*args, **kwargs)
+        except Exception as exc:
+            # redis-py refreshes at the start of the command after a failure (a retry under the
+            # caller's deadline): one the deadline cut short is a timeout, not the cluster down.
+            # redis-py still wants a refresh (``_initialize``): the next command makes it.
+            if cl.deadline_spent():
+                raise cl.refresh_cut_short(exc) from exc
+            raise
         return self
 
     async def execute_command(self, *args: Any, **kwargs: Any) -> Any:

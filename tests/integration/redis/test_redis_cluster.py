@@ -344,6 +344,58 @@ def test_blocking_commands_and_the_deadline(cluster: RedisClusterTopology) -> No
         client.close()
 
 
+def _stall_every_node(cluster: RedisClusterTopology, seconds: float) -> list[threading.Thread]:
+    # Shorter than cluster-node-timeout (1 s): a stall must not start a failover.
+    assert seconds * 1000 < cluster.node_timeout_ms
+    stalls = [
+        threading.Thread(target=node.command, args=("DEBUG", "SLEEP", str(seconds)))
+        for node in cluster.nodes
+    ]
+    for t in stalls:
+        t.start()
+    time.sleep(0.1)
+    return stalls
+
+
+def test_a_topology_refresh_cut_by_the_deadline_is_not_the_cluster_down(
+    cluster: RedisClusterTopology,
+) -> None:
+    """A read timing out under a caller's deadline makes redis-py refresh the topology with
+    what is left of it (sync: in its error handler; asyncio: at the retry's start). A refresh
+    the deadline cuts short (here every node is stalled; in a full run, a loaded machine) said
+    "Redis Cluster cannot be connected", counted as the cluster down and replacing the
+    timeout: the caller's deadline ran out, the cluster did not."""
+    key = KEYS[2]
+    client = poolguard.redis.cluster_from_url(cluster.url, query_timeout="200ms", **FAILOVER)
+
+    async def aio() -> None:
+        ac = poolguard.redis.async_cluster_from_url(cluster.url, query_timeout="200ms")
+        try:
+            await ac.initialize()
+            stalls = await asyncio.to_thread(_stall_every_node, cluster, 0.8)
+            with pytest.raises(rex.TimeoutError), poolguard.deadline(0.3):
+                await ac.get(key)
+            for t in stalls:
+                await asyncio.to_thread(t.join)
+            assert await ac.get(key) == b"v"
+            assert poolguard.redis.stats(ac)["breaker"]["opened"] == 0
+        finally:
+            await ac.aclose()
+
+    try:
+        client.set(key, "v")
+        stalls = _stall_every_node(cluster, 0.8)
+        with pytest.raises(rex.TimeoutError), poolguard.deadline(0.3):
+            client.get(key)
+        for t in stalls:
+            t.join()
+        assert client.get(key) == b"v"
+        assert poolguard.redis.stats(client)["breaker"]["opened"] == 0
+        asyncio.run(aio())
+    finally:
+        client.close()
+
+
 def test_a_timed_out_incr_is_not_resent_asyncio(cluster: RedisClusterTopology) -> None:
     """The asyncio twin: redis-py's asyncio cluster also re-sends after TimeoutError."""
     key = KEYS[4]
