@@ -114,19 +114,29 @@ def test_arm_and_cancel_take_no_lock_while_the_thread_sleeps_past_them() -> None
     # Under many threads a lock per arm()/cancel() made callers queue behind each other; the
     # common case (the thread already sleeps until an earlier deadline) must take none.
     dog = Watchdog()
+    # The counting locks go in before the thread starts: swapping ``_cond`` under a live thread
+    # left it waiting on the old condition (deaf to the new one's notify), then dying with
+    # "cannot wait on un-acquired lock" when it woke.
+    lock = _CountingLock()
+    dog._cond = threading.Condition(lock)  # type: ignore[arg-type]
+    firing = _CountingLock()
+    dog._firing = firing  # type: ignore[assignment]
     a, b = socket.socketpair()
     with a, b:
         first = dog.arm(a, 30.0)  # starts the thread; it then sleeps until this deadline
         _wait_until(lambda: dog._wake_at == first.at)
-        lock = _CountingLock()
-        dog._cond = threading.Condition(lock)  # type: ignore[arg-type]
-        firing = _CountingLock()
-        dog._firing = firing  # type: ignore[assignment]
+        with lock:  # the thread is parked in wait(): it holds nothing
+            lock.acquired = firing.acquired = 0
         for _ in range(100):
             assert dog.arm(a, 60.0).cancel() is True
         assert lock.acquired == 0
         assert firing.acquired == 0
         assert first.cancel() is True
+        # The thread still serves: an earlier deadline wakes it and fires.
+        early = dog.arm(a, 0.0)
+        _wait_until(lambda: early.fired)
+        assert dog._thread is not None
+        assert dog._thread.is_alive()
 
 
 def test_an_earlier_deadline_wakes_the_sleeping_thread() -> None:
