@@ -140,6 +140,29 @@ async def test_killed_idle_sessions_are_replaced_without_errors(
     assert snap["give_ups"] == 0
 
 
+@pytest.mark.slow
+async def test_crash_with_idle_connections_costs_no_attempt(
+    dedicated_server: Any, make_pool: Any
+) -> None:
+    """Every session dies without a word (SIGKILL of the server): one read then runs on its
+    first attempt; the dead idle connections are found at checkout (the loop saw their EOF),
+    none is handed out. The psycopg twin (postgres_native) costs one retry: libpq sees no EOF
+    until it reads."""
+    server = dedicated_server("mysql")
+    pool = await make_pool(server.url, pool_size=3, max_overflow=0, validate_idle=None)
+    conns = [await pool.acquire() for _ in range(3)]
+    for conn in conns:
+        pool.release(conn)
+    await asyncio.to_thread(server.restart, crash=True)
+    await asyncio.sleep(0.05)  # the loop reads the EOFs
+    with poolguard.deadline(20):
+        assert await pool.fetchval("SELECT 1") == 1
+    snap = pool.stats()
+    assert snap["give_ups"] == 0
+    assert snap["retries"] == 0
+    assert snap["evictions"]["disconnect"] == 3
+
+
 async def _kill_soon(server: Any, conn_id: int, delay: float) -> None:
     await asyncio.sleep(delay)
     await asyncio.to_thread(kill, server, conn_id)
