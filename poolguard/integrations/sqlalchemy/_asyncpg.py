@@ -12,8 +12,17 @@ with psycopg; what differs is answered here, on ``poolguard.backends.asyncpg``'s
   backstop from the transport;
 - the checkout ping is one simple-query round trip on the asyncpg connection (SQLAlchemy's own
   ``ping()`` opens a transaction around it: three round trips);
-- SQLAlchemy's per-connection codec setup (JSON, JSONB) needs no round trip (asyncpg knows the
-  ``pg_catalog`` types: 0.3 ms against a frozen server, measured), so nothing to bound there;
+- SQLAlchemy's per-connection codec setup (JSON, JSONB; inet when disabled) runs under the
+  backstop with the connect timeout: asyncpg 0.30 introspects each type with a query
+  (``TYPE_BY_OID``, ``timeout=None``), and a server frozen right after the handshake held that
+  connect forever (measured: test_asyncpg_dropin past pytest-timeout's 300 s); asyncpg 0.31
+  knows the ``pg_catalog`` types without a round trip (0.3 ms against a frozen server), so
+  there the bound costs one backstop ticket per new connection;
+- SQLAlchemy 2.0's adapter (before 2.1, checked: 2.0.30) translates neither a failed connect's
+  asyncpg error nor ``InternalClientError`` into its DBAPI classes: the first reached the
+  caller as a bare ``asyncpg`` error (not a ``DBAPIError``), the second escaped the statement
+  retries (which catch ``DBAPIError``). Both are translated here as SQLAlchemy 2.1 does
+  (``_adapt_dialect``);
 - not here: the deferred ROLLBACK and the pipelined BEGIN of the psycopg adapter (both are
   libpq-level); SQLAlchemy's asyncpg adapter sends BEGIN itself before a transaction's first
   statement, and ``close()`` waits for its ROLLBACK.
@@ -27,6 +36,8 @@ import weakref
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
+from poolguard.errors import ConnectTimeout
+from poolguard.integrations.backstop import backstop
 from poolguard.integrations.sqlalchemy._backend import SqlBackend, StateView
 from poolguard.integrations.sqlalchemy._compat import await_only
 
@@ -57,6 +68,9 @@ class AsyncpgBackend(SqlBackend):
         # Connections this adapter opened (their session setup is done): a user's creator's are
         # set up by the pool's connect event instead.
         self._set_up: weakref.WeakSet[Any] = weakref.WeakSet()
+        #: The engine's DBAPI adapter when SQLAlchemy leaves a connect's errors untranslated
+        #: (2.0): see :func:`as_dbapi_error`.
+        self._untranslated_by: Any = None
 
     def classify(self, exc: BaseException) -> Classification:
         return self.apg.classify(exc)
@@ -85,9 +99,30 @@ class AsyncpgBackend(SqlBackend):
         cargs: list[Any],
         cparams: dict[str, Any],
     ) -> Any:
-        # dialect_connect is this engine's dialect's own (bound) connect: see _bound_close.
-        _bound_close(getattr(dialect_connect, "__self__", None))
-        return super().connect(state, dialect_connect, native, cargs, cparams)
+        try:
+            return super().connect(state, dialect_connect, native, cargs, cparams)
+        except Exception as exc:
+            translated = as_dbapi_error(self._untranslated_by, exc)
+            if translated is exc:
+                raise
+            raise translated from exc
+
+    async def bounded_creator(
+        self, state: StateView, creator: Callable[..., Any], *args: Any, **kwargs: Any
+    ) -> Any:
+        try:
+            return await super().bounded_creator(state, creator, *args, **kwargs)
+        except Exception as exc:
+            # Raised inside the adapter's connect: SQLAlchemy 2.1 leaves a DBAPI error as is.
+            translated = as_dbapi_error(self._untranslated_by, exc)
+            if translated is exc:
+                raise
+            raise translated from exc
+
+    def adapt_dialect(self, dialect: Any, state: StateView) -> None:
+        _adapt_dialect(dialect, state, self.apg)
+        if not _adapter_translates_connect_errors():
+            self._untranslated_by = getattr(dialect, "loaded_dbapi", None)
 
     def async_connector(self, state: StateView) -> Callable[..., Any]:
         return functools.partial(self._connect, state, state.connect_timeout())
@@ -173,6 +208,118 @@ class AsyncpgBackend(SqlBackend):
         return self.pg.local_timeouts_sql(state.settings, state.server_version)
 
 
+def _adapt_dialect(dialect: Any, state: StateView, apg: Any) -> None:
+    """What this engine's dialect instance needs, installed once (its methods and its DBAPI
+    module are looked up on the instance at call time; another engine's are untouched)."""
+    if dialect is None or getattr(dialect, "_poolguard_adapted", False):
+        return
+    _bound_close(dialect)
+    _bound_codec_setup(dialect, state, apg)
+    translate_internal_client_errors(getattr(dialect, "loaded_dbapi", None))
+    dialect._poolguard_adapted = True
+
+
+# --- SQLAlchemy 2.0's untranslated errors -------------------------------------------------------
+
+
+def translate_internal_client_errors(dbapi: Any) -> None:
+    """Have the adapter translate ``InternalClientError`` like SQLAlchemy 2.1 does.
+
+    SQLAlchemy 2.0's asyncpg adapter re-raises an error missing from its translation table as
+    is, and ``InternalClientError`` is missing there: "cannot switch to state 15; another
+    operation (2) is in progress" (a FATAL read while the connection was idle, see
+    ``backends/asyncpg.py``) reached the caller untouched by the statement retries, which act on
+    ``DBAPIError`` (measured: 4 errors in test_kills_concurrent's 50 ms kill storm, SQLAlchemy
+    2.0.30). Translated, SQLAlchemy wraps it, ``handle_error`` classifies it (through
+    ``__cause__``) and the connection is invalidated and replaced like any other disconnect.
+    ``dbapi`` is this engine's own instance (``import_dbapi()`` runs per ``create_engine``)."""
+    from asyncpg import exceptions as apg_errors
+
+    table = getattr(dbapi, "_asyncpg_error_translate", None)
+    if not isinstance(table, dict) or apg_errors.InternalClientError in table:
+        return  # not SQLAlchemy's adapter (module=...), or SQLAlchemy 2.1+: translated already
+    target = getattr(dbapi, "InternalClientError", None) or dbapi.InternalError
+    # A memoized property: the instance attribute replaces the cached table.
+    dbapi._asyncpg_error_translate = {**table, apg_errors.InternalClientError: target}
+
+
+def _adapter_translates_connect_errors() -> bool:
+    """SQLAlchemy 2.1's adapter translates a failed connect's errors itself."""
+    from sqlalchemy.dialects.postgresql import asyncpg as sa_asyncpg
+
+    adapter = sa_asyncpg.AsyncAdapt_asyncpg_connection
+    return hasattr(adapter, "_handle_exception_no_connection")
+
+
+def as_dbapi_error(dbapi: Any, exc: Exception) -> Exception:
+    """``exc`` (a failed connect) as the adapter's DBAPI error, as SQLAlchemy 2.1 translates it.
+
+    SQLAlchemy 2.0 does not translate a connect's errors: a wrong password reached the caller
+    as ``asyncpg.InvalidPasswordError``, not the ``sqlalchemy.exc.DBAPIError`` every other
+    failure is (nor what the same code raises with psycopg, or with SQLAlchemy 2.1). Errors
+    the adapter would not translate (``OSError``, poolguard's own) are returned as they are; the
+    asyncpg error stays reachable as ``__cause__`` for the classification."""
+    table = getattr(dbapi, "_asyncpg_error_translate", None)
+    error_cls = getattr(dbapi, "Error", None)
+    if not isinstance(table, dict) or error_cls is None or isinstance(exc, error_cls):
+        return exc
+    for cls in type(exc).__mro__:
+        target = table.get(cls)
+        if target is not None:
+            # SQLAlchemy 2.0's own message format for the errors it translates.
+            translated: Exception = target(f"{type(exc)}: {exc}")
+            translated.pgcode = translated.sqlstate = getattr(exc, "sqlstate", None)  # type: ignore[attr-defined]
+            return translated
+    return exc
+
+
+# --- the codec setup of a new connection --------------------------------------------------------
+
+#: The dialect's coroutines that its on-connect hook awaits for every new connection.
+_CODEC_SETUP = (
+    "setup_asyncpg_json_codec",
+    "setup_asyncpg_jsonb_codec",
+    "_disable_asyncpg_inet_codecs",
+)
+
+
+def _bound_codec_setup(dialect: Any, state: StateView, apg: Any) -> None:
+    """Each codec setup of a new connection bounded by the connect timeout (see the module
+    docstring): SQLAlchemy's on-connect hook runs before poolguard's session setup, outside
+    the connect's own bound, and asyncpg 0.30 sends a query for each codec."""
+    for name in _CODEC_SETUP:
+        original = getattr(dialect, name, None)
+        if original is not None:
+            setattr(dialect, name, functools.partial(_bounded_setup, state, apg, original))
+
+
+async def _bounded_setup(state: StateView, apg: Any, original: Any, dbapi_connection: Any) -> Any:
+    limit = state.connect_timeout()
+    fd = apg.fileno(_driver(dbapi_connection))
+    with backstop(-1 if fd is None else fd, None if fd is None else limit) as ticket:
+        try:
+            result = await original(dbapi_connection)
+        except Exception as exc:
+            if ticket is None or not ticket.fired:
+                raise
+            raise _setup_cut(state, limit) from exc
+    if ticket is not None and ticket.fired:
+        raise _setup_cut(state, limit)  # done just as it was cut: the socket is gone anyway
+    return result
+
+
+def _setup_cut(state: StateView, limit: float | None) -> ConnectTimeout:
+    # A connect timeout is connect-phase: retried within the caller's window.
+    return ConnectTimeout(
+        f"connected to {state.guard.target or 'the server'}, but SQLAlchemy's codec setup (an"
+        f" asyncpg type query) got no reply within {limit or 0:.2f}s (server frozen or network"
+        " down); the connection was discarded",
+        hint="raise the connect timeout or the deadline if the server is slow",
+    )
+
+
+# --- closing ------------------------------------------------------------------------------------
+
 #: How long closing a connection may wait for the server (asyncpg's close() sends Terminate and
 #: waits for the server to hang up): plenty for a live server, little for a dead network.
 CLOSE_TIMEOUT = 0.25
@@ -237,12 +384,5 @@ def _connect_error(apg: Any, exc: BaseException) -> BaseException:
     )
     lost = isinstance(exc, (OSError, apg_errors.InterfaceError, apg_errors.PostgresConnectionError))
     if lost and not server_said:
-        return connect_failed(f"could not connect: {exc}")
-    return exc
-    if isinstance(exc, apg_errors.PostgresError) and not isinstance(
-        exc, apg_errors.PostgresConnectionError
-    ):
-        return exc  # 28P01, 3D000, 57P03, 53300...: classified by SQLSTATE
-    if isinstance(exc, (OSError, apg_errors.InterfaceError, apg_errors.PostgresConnectionError)):
         return connect_failed(f"could not connect: {exc}")
     return exc

@@ -84,6 +84,10 @@ class SqlBackend:
     def connect_args(self, settings: Settings, *, is_async: bool) -> dict[str, Any]:
         raise NotImplementedError
 
+    def adapt_dialect(self, dialect: Any, state: StateView) -> None:
+        """Adjust this engine's dialect instance, once, as the engine is made (before any
+        connect: an ``async_creator`` bypasses :meth:`connect`)."""
+
     def connect(
         self,
         state: StateView,

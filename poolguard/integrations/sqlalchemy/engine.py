@@ -253,6 +253,7 @@ def _install(engine: Engine, state: EngineState, sa_kwargs: dict[str, Any]) -> N
     # A pool= instance keeps its own reset_on_return (the user built it that way).
     install_pool_events(engine, state, reset=sa_kwargs.get("pool") is None)
     _install_connect(engine.dialect, state, module_given=sa_kwargs.get("module") is not None)
+    state.backend.adapt_dialect(engine.dialect, state)
     event.listen(engine, "handle_error", functools.partial(_handle_error, state))
 
 
