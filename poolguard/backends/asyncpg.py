@@ -95,7 +95,13 @@ _CLOSED_BEFORE_SEND = Classification(
 #: the start of the next operation, before anything is written, when the server's FATAL
 #: (pg_terminate_backend, shutdown) arrived while the connection was idle and the socket's
 #: close has not been read yet (measured: 70 such errors in 3 s, 6 tasks, a kill every 50 ms,
-#: all before send). Nothing was sent; the connection will never serve again.
+#: all before send). Nothing was sent; the connection will never serve again. Read in asyncpg's
+#: source (``coreproto.pyx``, the same in 0.30.0 and 0.32): the FATAL, unexpected while idle,
+#: puts the protocol in this state, and every operation (simple query 15, prepare 11,
+#: bind/execute 12, executemany 13) switches state *before* writing its message, so the one
+#: that raises sent nothing: a write is as safe to retry as a read (at COMMIT the transaction
+#: was already rolled back by the backend's death; ``decide`` re-runs the whole unit). With
+#: SQLAlchemy 2.0 it arrives untranslated unless ``_asyncpg.translate_internal_client_errors``.
 _CONSUMING_ERROR = "another operation (2) is in progress"
 _CLOSING_BEFORE_SEND = Classification(
     Disposition.RETRY, "connection_closing", disconnect=True, scope=Scope.POOL

@@ -12,7 +12,7 @@ from asyncpg import exceptions as apg
 from sqlalchemy.dialects.postgresql.asyncpg import AsyncAdapt_asyncpg_dbapi
 
 from poolguard.backends import asyncpg as backend
-from poolguard.core.disposition import Disposition
+from poolguard.core.disposition import Action, Disposition, Operation, Position, decide
 from poolguard.integrations.sqlalchemy import _asyncpg as adapter
 
 KILLED_WHILE_IDLE = "cannot switch to state 15; another operation (2) is in progress"
@@ -77,3 +77,22 @@ def test_what_the_adapter_never_translates_stays_as_it_is() -> None:
     assert adapter.as_dbapi_error(dbapi, refused) is refused
     already = dbapi.InterfaceError("translated already")
     assert adapter.as_dbapi_error(dbapi, already) is already
+
+
+@pytest.mark.parametrize(
+    ("position", "unit_of_work", "action"),
+    [
+        (Position.AUTOCOMMIT, False, Action.RETRY),  # an autocommit write: nothing was sent
+        (Position.FIRST, False, Action.RETRY),
+        (Position.LATER, True, Action.RETRY_TRANSACTION),  # earlier work died with the backend
+        (Position.COMMIT, True, Action.RETRY_TRANSACTION),  # never sent: not ambiguous
+        (Position.COMMIT, False, Action.FAIL),
+    ],
+)
+def test_killed_while_idle_is_before_send_for_writes_too(
+    position: Position, unit_of_work: bool, action: Action
+) -> None:
+    # asyncpg switches its protocol state before writing any message (coreproto.pyx).
+    c = backend.classify(apg.InternalClientError(KILLED_WHILE_IDLE))
+    op = Operation(position, idempotent=False, unit_of_work=unit_of_work)
+    assert decide(c, op) is action
