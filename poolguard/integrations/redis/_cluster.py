@@ -1,5 +1,6 @@
 """What the sync and asyncio Redis Cluster adapters share: error classification, "was it sent",
-the connection hooks' bookkeeping, and the client's Policy. No I/O here.
+the node connections' connect bookkeeping, what a failed attempt (command or pipeline) means for
+its retry, and the gauges. No I/O here.
 
 redis-py's cluster client keeps its own retry layer (``RedisCluster.retry``; it re-sends a
 command after ``ConnectionError``/``TimeoutError``/``ClusterDownError`` whether or not it may have
@@ -17,16 +18,20 @@ topology (CLUSTER SLOTS) do not count: those run with the mark suspended.
 from __future__ import annotations
 
 import dataclasses
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from contextvars import ContextVar
 from typing import Any
 
 import redis.exceptions as rex
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from poolguard.backends import redis as backend
 from poolguard.core.deadline import current_deadline, remaining
 from poolguard.core.disposition import Classification, Disposition, Scope
+from poolguard.core.retry import Attempts
 from poolguard.integrations.redis import _common as c
 
 __all__ = ["SentMark", "classify", "mark_sent", "sent_suspended"]
@@ -182,6 +187,96 @@ def partially_applied(index: int, error: BaseException) -> ClusterPipelinePartia
     )
 
 
-def node_gauges(name: str, in_use: int, idle: int, max_size: int | None) -> dict[str, Any]:
-    return {"node": name, "checked_out": in_use, "idle": idle, "size": in_use + idle,
-            "max_size": max_size}  # fmt: skip
+# -- the adapters' shared bodies ---------------------------------------------------------------
+# redis-py's sync and asyncio cluster clients differ inside (per-node pools vs connection lists,
+# NodesManager vs client refresh, two pipeline designs), so the adapters are two hand-written
+# modules; what they decide is here, as context managers both sides wrap their own call in.
+
+
+def no_retry() -> Retry:
+    """redis-py's cluster retry, off: one attempt per call, poolguard's Guard retries."""
+    return Retry(NoBackoff(), 0)
+
+
+def guarded_class(guarded: type[Any], policy: c.Policy, base: type[Any] | None) -> type[Any]:
+    """The node connection class of one client: ``guarded`` (mixed with ``base``, e.g. SSL)
+    with the client's policy on the class (redis-py builds node connections from keyword
+    arguments it filters, so the policy cannot ride on them)."""
+    bases = (guarded,) if base is None else (guarded, base)
+    return type(guarded.__name__, bases, {"guard_policy": policy})
+
+
+@contextmanager
+def connecting(conn: Any) -> Iterator[None]:
+    """A node connection's connect: bounded by the connect timeout, failures tagged and counted,
+    the handshake's writes not the command's send. A lazy connect runs inside the command's send:
+    the handshake must not take the command's read timeout (``guard_next_read``), nor leave its
+    own behind."""
+    policy: c.Policy = conn.guard_policy
+    started = time.monotonic()
+    conn.socket_connect_timeout = c.connect_timeout(policy.connect_timeout)
+    next_read = conn.guard_next_read
+    try:
+        with sent_suspended():  # HELLO/AUTH/READONLY are not the command
+            yield
+    except Exception as exc:
+        policy.connect_failed(exc)
+        raise
+    finally:
+        conn.socket_connect_timeout = policy.connect_timeout
+        conn.guard_next_read = next_read
+    policy.connected(started, time.monotonic())
+
+
+@contextmanager
+def command_attempt(
+    attempts: Attempts, info: backend.CommandInfo, forced: bool | None, args: Any
+) -> Iterator[None]:
+    """One attempt of a command: its failure says whether it may be retried (sent or not,
+    idempotent or not) and names the command."""
+    with attempt_mark() as mark:
+        try:
+            yield
+        except BaseException as exc:
+            idem = c.rule_idempotent(info, args) if forced is None else forced
+            attempts.op = (c.SENT if mark.sent else c.NOT_SENT)[idem]
+            c.note_command(exc, args[0])
+            raise
+
+
+def pipeline_plan(idempotent: bool | None, stack: list[Any]) -> tuple[bool | None, bool]:
+    """The caller's say on idempotence (``pipeline(idempotent=)``, else ``poolguard``'s override)
+    and whether the whole pipeline may be replayed after it was sent."""
+    forced = c.override() if idempotent is None else idempotent
+    return forced, c.pipeline_idempotent(forced, stack)
+
+
+@contextmanager
+def pipeline_attempt(
+    attempts: Attempts, idem: bool, transactional: bool, commands: list[Any]
+) -> Iterator[None]:
+    """One attempt of a whole pipeline (all-or-nothing across slots). A plain pipeline that
+    failed after some of its commands may have run, and that may not be replayed, raises
+    :class:`ClusterPipelinePartiallyApplied` (``commands``: this attempt's, with their results)."""
+    with attempt_mark() as mark:
+        try:
+            yield
+        except BaseException as exc:
+            attempts.op = (c.SENT if mark.sent else c.NOT_SENT)[idem]
+            c.note_command(exc, "MULTI/EXEC" if transactional else "the pipeline")
+            if mark.sent and not idem and not transactional:
+                ran = [i for i, cmd in enumerate(commands) if may_have_run(cmd.result)]
+                if ran:
+                    raise partially_applied(ran[0], exc) from exc
+            raise
+
+
+def node_gauges(role: str | None, connected: int, created: int, idle: int) -> dict[str, Any]:
+    """One node's connections: ``created`` not yet discarded, ``idle`` of them free."""
+    return {"role": role, "size": connected, "checked_out": created - idle, "idle": idle}
+
+
+def cluster_gauges(nodes: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """The client's gauges: the nodes' (:func:`node_gauges`, by node name) and their sums."""
+    totals = {key: sum(n[key] for n in nodes.values()) for key in ("size", "checked_out", "idle")}
+    return {**totals, "nodes": nodes}

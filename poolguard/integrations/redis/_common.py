@@ -20,7 +20,7 @@ from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from contextvars import ContextVar
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, NoReturn
 
 import redis.exceptions as rex
 
@@ -254,6 +254,18 @@ class Policy:
         for callback in self.on_answer:
             callback()
 
+    def connected(self, started: float, now: float) -> None:
+        """A connection of this pool (or cluster) completed its handshake at ``now``."""
+        self.guard.stats.incr("connects")
+        self.guard.stats.record_create(now - started)
+        if not self.answered:
+            self.mark_answered()
+
+    def connect_failed(self, exc: BaseException) -> None:
+        """Connecting failed: nothing of a command was sent, whatever the error."""
+        backend.mark_connect_phase(exc)
+        self.guard.stats.incr("connect_failures")
+
     @property
     def connect_timeout(self) -> float | None:
         return self.settings.connect_timeout
@@ -459,6 +471,14 @@ def wrap_circuit(exc: CircuitOpenError) -> BaseException:
         history=exc.history,
         hint=exc.hint,
     )
+
+
+def raise_own(exc: PoolguardError) -> NoReturn:
+    """Re-raise a poolguard error of the core as :func:`wrap_own` makes it."""
+    wrapped = wrap_own(exc)
+    if wrapped is exc:
+        raise exc
+    raise wrapped from exc
 
 
 def wrap_own(exc: PoolguardError) -> BaseException:

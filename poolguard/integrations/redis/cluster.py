@@ -23,14 +23,11 @@ Hook points (redis-py 8.1):
 from __future__ import annotations
 
 import inspect
-import time
 from typing import Any
 
 import redis.cluster
 import redis.connection
 import redis.exceptions as rex
-from redis.backoff import NoBackoff
-from redis.retry import Retry
 
 from poolguard.backends import redis as backend
 from poolguard.config.settings import Settings
@@ -48,10 +45,6 @@ __all__ = [
 ]
 
 _lookup = backend.lookup
-
-
-def no_retry() -> Retry:
-    return Retry(NoBackoff(), 0)
 
 
 # -- policy -----------------------------------------------------------------------------------
@@ -87,15 +80,6 @@ def cluster_policy(
     return c.Policy(guard, settings, label, first_guard=c.first_contact_guard(guard))
 
 
-def _connection_hooks_connected(policy: c.Policy, started: float) -> None:
-    now = time.monotonic()
-    stats = policy.guard.stats
-    stats.incr("connects")
-    stats.record_create(now - started)
-    if not policy.answered:
-        policy.mark_answered()
-
-
 # -- node connections -------------------------------------------------------------------------
 
 
@@ -112,23 +96,8 @@ class GuardedClusterConnection(redis.connection.Connection):
     ) -> None:
         if self._sock:
             return
-        policy = self.guard_policy
-        started = time.monotonic()
-        self.socket_connect_timeout = c.connect_timeout(policy.connect_timeout)
-        # A lazy connect runs inside the command's send: its handshake must not take the
-        # command's read timeout (or leave its own behind).
-        next_read = self.guard_next_read
-        try:
-            with cl.sent_suspended():  # HELLO/AUTH/READONLY are not the command
-                super().connect_check_health(check_health, retry_socket_connect)
-        except Exception as exc:
-            backend.mark_connect_phase(exc)
-            policy.guard.stats.incr("connect_failures")
-            raise
-        finally:
-            self.socket_connect_timeout = policy.connect_timeout
-            self.guard_next_read = next_read
-        _connection_hooks_connected(policy, started)
+        with cl.connecting(self):
+            super().connect_check_health(check_health, retry_socket_connect)
 
     #: The next replies' read timeout (``_cluster.read_timeout``), set at each send.
     guard_next_read: Any = cl.KEEP
@@ -169,13 +138,6 @@ class GuardedClusterConnection(redis.connection.Connection):
 _READ_TAKES_TIMEOUT = (
     "timeout" in inspect.signature(redis.connection.Connection.read_response).parameters
 )
-
-
-def _connection_class(policy: c.Policy, ssl: bool) -> type[Any]:
-    bases: tuple[type[Any], ...] = (GuardedClusterConnection,)
-    if ssl:
-        bases = (GuardedClusterConnection, redis.connection.SSLConnection)
-    return type("GuardedClusterConnection", bases, {"guard_policy": policy})
 
 
 # -- client -----------------------------------------------------------------------------------
@@ -236,23 +198,14 @@ class GuardedRedisCluster(redis.cluster.RedisCluster):
         guard = self.guard_policy.entry_guard
 
         def attempt(attempts: Attempts) -> Any:
-            with cl.attempt_mark() as mark:
-                try:
-                    # kwargs are popped from by redis-py (target_nodes, keys): a copy per try.
-                    return self._internal_execute_command(*args, **dict(kwargs))
-                except BaseException as exc:
-                    idem = c.rule_idempotent(info, args) if forced is None else forced
-                    attempts.op = (c.SENT if mark.sent else c.NOT_SENT)[idem]
-                    c.note_command(exc, args[0])
-                    raise
+            with cl.command_attempt(attempts, info, forced, args):
+                # kwargs are popped from by redis-py (target_nodes, keys): a copy per try.
+                return self._internal_execute_command(*args, **dict(kwargs))
 
         try:
             return guard.run_with(attempt, c.NOT_SENT[False], timeout_error=c.QueryTimeoutError)
         except PoolguardError as exc:
-            wrapped = c.wrap_own(exc)
-            if wrapped is exc:
-                raise
-            raise wrapped from exc
+            c.raise_own(exc)
 
     def pipeline(
         self, transaction: Any = None, shard_hint: Any = None, *, idempotent: bool | None = None
@@ -269,7 +222,7 @@ class GuardedRedisCluster(redis.cluster.RedisCluster):
             read_from_replicas=self.read_from_replicas,
             load_balancing_strategy=self.load_balancing_strategy,
             reinitialize_steps=self.reinitialize_steps,
-            retry=no_retry(),
+            retry=cl.no_retry(),
             lock=self._lock,
             transaction=transaction,
             event_dispatcher=self._event_dispatcher,
@@ -281,25 +234,15 @@ class GuardedRedisCluster(redis.cluster.RedisCluster):
     def guard_gauges(self) -> dict[str, Any]:
         nodes: dict[str, Any] = {}
         for node in list(self.nodes_manager.nodes_cache.values()):
-            client = node.redis_connection
-            pool = getattr(client, "connection_pool", None)
+            pool = getattr(node.redis_connection, "connection_pool", None)
             if pool is None:
                 continue
             created = [x for x in getattr(pool, "_connections", ()) if x is not None]
             queue = getattr(pool, "pool", None)
             idle = sum(1 for x in list(queue.queue) if x is not None) if queue else 0
-            nodes[node.name] = {
-                "role": node.server_type,
-                "size": sum(1 for x in created if x._sock is not None),
-                "checked_out": len(created) - idle,
-                "idle": idle,
-            }
-        return {
-            "size": sum(n["size"] for n in nodes.values()),
-            "checked_out": sum(n["checked_out"] for n in nodes.values()),
-            "idle": sum(n["idle"] for n in nodes.values()),
-            "nodes": nodes,
-        }
+            connected = sum(1 for x in created if x._sock is not None)
+            nodes[node.name] = cl.node_gauges(node.server_type, connected, len(created), idle)
+        return cl.cluster_gauges(nodes)
 
 
 class GuardedClusterPipeline(redis.cluster.ClusterPipeline):
@@ -339,12 +282,9 @@ class GuardedClusterPipeline(redis.cluster.ClusterPipeline):
         saved = list(strategy.command_queue)
         if not saved:
             return []
-        forced = self.guard_idempotent
-        if forced is None:
-            forced = c.override()
-        self._guard_forced = forced
         stack = [(cmd.args, cmd.options) for cmd in saved]
-        idem = c.pipeline_idempotent(forced, stack)
+        forced, idem = cl.pipeline_plan(self.guard_idempotent, stack)
+        self._guard_forced = forced
         transactional = isinstance(strategy, redis.cluster.TransactionStrategy)
         guard = self.guard_client.guard_policy.entry_guard
 
@@ -354,25 +294,13 @@ class GuardedClusterPipeline(redis.cluster.ClusterPipeline):
                 for i, (args, options) in enumerate(stack)
             ]
             strategy.command_queue = commands
-            with cl.attempt_mark() as mark:
-                try:
-                    return list(super(GuardedClusterPipeline, self).execute(raise_on_error))
-                except BaseException as exc:
-                    attempts.op = (c.SENT if mark.sent else c.NOT_SENT)[idem]
-                    c.note_command(exc, "MULTI/EXEC" if transactional else "the pipeline")
-                    if mark.sent and not idem and not transactional:
-                        ran = [i for i, cmd in enumerate(commands) if cl.may_have_run(cmd.result)]
-                        if ran:
-                            raise cl.partially_applied(ran[0], exc) from exc
-                    raise
+            with cl.pipeline_attempt(attempts, idem, transactional, commands):
+                return list(super(GuardedClusterPipeline, self).execute(raise_on_error))
 
         try:
             return guard.run_with(attempt, c.NOT_SENT[False], timeout_error=c.QueryTimeoutError)
         except PoolguardError as exc:
-            wrapped = c.wrap_own(exc)
-            if wrapped is exc:
-                raise
-            raise wrapped from exc
+            c.raise_own(exc)
         finally:
             strategy.command_queue = []
 
@@ -424,12 +352,14 @@ def _build_sync(url: str, policy: c.Policy, kwargs: dict[str, Any]) -> GuardedRe
     ssl = bool(kwargs.pop("ssl", False)) or parse_url(url).get("connection_class") is (
         redis.connection.SSLConnection
     )
-    kwargs["connection_class"] = _connection_class(policy, ssl)
+    kwargs["connection_class"] = cl.guarded_class(
+        GuardedClusterConnection, policy, redis.connection.SSLConnection if ssl else None
+    )
     # A blocking pool per node: a burst waits up to acquire_timeout for a free connection
     # instead of failing at once with MaxConnectionsError.
     kwargs["connection_pool_class"] = redis.connection.BlockingConnectionPool
     kwargs["timeout"] = kwargs.pop("timeout", policy.settings.acquire_timeout)
-    client = GuardedRedisCluster(url=url, retry=no_retry(), poolguard_policy=policy, **kwargs)
+    client = GuardedRedisCluster(url=url, retry=cl.no_retry(), poolguard_policy=policy, **kwargs)
     # Built (with its first refresh) inside RedisCluster.__init__, when no command runs yet;
     # later refreshes happen inside commands' attempts and must not count as their send.
     client.nodes_manager.__class__ = _GuardedNodesManager

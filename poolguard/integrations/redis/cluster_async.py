@@ -20,7 +20,6 @@ at the start of the next ``execute_command`` after a failure (``_initialize``), 
 
 from __future__ import annotations
 
-import time
 from typing import Any
 
 import redis.asyncio.cluster
@@ -32,7 +31,6 @@ from poolguard.core.retry import Attempts
 from poolguard.errors import PoolguardError
 from poolguard.integrations.redis import _cluster as cl
 from poolguard.integrations.redis import _common as c
-from poolguard.integrations.redis.cluster import _connection_hooks_connected, no_retry
 
 __all__ = [
     "AsyncGuardedClusterConnection",
@@ -55,23 +53,8 @@ class AsyncGuardedClusterConnection(redis.asyncio.connection.Connection):
     ) -> None:
         if self.is_connected:
             return
-        policy = self.guard_policy
-        started = time.monotonic()
-        self.socket_connect_timeout = c.connect_timeout(policy.connect_timeout)
-        # A lazy connect runs inside the command's send: its handshake must not take the
-        # command's read timeout (or leave its own behind).
-        next_read = self.guard_next_read
-        try:
-            with cl.sent_suspended():  # HELLO/AUTH/READONLY are not the command
-                await super().connect_check_health(check_health, retry_socket_connect)
-        except Exception as exc:
-            backend.mark_connect_phase(exc)
-            policy.guard.stats.incr("connect_failures")
-            raise
-        finally:
-            self.socket_connect_timeout = policy.connect_timeout
-            self.guard_next_read = next_read
-        _connection_hooks_connected(policy, started)
+        with cl.connecting(self):
+            await super().connect_check_health(check_health, retry_socket_connect)
 
     #: The next replies' read timeout (``_cluster.read_timeout``), set at each send.
     guard_next_read: Any = cl.KEEP
@@ -156,26 +139,17 @@ class AsyncGuardedRedisCluster(redis.asyncio.cluster.RedisCluster):
         guard = self.guard_policy.entry_guard
 
         async def attempt(attempts: Attempts) -> Any:
-            with cl.attempt_mark() as mark:
-                try:
-                    return await super(AsyncGuardedRedisCluster, self).execute_command(
-                        *args, **dict(kwargs)
-                    )
-                except BaseException as exc:
-                    idem = c.rule_idempotent(info, args) if forced is None else forced
-                    attempts.op = (c.SENT if mark.sent else c.NOT_SENT)[idem]
-                    c.note_command(exc, args[0])
-                    raise
+            with cl.command_attempt(attempts, info, forced, args):
+                return await super(AsyncGuardedRedisCluster, self).execute_command(
+                    *args, **dict(kwargs)
+                )
 
         try:
             return await guard.arun_with(
                 attempt, c.NOT_SENT[False], timeout_error=c.QueryTimeoutError
             )
         except PoolguardError as exc:
-            wrapped = c.wrap_own(exc)
-            if wrapped is exc:
-                raise
-            raise wrapped from exc
+            c.raise_own(exc)
 
     def pipeline(
         self, transaction: Any = None, shard_hint: Any = None, *, idempotent: bool | None = None
@@ -193,19 +167,10 @@ class AsyncGuardedRedisCluster(redis.asyncio.cluster.RedisCluster):
         nodes: dict[str, Any] = {}
         for node in list(self.nodes_manager.nodes_cache.values()):
             created = list(node._connections)
+            connected = sum(1 for x in created if x.is_connected)
             idle = len(node._free)
-            nodes[node.name] = {
-                "role": node.server_type,
-                "size": sum(1 for x in created if x.is_connected),
-                "checked_out": len(created) - idle,
-                "idle": idle,
-            }
-        return {
-            "size": sum(n["size"] for n in nodes.values()),
-            "checked_out": sum(n["checked_out"] for n in nodes.values()),
-            "idle": sum(n["idle"] for n in nodes.values()),
-            "nodes": nodes,
-        }
+            nodes[node.name] = cl.node_gauges(node.server_type, connected, len(created), idle)
+        return cl.cluster_gauges(nodes)
 
 
 class AsyncGuardedClusterPipeline(redis.asyncio.cluster.ClusterPipeline):
@@ -220,11 +185,8 @@ class AsyncGuardedClusterPipeline(redis.asyncio.cluster.ClusterPipeline):
         saved = list(strategy._command_queue)
         if not saved:
             return []
-        forced = self.guard_idempotent
-        if forced is None:
-            forced = c.override()
         stack = [(cmd.args, cmd.kwargs) for cmd in saved]
-        idem = c.pipeline_idempotent(forced, stack)
+        idem = cl.pipeline_plan(self.guard_idempotent, stack)[1]
         transactional = bool(self._transaction)
         client: Any = self.cluster_client
         guard = client.guard_policy.entry_guard
@@ -235,19 +197,10 @@ class AsyncGuardedClusterPipeline(redis.asyncio.cluster.ClusterPipeline):
                 for i, (args, kwargs) in enumerate(stack)
             ]
             strategy._command_queue = commands
-            with cl.attempt_mark() as mark:
-                try:
-                    if client._initialize:
-                        await client.initialize()
-                    return list(await strategy.execute(raise_on_error, allow_redirections))
-                except BaseException as exc:
-                    attempts.op = (c.SENT if mark.sent else c.NOT_SENT)[idem]
-                    c.note_command(exc, "MULTI/EXEC" if transactional else "the pipeline")
-                    if mark.sent and not idem and not transactional:
-                        ran = [i for i, cmd in enumerate(commands) if cl.may_have_run(cmd.result)]
-                        if ran:
-                            raise cl.partially_applied(ran[0], exc) from exc
-                    raise
+            with cl.pipeline_attempt(attempts, idem, transactional, commands):
+                if client._initialize:
+                    await client.initialize()
+                return list(await strategy.execute(raise_on_error, allow_redirections))
 
         try:
             result: list[Any] = await guard.arun_with(
@@ -255,10 +208,7 @@ class AsyncGuardedClusterPipeline(redis.asyncio.cluster.ClusterPipeline):
             )
             return result
         except PoolguardError as exc:
-            wrapped = c.wrap_own(exc)
-            if wrapped is exc:
-                raise
-            raise wrapped from exc
+            c.raise_own(exc)
         finally:
             await self.reset()
 
@@ -268,16 +218,11 @@ def build(url: str, policy: c.Policy, kwargs: dict[str, Any]) -> AsyncGuardedRed
     kwargs = dict(kwargs)
     kwargs.pop("timeout", None)  # no pool wait in redis-py's asyncio cluster
     client: Any = AsyncGuardedRedisCluster.from_url(
-        url, retry=no_retry(), poolguard_policy=policy, **kwargs
+        url, retry=cl.no_retry(), poolguard_policy=policy, **kwargs
     )
     base = client.connection_kwargs.get("connection_class", redis.asyncio.connection.Connection)
-    guarded = type(
-        "AsyncGuardedClusterConnection",
-        (AsyncGuardedClusterConnection, base)
-        if base is not redis.asyncio.connection.Connection
-        else (AsyncGuardedClusterConnection,),
-        {"guard_policy": policy},
-    )
+    plain = base is redis.asyncio.connection.Connection
+    guarded = cl.guarded_class(AsyncGuardedClusterConnection, policy, None if plain else base)
     # Nodes found later are built from these kwargs; the startup nodes already exist.
     client.connection_kwargs["connection_class"] = guarded
     for node in client.nodes_manager.startup_nodes.values():
