@@ -206,6 +206,21 @@ def guarded_class(guarded: type[Any], policy: c.Policy, base: type[Any] | None) 
     return type(guarded.__name__, bases, {"guard_policy": policy})
 
 
+class GuardedClientMixin:
+    """The client part both adapters share (first in their bases, before redis-py's client)."""
+
+    guard_policy: c.Policy
+
+    def __init__(self, *args: Any, poolguard_policy: c.Policy, **kwargs: Any) -> None:
+        # Set first: redis-py's __init__ already runs commands (COMMAND, CLUSTER SLOTS).
+        self.guard_policy = poolguard_policy
+        super().__init__(*args, **kwargs)
+
+    def set_retry(self, retry: Any) -> None:
+        c.check_set_retry(retry)
+        super().set_retry(retry)  # type: ignore[misc]
+
+
 @contextmanager
 def connecting(conn: Any) -> Iterator[None]:
     """A node connection's connect: bounded by the connect timeout, failures tagged and counted,

@@ -166,19 +166,8 @@ _EMIT_ERROR: Any = getattr(redis.cluster.RedisCluster, "_emit_on_error_event", N
 _EMIT_AFTER: Any = getattr(redis.cluster.RedisCluster, "_emit_after_command_execution_event", None)
 
 
-class GuardedRedisCluster(redis.cluster.RedisCluster):
+class GuardedRedisCluster(cl.GuardedClientMixin, redis.cluster.RedisCluster):
     """A ``redis.cluster.RedisCluster`` whose commands are retried by poolguard, only when safe."""
-
-    guard_policy: c.Policy
-
-    def __init__(self, *args: Any, poolguard_policy: c.Policy, **kwargs: Any) -> None:
-        # Set first: redis-py's __init__ already runs commands (COMMAND, CLUSTER SLOTS).
-        self.guard_policy = poolguard_policy
-        super().__init__(*args, **kwargs)
-
-    def set_retry(self, retry: Any) -> None:
-        c.check_set_retry(retry)
-        super().set_retry(retry)
 
     # redis-py 7.2 only (8.x records its metrics elsewhere and never calls these): its error
     # handlers pass the failed command's connection, None when none was obtained (a node that
