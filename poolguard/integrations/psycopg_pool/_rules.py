@@ -3,7 +3,9 @@
 One :class:`PoolRules` per pool holds the settings, the core :class:`Guard` and the pool-wide
 marks, and answers the questions both pools ask: which limit bounds this wait on the socket
 (backstop), does this checkout need a ping, what does this error mean for the pool, which
-drop-in error to raise. The two pool classes only do the I/O, each in its own colour.
+drop-in error to raise. The two pool classes only do the I/O, each in its own colour. The
+decisions the aiomysql pool shares are :class:`NativeRules`' (``integrations/_native_rules.py``,
+which imports no driver); this module adds what only psycopg and PostgreSQL know.
 
 Per-connection state lives in attributes poolguard sets on the connection object (declared on
 the connection classes): ``_pg_rules``, ``_pg_mode``, ``_pg_created`` and ``_pg_expires`` (set
@@ -20,10 +22,9 @@ knowledge behind these answers is ``poolguard/backends/postgres.py``.
 from __future__ import annotations
 
 import dataclasses
-import random
 import time
-from collections.abc import Callable, Collection
-from typing import Any
+from collections.abc import Callable
+from typing import Any, ClassVar
 
 import psycopg_pool
 from psycopg.pq import TransactionStatus
@@ -31,27 +32,30 @@ from psycopg.pq import TransactionStatus
 from poolguard.backends import postgres as pg
 from poolguard.config.settings import Settings
 from poolguard.core.backoff import Backoff, default_rng
-from poolguard.core.breaker import CLOSED
-from poolguard.core.deadline import _deadline, current_deadline, effective_timeout
-from poolguard.core.disposition import (
-    Action,
-    Classification,
-    Disposition,
-    Operation,
-    Position,
-    decide,
-)
-from poolguard.core.retry import Guard, cannot_connect, error_text
+from poolguard.core.deadline import _deadline
+from poolguard.core.disposition import Action, Classification, Disposition, decide
+from poolguard.core.retry import cannot_connect, error_text
 from poolguard.errors import (
     AmbiguousResultError,
     PoolguardError,
     PoolTimeout,
     QueryTimeout,
-    TransactionTimeout,
     dropin_class,
 )
 from poolguard.integrations._live import live_gauges
-from poolguard.integrations.backstop import Ticket, watchdog
+from poolguard.integrations._native_rules import (
+    ARMED,
+    BACKSTOP_GRACE,
+    CLEANUP,
+    COMMIT_OF_UNIT,
+    NORMAL,
+    UNIT_OF_WORK,
+    VALIDATE_TIMEOUT,
+    Armed,
+    DeadlineSpent,
+    Evicted,
+    NativeRules,
+)
 from poolguard.integrations.psycopg_pool._errors import pg_dropin
 
 #: Raised when the deadline is spent before a checkout: also psycopg_pool's PoolTimeout.
@@ -71,34 +75,11 @@ __all__ = [
     "PoolRules",
 ]
 
-#: Slack added to ``query_timeout`` before the client backstop cuts the socket, so that the
-#: server's ``statement_timeout`` (which keeps the connection usable) normally fires first.
-BACKSTOP_GRACE = 0.5
-#: Upper bound of the checkout validation ping (also bounded by the caller's deadline).
-VALIDATE_TIMEOUT = 1.0
 #: psycopg_pool wants numbers where poolguard settings may say "off".
 NO_ACQUIRE_TIMEOUT = 1e9
 NO_MAX_IDLE = 86400.0  # also the period of psycopg_pool's ShrinkPool task: keep it finite
-#: Max-lifetime jitter at checkout: ``max_lifetime * uniform(1 - JITTER, 1)``, the same -5%..0
-#: psycopg_pool applies to its own expiry on return (each keeps its own draw).
-LIFETIME_JITTER = 0.05
 
 DEFAULT_RETRY_SQLSTATES = frozenset(pg.RETRY_TRANSACTION_SQLSTATES)
-#: A unit of work (``pool.transaction``): statements are never retried alone, the unit is.
-UNIT_OF_WORK = Operation(Position.LATER, unit_of_work=True)
-COMMIT_OF_UNIT = Operation(Position.COMMIT, unit_of_work=True)
-_STATEMENT_OPS = {
-    True: Operation(Position.AUTOCOMMIT, idempotent=True),
-    False: Operation(Position.AUTOCOMMIT, idempotent=False),
-}
-
-# How a connection's waits are bounded (``conn._pg_mode``).
-NORMAL = 0  # each wait on the socket arms the backstop (query timeout, deadline, txn timeout)
-ARMED = 1  # an outer operation armed one backstop for all its waits (a guarded statement)
-CLEANUP = 2  # a ROLLBACK on return: bounded even when the caller's deadline is spent
-
-Limit = tuple[float, type[PoolguardError], str]
-Armed = tuple[Ticket, Limit]
 
 _POOL_ERRORS = (psycopg_pool.PoolClosed, psycopg_pool.TooManyRequests)
 
@@ -130,14 +111,6 @@ def _all_timeouts(settings: Settings, server_version: int) -> dict[str, int]:
 
 class CommitAborted(Exception):
     """Resolution found the lost COMMIT's transaction aborted: the unit may run again."""
-
-
-class Evicted(Exception):
-    """Raised by the checkout check: psycopg_pool then discards the connection."""
-
-
-class _DeadlineSpent(Exception):
-    """The caller's deadline ended before a checkout validation could run."""
 
 
 def classify(exc: BaseException) -> Classification:
@@ -179,53 +152,53 @@ class Reconnect:
 
 
 @dataclasses.dataclass
-class PoolRules:
-    """Settings, Guard and pool-wide marks of one native pool."""
+class PoolRules(NativeRules):
+    """Settings, Guard and pool-wide marks of one native psycopg pool (the decisions are
+    :class:`NativeRules`'; what only psycopg / PostgreSQL know is here)."""
 
-    settings: Settings
-    guard: Guard
-    pgbouncer: bool
-    redacted_url: str
-    suspect_before: float = 0.0
-    """Monotonic time: connections created before it are validated at their next checkout
-    (a disconnect was seen: restart, crash, failover, killed backends)."""
+    pgbouncer: bool = dataclasses.field(kw_only=True)
     server_version: int = 0
-    last_connect_error: BaseException | None = None
-    query_limit: Limit | None = None
-    cleanup_limit: Limit = (VALIDATE_TIMEOUT + BACKSTOP_GRACE, QueryTimeout, "rollback timeout")
-    lent: Callable[[], object] = dataclasses.field(init=False)
-    """Count one checkout (a pre-bound C-level counter: no lock on the hot path)."""
-    given_back: Callable[[], object] = dataclasses.field(init=False)
     default_wait: float = dataclasses.field(init=False)
-    quiet_idle: float = dataclasses.field(init=False)
-    """Idle time below which a checkout has nothing to check (neither ``max_idle`` nor
-    ``validate_idle`` reached)."""
-    _unit_guards: dict[Any, Guard] = dataclasses.field(default_factory=dict)
     generation: int = 0
     """Live reconfigurations applied (``poolguard.reconfigure``)."""
-    recycle_before: float = 0.0
-    """Monotonic: connections created before it carry server-side timeouts that were since
-    reconfigured; replaced at their next checkout (``suspect_before`` moves too, so that the
-    checkout leaves its fast path)."""
     pool_ref: Callable[[], Any] | None = None
-    """Weak reference to the psycopg_pool pool these rules serve (``poolguard.reconfigure``)."""
+    """Weak reference to the psycopg_pool pool these rules serve (``poolguard.reconfigure``).
+    ``reconfigure`` moves ``recycle_before`` (and ``suspect_before``, so that the checkout
+    leaves its fast path)."""
 
-    def __post_init__(self) -> None:
-        self.lent = self.guard.stats.counter("checkouts")
-        self.given_back = self.guard.stats.counter("checkins")
-        self._derive()
+    STATE_PREFIX: ClassVar[str] = "_pg_"
+    POOL_TIMEOUT: ClassVar[type[PoolguardError]] = _POOL_TIMEOUT
 
+    # -- what only psycopg / PostgreSQL know ----------------------------------------------------
+    classify = staticmethod(classify)
+    dropin = staticmethod(pg_dropin)
+    is_idempotent = staticmethod(pg.is_idempotent)
+
+    def socket_of(self, conn: Any) -> int | None:
+        return int(conn.pgconn.socket)
+
+    def discard(self, conn: Any) -> None:
+        discard(conn)
+
+    def cut_socket(self, conn: Any) -> None:
+        try:
+            discard(conn)
+        except Exception:  # pragma: no cover - finishing a cut socket does not fail
+            pass
+
+    def server_version_of(self, conn: Any) -> int:
+        return int(conn.info.server_version)
+
+    def may_rerun(self, exc: BaseException, allowed: frozenset[Any]) -> bool:
+        # A COMMIT found aborted by its resolution is re-run whatever the call's SQLSTATEs.
+        return isinstance(exc, CommitAborted) or pg.sqlstate(exc) in allowed
+
+    # -- settings -------------------------------------------------------------------------------
     def _derive(self) -> None:
-        """The values read per checkout / statement, computed once from ``settings``."""
+        super()._derive()
         s = self.settings
         self.default_wait = s.acquire_timeout or NO_ACQUIRE_TIMEOUT
-        max_idle = s.max_idle or float("inf")
-        self.quiet_idle = min(
-            max_idle, float("inf") if s.validate_idle is None else s.validate_idle
-        )
-        q = s.query_timeout
-        rollback = (q or VALIDATE_TIMEOUT) + BACKSTOP_GRACE
-        self.query_limit = (q + BACKSTOP_GRACE, QueryTimeout, "query timeout") if q else None
+        rollback = (s.query_timeout or VALIDATE_TIMEOUT) + BACKSTOP_GRACE
         self.cleanup_limit = (rollback, QueryTimeout, "rollback timeout")
 
     def reconfigure(self, new: Settings, changed: frozenset[str]) -> None:
@@ -252,163 +225,7 @@ class PoolRules:
         if "keepalive" in changed and pool is not None:
             pool.keepalive_reconfigured()  # watched (or not) now, not at the next connect
 
-    @property
-    def name(self) -> str:
-        return self.guard.name
-
-    # -- backstop -------------------------------------------------------------------------------
-    def limit(self, conn: Any) -> Limit | None:
-        """The tightest bound on one wait of ``conn``: query timeout, deadline, txn timeout."""
-        if conn._pg_mode == CLEANUP:
-            return self.cleanup_limit
-        best = self.query_limit
-        at = current_deadline()
-        end = conn._pg_txn_end
-        if at is None and end is None:
-            return best
-        now = time.monotonic()
-        if at is not None and (best is None or at - now < best[0]):
-            best = (at - now, QueryTimeout, "deadline")
-        if end is not None and (best is None or end - now < best[0]):
-            best = (end - now, TransactionTimeout, "transaction timeout")
-        return best
-
-    def arm(self, conn: Any) -> Armed | None:
-        """Arm the watchdog on ``conn``'s socket; raise at once when the bound is spent."""
-        limit = self.limit(conn)
-        if limit is None:
-            return None
-        if limit[0] <= 0:
-            raise pg_dropin(
-                limit[1],
-                f"{self.name}: {limit[2]} exceeded before the statement started",
-                hint="raise the poolguard.deadline() budget or make the work shorter",
-            )
-        return watchdog().arm(conn.pgconn.socket, limit[0]), limit
-
-    def failed(
-        self, conn: Any, armed: Armed | None, exc: Exception, *, observe: bool = True
-    ) -> Exception:
-        """The error to raise after a wait failed (a cut becomes a timeout).
-
-        ``observe=False`` for an outer operation whose inner waits already counted the error
-        (they leave the suspect mark to it: only it knows whether its watchdog cut the socket).
-        """
-        if armed is not None and not armed[0].cancel():
-            return self.cut(conn, armed[1], exc)
-        self.observe(exc, count=observe)
-        return exc
-
-    def succeeded(self, conn: Any, armed: Armed | None) -> None:
-        if armed is not None and not armed[0].cancel():
-            # The reply came in just as the watchdog fired: the socket is cut all the same.
-            raise self.cut(conn, armed[1], None)
-
-    def cut(self, conn: Any, limit: Limit, exc: BaseException | None) -> PoolguardError:
-        seconds, cls, what = limit
-        self.guard.stats.evict("timeout")
-        try:
-            conn.pgconn.finish()  # the pool sees a closed connection and replaces it
-        except Exception:  # pragma: no cover - finishing a cut socket does not fail
-            pass
-        err = pg_dropin(
-            cls,
-            f"{self.name}: no reply within {max(seconds, 0):.2f}s ({what}); the connection was"
-            " cut and discarded (the server may be frozen, or the network down)",
-            orig=exc,
-            hint=f"raise the {what} if the work is legitimately slow",
-        )
-        err.poolguard_cut = True  # type: ignore[attr-defined]
-        return err
-
-    def observe(self, exc: BaseException, *, count: bool = True, mark: bool = True) -> None:
-        """Note a disconnect (``count``); any disconnect makes every older connection suspect
-        (``mark``), unless poolguard's own backstop cut it.
-
-        Not only POOL-scope ones: a crashed or killed server often shows up as libpq's bare
-        EOF ("consuming input failed", "server closed the connection unexpectedly": CONNECTION
-        scope) rather than 57P01/57P02, and what killed this connection has usually killed
-        its idle siblings. Unmarked, each retry drew the next dead idle connection (3 attempts
-        spent on 3 dead connections after a primary crash). Suspect means "pinged at the next
-        checkout", not dropped, as the SQLAlchemy integration does. A backstop cut (a slow or
-        frozen server) says nothing the sibling's own query timeout would not: not marked,
-        as SQLAlchemy's (a ping of each sibling at a frozen server would only add waits).
-        """
-        c = classify(exc)
-        if not c.disconnect:
-            return
-        if count:
-            self.guard.stats.disconnect(c.reason, exc)
-        if mark and not getattr(exc, "poolguard_cut", False):
-            self.suspect_before = time.monotonic()
-
-    # -- checkout -------------------------------------------------------------------------------
-    def checkout(self, conn: Any) -> float | None:
-        """Seconds the validation ping may take, None when no ping is needed; raises
-        :class:`Evicted` (lifetime, idle) or ``_DeadlineSpent``."""
-        now = time.monotonic()
-        returned = conn._pg_returned
-        suspect = conn._pg_created < self.suspect_before
-        if returned is None and not suspect:
-            return None  # fresh: it just proved the server answers
-        if not suspect and now - returned < self.quiet_idle and now < conn._pg_expires:
-            return None  # the common case, told in one test (the rules below agree)
-        age = now - conn._pg_created
-        idle = 0.0 if returned is None else now - returned
-        if suspect and conn._pg_created < self.recycle_before:
-            # Opened with server timeouts poolguard.reconfigure() changed since.
-            self.evict(conn, "reconfigured", age, idle)
-        if conn._pg_expires <= now:
-            self.evict(conn, "lifetime", age, idle)
-        s = self.settings
-        if s.max_idle and idle >= s.max_idle:
-            self.evict(conn, "idle", age, idle)
-        if not suspect and (s.validate_idle is None or idle < s.validate_idle):
-            return None
-        at = current_deadline()
-        if at is None:
-            return VALIDATE_TIMEOUT
-        if at - now <= 0:
-            raise _DeadlineSpent()
-        return min(VALIDATE_TIMEOUT, at - now)
-
-    def evict(self, conn: Any, reason: str, age: float, idle: float) -> None:
-        self.guard.stats.evict(reason, age, idle)
-        discard(conn)
-        raise Evicted(reason)
-
-    def validation_failed(self, conn: Any, exc: Exception) -> None:
-        now = time.monotonic()
-        stats = self.guard.stats
-        stats.incr("validation_failures")
-        idle = 0.0 if conn._pg_returned is None else now - conn._pg_returned
-        stats.evict("validation", now - conn._pg_created, idle)
-        discard(conn)
-        self.observe(exc)
-
     # -- connecting -----------------------------------------------------------------------------
-    def connected(self, conn: Any) -> None:
-        self.guard.stats.incr("connects")
-        self.last_connect_error = None
-        self.guard.breaker.record_success()
-        self.server_version = conn.info.server_version
-        conn._pg_created = now = time.monotonic()
-        conn._pg_expires = now + self.lifetime()
-        conn._pg_rules = self
-        conn._pg_mode = NORMAL
-        conn._pg_returned = None
-        conn._pg_txn_end = None
-
-    def lifetime(self) -> float:
-        """A jittered max lifetime for one new connection (so they do not expire together)."""
-        if not self.settings.max_lifetime:
-            return float("inf")
-        return self.settings.max_lifetime * random.uniform(1.0 - LIFETIME_JITTER, 1.0)
-
-    def connect_failed(self, exc: BaseException) -> None:
-        self.guard.stats.incr("connect_failures")
-        self.last_connect_error = exc
-
     def reconnect_attempt(self, timeout: float) -> Reconnect:
         p = self.guard.policy.backoff
         # "equal" jitter: never much shorter than the ceiling, so a dead server is not polled
@@ -436,35 +253,9 @@ class PoolRules:
         """``min(timeout or acquire_timeout, deadline)`` for one checkout."""
         if _deadline.get() is None:  # the common case, first
             return self.default_wait if timeout is None else timeout
-        configured = timeout if timeout is not None else self.settings.acquire_timeout
-        bound = effective_timeout(
-            configured, what=f"{self.name} connection checkout", error=_POOL_TIMEOUT
-        )
+        bound = self.deadline_wait(timeout)
         assert bound is not None  # a deadline is set, so the bound is finite
         return bound
-
-    def breaker_check(self) -> None:
-        breaker = self.guard.breaker
-        if breaker._state is CLOSED or breaker.failures is None:
-            return  # admission's own lock-free fast path, without two calls
-        try:
-            breaker.before_call()
-        except PoolguardError as exc:
-            g = self.guard
-            g.stats.incr("circuit_open_rejections")
-            last = self.last_connect_error
-            # What cannot be reached and why first; the breaker's verdict after.
-            message, hint = cannot_connect(
-                self.name,
-                g.target,
-                error_text(last) if last is not None else g.last_connect_error,
-                attempts=0,
-                elapsed=0.0,
-                ending=f"circuit breaker open after {g.breaker.failures} failed connects,"
-                f" failing fast; next probe in {g.breaker.admits_in():.1f}s",
-                env_prefix=g.env_prefix,
-            )
-            raise pg_dropin(type(exc), message, hint=hint) from last
 
     def pool_timeout(self, waited: float, measures: dict[str, int]) -> PoolguardError:
         """The drop-in PoolTimeout, saying whether the pool is merely busy or cannot connect."""
@@ -495,21 +286,9 @@ class PoolRules:
                 f" bounds the wait, {p}CONNECT_TIMEOUT each connect attempt"
             )
             return pg_dropin(PoolTimeout, message, hint=hint)
-        return pg_dropin(
-            PoolTimeout,
-            f"{self.name}: no connection became free within {waited:.2f}s ({sizes})",
-            hint="raise POOLGUARD_ACQUIRE_TIMEOUT or POOLGUARD_POOL_SIZE/POOLGUARD_MAX_OVERFLOW,"
-            " or hold connections for less time",
-        )
+        return self.pool_busy(waited, sizes)
 
     # -- statements and units of work -----------------------------------------------------------
-    def statement_op(self, query: Any, idempotent: bool | None) -> Operation:
-        if idempotent is None:
-            if isinstance(query, bytes):
-                query = query.decode("utf-8", "replace")
-            idempotent = isinstance(query, str) and pg.is_idempotent(query)
-        return _STATEMENT_OPS[bool(idempotent)]
-
     def ambiguous_commit(self, exc: BaseException) -> PoolguardError:
         c = classify(exc)
         self.guard.stats.ambiguous(None, c.reason, exc, disposition=c.disposition.value)
@@ -520,33 +299,6 @@ class PoolRules:
             orig=exc,
             hint="check on the server before re-running it, or make the unit idempotent",
         )
-
-    def unit_guard(self, retry_on: Collection[str], attempts: int | None) -> Guard:
-        """The pool's Guard seen through one call's retryable SQLSTATEs and attempt count
-        (same budget, breaker and stats)."""
-        key = (frozenset(retry_on), attempts)
-        cached = self._unit_guards.get(key)
-        if cached is not None:
-            return cached
-        allowed = frozenset(retry_on)
-
-        def unit_classify(exc: BaseException) -> Classification:
-            c = classify(exc)
-            if (
-                c.disposition is Disposition.RETRY_TRANSACTION
-                and not isinstance(exc, CommitAborted)
-                and pg.sqlstate(exc) not in allowed
-            ):
-                return Classification(Disposition.FAIL, c.reason)
-            return c
-
-        guard = self.guard.derive(unit_classify, attempts=attempts)
-        self._unit_guards[key] = guard
-        return guard
-
-    def begin_unit(self, conn: Any) -> None:
-        t = self.settings.transaction_timeout
-        conn._pg_txn_end = None if not t else time.monotonic() + t
 
     @staticmethod
     def outcome_unknown(was_in_transaction: bool, exc: BaseException) -> bool:
@@ -573,11 +325,6 @@ class PoolRules:
     @staticmethod
     def usable(conn: Any) -> bool:
         return bool(conn.pgconn.transaction_status == TransactionStatus.IDLE)
-
-    @property
-    def checked_out(self) -> int:
-        stats = self.guard.stats
-        return stats.count("checkouts") - stats.count("checkins")
 
     def record_lent(self, conn: Any) -> None:
         """Note when ``conn`` was handed out, for its use time (only while sampling)."""
@@ -617,4 +364,4 @@ def discard(conn: Any) -> None:
 
 
 def is_deadline_spent(exc: BaseException) -> bool:
-    return isinstance(exc, _DeadlineSpent)
+    return isinstance(exc, DeadlineSpent)
