@@ -206,8 +206,7 @@ class _AsyncGuardedConnectionMixin:
         try:
             await super().connect_check_health(check_health, retry_socket_connect)  # type: ignore[misc]
         except Exception as exc:
-            backend.mark_connect_phase(exc)
-            policy.guard.stats.incr("connect_failures")
+            policy.connect_failed(exc)
             raise
         finally:
             self.socket_connect_timeout = policy.connect_timeout
@@ -226,10 +225,7 @@ class _AsyncGuardedConnectionMixin:
             self.guard_born = self.guard_checked = started
         if True:  # ASYNC
             self.guard_poll = _poller(self)
-        policy.guard.stats.incr("connects")
-        policy.guard.stats.record_create(now - started)
-        if not policy.answered:
-            policy.mark_answered()
+        policy.connected(started, now)
 
     async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
         await super().send_packed_command(command, check_health)  # type: ignore[misc]
@@ -512,10 +508,7 @@ class AsyncGuardedRedis(redis.asyncio.Redis):
                 started,
             )
         except PoolguardError as exc:
-            wrapped = c.wrap_own(exc)
-            if wrapped is exc:
-                raise
-            raise wrapped from exc
+            c.raise_own(exc)
 
     async def _guard_attempt(
         self,
@@ -672,10 +665,7 @@ class AsyncGuardedPipeline(redis.asyncio.client.Pipeline):
                 started,
             )
         except PoolguardError as exc:
-            wrapped = c.wrap_own(exc)
-            if wrapped is exc:
-                raise
-            raise wrapped from exc
+            c.raise_own(exc)
         finally:
             await self.reset()
 

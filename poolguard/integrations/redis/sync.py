@@ -170,8 +170,7 @@ class _GuardedConnectionMixin:
         try:
             super().connect_check_health(check_health, retry_socket_connect)  # type: ignore[misc]
         except Exception as exc:
-            backend.mark_connect_phase(exc)
-            policy.guard.stats.incr("connect_failures")
+            policy.connect_failed(exc)
             raise
         finally:
             self.socket_connect_timeout = policy.connect_timeout
@@ -186,10 +185,7 @@ class _GuardedConnectionMixin:
             # poolguard.reconfigure() changed the command timeout while this connect ran (it
             # may have read the old one): born "before" it, so its first checkout replaces it.
             self.guard_born = self.guard_checked = started
-        policy.guard.stats.incr("connects")
-        policy.guard.stats.record_create(now - started)
-        if not policy.answered:
-            policy.mark_answered()
+        policy.connected(started, now)
 
     def send_packed_command(self, command: Any, check_health: bool = True) -> None:
         super().send_packed_command(command, check_health)  # type: ignore[misc]
@@ -428,10 +424,7 @@ class GuardedRedis(redis.Redis):
                 started,
             )
         except PoolguardError as exc:
-            wrapped = c.wrap_own(exc)
-            if wrapped is exc:
-                raise
-            raise wrapped from exc
+            c.raise_own(exc)
 
     def _guard_attempt(
         self,
@@ -576,10 +569,7 @@ class GuardedPipeline(redis.client.Pipeline):
                 started,
             )
         except PoolguardError as exc:
-            wrapped = c.wrap_own(exc)
-            if wrapped is exc:
-                raise
-            raise wrapped from exc
+            c.raise_own(exc)
         finally:
             self.reset()
 
