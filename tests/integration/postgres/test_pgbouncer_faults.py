@@ -16,28 +16,20 @@ Invariants, not speed:
 
 from __future__ import annotations
 
-import asyncio
-import itertools
-import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
 from typing import Any
 
 import pytest
-from sqlalchemy import Engine, text
-from sqlalchemy.ext.asyncio import AsyncEngine, async_sessionmaker
-from sqlalchemy.orm import sessionmaker
+from mixed_load import ACCOUNTS, START, MixedLoad, Step
+from sqlalchemy import Row, text
 
 import poolguard
 
 pytestmark = [pytest.mark.postgres, pytest.mark.pgbouncer, pytest.mark.chaos, pytest.mark.slow]
 
-CALLERS = 3  # threads, and as many asyncio tasks
 DEADLINE = 10.0
 GRACE = 2.0  # generous: the CPU is shared; a PAUSE holds callers forever
-ACCOUNTS = 4
-START = 1000
 QUERY_TIMEOUT = "3s"
 DOWNTIME = 1.0
 WARMUP = 0.6
@@ -49,126 +41,18 @@ _READ = text(
     " (SELECT sum(balance) FROM pgb_accounts)"
 )
 _PROBE = text("SELECT set_config('pg.probe', :token, true)")  # transaction-local
-_DEBIT = text("UPDATE pgb_accounts SET balance = balance - 1 WHERE id = :a")
-_CREDIT = text("UPDATE pgb_accounts SET balance = balance + 1 WHERE id = :b")
-_INSERT = text("INSERT INTO pgb_events (id, kind) VALUES (:id, :kind)")
 
 
-@dataclass
-class Outcome:
-    errors: dict[str, list[BaseException]] = field(
-        default_factory=lambda: {"read": [], "write": [], "unit": [], "transfer": []}
-    )
-    acked: set[int] = field(default_factory=set)
-    ambiguous: set[int] = field(default_factory=set)
-    failed: set[int] = field(default_factory=set)
-    ok_times: list[float] = field(default_factory=list)
-    lock: threading.Lock = field(default_factory=threading.Lock)
-
-    def record(self, kind: str, n: int, exc: BaseException | None) -> None:
-        with self.lock:
-            inserts = kind in ("write", "unit")
-            if exc is None:
-                self.ok_times.append(time.monotonic())
-                if inserts:
-                    self.acked.add(n)
-                return
-            self.errors[kind].append(exc)
-            if inserts:
-                ambiguous = isinstance(exc, poolguard.AmbiguousResultError)
-                (self.ambiguous if ambiguous else self.failed).add(n)
-
-
-def _check_read(row: Any) -> None:
+def _check_read(row: Row[Any]) -> None:
     timeout, probe, total = row
     assert timeout == QUERY_TIMEOUT, f"statement_timeout {timeout!r} in a read transaction"
     assert probe in (None, ""), f"another client's transaction-local setting leaked: {probe!r}"
     assert total == ACCOUNTS * START
 
 
-def _longest_gap(times: list[float]) -> float:
-    """Reported, never asserted (no wall-clock thresholds): the recovery time callers saw."""
-    ordered = sorted(times)
-    return max((b - a for a, b in itertools.pairwise(ordered)), default=0.0)
-
-
-def _schema(engine: Engine) -> None:
-    with engine.begin() as conn:
-        conn.execute(text("DROP TABLE IF EXISTS pgb_accounts, pgb_events"))
-        conn.execute(text("CREATE TABLE pgb_accounts (id int PRIMARY KEY, balance int)"))
-        # No unique key on purpose: an insert applied twice must show up, not fail.
-        conn.execute(text("CREATE TABLE pgb_events (id int NOT NULL, kind text NOT NULL)"))
-        for i in range(ACCOUNTS):
-            conn.execute(text("INSERT INTO pgb_accounts VALUES (:i, :b)"), {"i": i, "b": START})
-
-
-KINDS = ("read", "write", "unit", "transfer", "read")
-
-
-def _sync_caller(engine: Engine, next_op: Callable[[], tuple[str, int]], out: Outcome,
-                 stop: threading.Event) -> None:  # fmt: skip
-    Session = sessionmaker(engine)
-    while not stop.is_set():
-        kind, n = next_op()
-        try:
-            with poolguard.deadline(DEADLINE):
-                if kind == "read":
-                    with engine.connect() as conn:
-                        _check_read(conn.execute(_READ).one())
-                elif kind == "write":
-                    with engine.begin() as conn:
-                        conn.execute(_INSERT, {"id": n, "kind": kind})
-                else:
-
-                    def unit(s: Any, kind: str = kind, n: int = n) -> None:
-                        _unit_body_sync(s, kind, n)
-
-                    poolguard.run_transaction(Session, unit, resolve_ambiguous=True)
-        except Exception as exc:
-            out.record(kind, n, exc)
-        else:
-            out.record(kind, n, None)
-        time.sleep(0.005)
-
-
-def _unit_body_sync(s: Any, kind: str, n: int) -> None:
-    s.execute(_PROBE, {"token": f"unit-{n}"})
-    if kind == "unit":
-        s.execute(_INSERT, {"id": n, "kind": kind})
-    else:
-        s.execute(_DEBIT, {"a": n % ACCOUNTS})
-        s.execute(_CREDIT, {"b": (n + 1) % ACCOUNTS})
-
-
-async def _async_caller(engine: AsyncEngine, next_op: Callable[[], tuple[str, int]],
-                        out: Outcome, stop: threading.Event) -> None:  # fmt: skip
-    Session = async_sessionmaker(engine)
-    while not stop.is_set():
-        kind, n = next_op()
-        try:
-            async with poolguard.deadline(DEADLINE):
-                if kind == "read":
-                    async with engine.connect() as conn:
-                        _check_read((await conn.execute(_READ)).one())
-                elif kind == "write":
-                    async with engine.begin() as conn:
-                        await conn.execute(_INSERT, {"id": n, "kind": kind})
-                else:
-
-                    async def unit(s: Any, kind: str = kind, n: int = n) -> None:
-                        await s.execute(_PROBE, {"token": f"unit-{n}"})
-                        if kind == "unit":
-                            await s.execute(_INSERT, {"id": n, "kind": kind})
-                        else:
-                            await s.execute(_DEBIT, {"a": n % ACCOUNTS})
-                            await s.execute(_CREDIT, {"b": (n + 1) % ACCOUNTS})
-
-                    await poolguard.run_transaction_async(Session, unit, resolve_ambiguous=True)
-        except Exception as exc:
-            out.record(kind, n, exc)
-        else:
-            out.record(kind, n, None)
-        await asyncio.sleep(0.005)
+def _probe(n: int) -> Step:
+    """Each unit sets a transaction-local value first: a read must never see it."""
+    return _PROBE, {"token": f"unit-{n}"}
 
 
 def _pause(bouncer: Any) -> None:
@@ -208,11 +92,17 @@ async def test_pgbouncer_fault_under_load(
     }
     engine = make_engine(bouncer.url, **options)
     aengine = make_async_engine(bouncer.url, **options)
-    _schema(engine)
-    counter = itertools.count(1)
-    next_op = lambda: (KINDS[(n := next(counter)) % len(KINDS)], n)  # noqa: E731
-    out = Outcome()
-    stop = threading.Event()
+    load = MixedLoad(
+        engine,
+        aengine,
+        prefix="pgb",
+        deadline=DEADLINE,
+        resolve_ambiguous=True,
+        read=_READ,
+        check_read=_check_read,
+        prelude=_probe,
+    )
+    load.create_schema()
     times: list[float] = []
 
     def run_fault() -> None:
@@ -221,26 +111,13 @@ async def test_pgbouncer_fault_under_load(
         FAULTS[fault](bouncer)
         times.append(time.monotonic())
         time.sleep(COOLDOWN)
-        stop.set()
 
-    threads = [threading.Thread(target=run_fault)] + [
-        threading.Thread(target=_sync_caller, args=(engine, next_op, out, stop))
-        for _ in range(CALLERS)
-    ]
-    for t in threads:
-        t.start()
-    try:
-        await asyncio.gather(*(_async_caller(aengine, next_op, out, stop) for _ in range(CALLERS)))
-    finally:
-        stop.set()
-        for t in threads:
-            t.join(DEADLINE * 3)
+    out = await load.run(run_fault)
 
-    counts = {k: len(v) for k, v in out.errors.items()}
     snap, asnap = poolguard.stats(engine), poolguard.stats(aengine)
     print(
-        f"\n{pool_mode}/{fault}: ok={len(out.ok_times)} errors={counts}"
-        f" longest gap without a success={_longest_gap(out.ok_times):.2f}s"
+        f"\n{pool_mode}/{fault}: ok={len(out.ok_times)} errors={out.counts()}"
+        f" longest gap without a success={out.longest_gap():.2f}s"
         f" ambiguous={len(out.ambiguous)} retries={snap['retries_by_reason']}"
         f" async retries={asnap['retries_by_reason']}"
     )
@@ -251,12 +128,7 @@ async def test_pgbouncer_fault_under_load(
     assert any(t < times[0] for t in out.ok_times)
     assert any(t > times[1] for t in out.ok_times)
     with engine.connect() as conn:
-        assert conn.execute(text("SELECT sum(balance) FROM pgb_accounts")).scalar() == 4 * START
-        rows = conn.execute(text("SELECT id, count(*) FROM pgb_events GROUP BY id")).all()
-    present = {i: c for i, c in rows}
-    assert {i for i, c in present.items() if c > 1} == set(), "an insert was applied twice"
-    assert out.acked <= present.keys(), "an acknowledged insert is missing"
-    assert out.failed.isdisjoint(present), "a failed (not ambiguous) insert was applied"
+        load.check_final(conn)
 
 
 @pytest.mark.parametrize("pool_mode", MODES)
