@@ -309,6 +309,33 @@ def test_reads_ride_through_resharding(
     assert not load.errors, load.errors[:3]
 
 
+def test_a_connection_closed_by_another_thread_mid_poll_is_reconnected(
+    client: redis.cluster.RedisCluster,
+) -> None:
+    """The checkout poll of a connection another thread is closing: a reconnect, not a TypeError.
+
+    ``disconnect()`` clears the parser's socket before the connection's; a poll in between (the
+    pool's checkout ``can_read``, while a topology refresh in another thread disconnects the
+    node's connections) raised ``TypeError`` from hiredis's ``poll(None)``, which surfaced to
+    the caller (seen once in test_reads_ride_through_resharding). The state is made here the
+    way that ``disconnect()`` leaves it half-way.
+    """
+    client.set("mid-poll", "v")
+    node = client.get_node_from_key("mid-poll")
+    pool = node.redis_connection.connection_pool
+    conn = pool.get_connection()
+    try:
+        # What the poll meets when another thread's disconnect() runs between the parser's
+        # reader check and its poll: the parser's socket gone, the rest not yet.
+        conn._parser._sock = None
+        with pytest.raises(rex.ConnectionError):
+            conn.can_read()
+    finally:
+        pool.release(conn)
+    for _ in range(3):  # the pool lends the half-closed connection again (LIFO), then others
+        assert client.get("mid-poll") == b"v"
+
+
 def test_blocking_commands_and_the_deadline(cluster: RedisClusterTopology) -> None:
     """A BLPOP longer than the command timeout is not cut; a caller's deadline bounds a read
     on a stalled master (without it the GET would wait the stall out and succeed)."""
