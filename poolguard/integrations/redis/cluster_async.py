@@ -71,7 +71,7 @@ class AsyncGuardedClusterConnection(redis.asyncio.connection.Connection):
     async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
         try:
             await super().send_packed_command(command, check_health)
-        except AttributeError as exc:
+        except (AttributeError, TypeError) as exc:
             _raise_closed_underneath(self, exc, sent=False)
             raise
         cl.mark_sent()
@@ -94,12 +94,21 @@ class AsyncGuardedClusterConnection(redis.asyncio.connection.Connection):
                 self.socket_timeout = configured
 
 
-def _raise_closed_underneath(conn: Any, exc: AttributeError, *, sent: bool) -> None:
+def _raise_closed_underneath(conn: Any, exc: Exception, *, sent: bool) -> None:
     """redis-py's asyncio cluster closes every node connection (``aclose()``) on CLUSTERDOWN
     and every ``reinitialize_steps`` MOVED, even those other tasks are using: their stream is
     then None mid-call (seen: ``'NoneType' object has no attribute 'writelines'`` during a
-    CLUSTER FAILOVER). That is a lost connection, so the retry rule decides, not a bug."""
-    if getattr(conn, "_writer", None) is None or getattr(conn, "_reader", None) is None:
+    CLUSTER FAILOVER), or still there over a transport already closed (Python 3.13.0's
+    ``writelines`` then raised ``TypeError: 'NoneType' object is not callable``, its write
+    handler cleared at connection_lost: nothing sent; seen in the kill-master test). That is
+    a lost connection, so the retry rule decides, not a bug."""
+    writer = getattr(conn, "_writer", None)
+    if (
+        writer is None
+        or getattr(conn, "_reader", None) is None
+        or writer.transport is None
+        or writer.transport.is_closing()
+    ):
         lost = rex.ConnectionError(f"connection closed by a concurrent topology refresh ({exc})")
         if not sent:
             backend.mark_connect_phase(lost)  # no byte of the command was written
