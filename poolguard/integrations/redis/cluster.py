@@ -111,24 +111,35 @@ class GuardedClusterConnection(redis.connection.Connection):
         return super().pack_commands(commands)
 
     def send_packed_command(self, command: Any, check_health: bool = True) -> None:
-        super().send_packed_command(command, check_health)
+        try:
+            super().send_packed_command(command, check_health)
+        except (TypeError, AttributeError) as exc:
+            # Not marked sent: Redis runs no command it did not receive whole.
+            _raise_closed_underneath(self, exc, "sent")
+            raise
         cl.mark_sent()
 
     def can_read(self, timeout: float = 0) -> bool:
         try:
             return bool(super().can_read(timeout))
         except (TypeError, AttributeError) as exc:
-            # Another thread's disconnect() (a topology refresh after MOVED disconnects node
-            # pools' connections) clears the parser's socket first and the connection's after:
-            # redis-py's hiredis parser, polling in between, raised TypeError from poll(None)
-            # (seen once in a resharding test under load). That is a closed connection, as
-            # redis-py's own read path reports it: a ConnectionError, which the pool's checkout
-            # answers by reconnecting (nothing was sent yet).
-            if getattr(self._parser, "_sock", None) is not None:
-                raise
-            raise rex.ConnectionError("connection closed while it was polled") from exc
+            # The pool's checkout poll: the pool answers a ConnectionError by reconnecting
+            # (seen once in a resharding test under load: hiredis's TypeError from poll(None)).
+            _raise_closed_underneath(self, exc, "polled")
+            raise
 
     def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return self._guarded_read(*args, **kwargs)
+        except (TypeError, AttributeError) as exc:
+            # The command was sent: a lost reply, which the retry rule decides on (seen in the
+            # floor matrix cell during CLUSTER FAILOVER: redis-py 7.2's hiredis parser fed a
+            # reader another thread had just cleared, AttributeError 'NoneType' ... 'feed';
+            # redis-py 8 checks for this itself and raises ConnectionError).
+            _raise_closed_underneath(self, exc, "read")
+            raise
+
+    def _guarded_read(self, *args: Any, **kwargs: Any) -> Any:
         pending = self.guard_next_read
         if pending is cl.KEEP or "timeout" in kwargs:
             return super().read_response(*args, **kwargs)
@@ -146,6 +157,22 @@ class GuardedClusterConnection(redis.connection.Connection):
         finally:
             if self._sock is sock:
                 sock.settimeout(self.socket_timeout)
+
+
+def _raise_closed_underneath(conn: Any, exc: Exception, doing: str) -> None:
+    """A connection another thread closed while this one was using it: a ConnectionError.
+
+    redis-py's sync cluster disconnects node connections other threads may be using (a topology
+    refresh after a failover or MOVED), and ``disconnect()`` clears the parser's socket (and
+    hiredis's reader) before the connection's own, without a lock. A send, poll or read in
+    between dies with a TypeError or AttributeError on those None attributes. That is a closed
+    connection, as redis-py 8's own checks report it. The test is "closed now": redis-py's send
+    and read close the connection on any error themselves, so a bug there would be called a lost
+    connection too (chained, and then only retried when the rule allows); the poll does not."""
+    if conn._sock is None or getattr(conn._parser, "_sock", None) is None:
+        raise rex.ConnectionError(
+            f"connection closed by another thread while it was {doing}"
+        ) from exc
 
 
 #: redis-py >= 8 reads with ``read_response(timeout=...)``; 7.2's takes no timeout.

@@ -86,7 +86,7 @@ class AsyncGuardedClusterConnection(redis.asyncio.connection.Connection):
             self.socket_timeout = pending  # None: a blocking command that may wait forever
         try:
             return await super().read_response(*args, **kwargs)
-        except AttributeError as exc:
+        except (AttributeError, TypeError) as exc:
             _raise_closed_underneath(self, exc, sent=True)
             raise
         finally:

@@ -336,6 +336,50 @@ def test_a_connection_closed_by_another_thread_mid_poll_is_reconnected(
         assert client.get("mid-poll") == b"v"
 
 
+class _ClosedByAnotherThreadMidRead:
+    """A node connection's real socket whose next ``recv_into`` returns the reply and then runs
+    ``disconnect()``, as another thread's topology refresh does when it lands while this
+    thread is blocked in the read (the server, the reply and redis-py's code stay real)."""
+
+    def __init__(self, conn: Any) -> None:
+        self._conn = conn
+        self._sock = conn._parser._sock
+        self.fired = False
+
+    def recv_into(self, *args: Any) -> int:
+        n: int = self._sock.recv_into(*args)
+        if not self.fired:
+            self.fired = True
+            self._conn.disconnect()
+        return n
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+def test_a_read_whose_connection_another_thread_closes_is_a_lost_reply(
+    client: redis.cluster.RedisCluster,
+) -> None:
+    """A GET whose connection is disconnected by another thread during its read is retried.
+
+    redis-py 7.2's hiredis parser then fed the reply to a reader ``disconnect()`` had just
+    cleared: AttributeError('NoneType' ... 'feed'), which surfaced to a caller of a GET during
+    a CLUSTER FAILOVER (the floor matrix cell). Now a lost reply: the GET (idempotent) is retried
+    on a fresh connection. redis-py 8 binds the reader first, so there the test passes either way.
+    """
+    client.set("mid-read", "v")
+    node = client.get_node_from_key("mid-read")
+    pool = node.redis_connection.connection_pool
+    conn = pool.get_connection()
+    conn.connect()
+    fault = _ClosedByAnotherThreadMidRead(conn)
+    conn._parser._sock = fault
+    pool.release(conn)  # the next command on this node takes it (LIFO)
+    assert client.get("mid-read") == b"v"
+    assert fault.fired
+    assert client.get("mid-read") == b"v"
+
+
 def test_blocking_commands_and_the_deadline(cluster: RedisClusterTopology) -> None:
     """A BLPOP longer than the command timeout is not cut; a caller's deadline bounds a read
     on a stalled master (without it the GET would wait the stall out and succeed)."""
