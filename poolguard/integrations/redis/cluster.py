@@ -23,6 +23,7 @@ Hook points (redis-py 8.1):
 from __future__ import annotations
 
 import inspect
+import queue
 from typing import Any
 
 import redis.cluster
@@ -39,6 +40,7 @@ from poolguard.integrations.redis import _common as c
 __all__ = [
     "GuardedClusterConnection",
     "GuardedClusterPipeline",
+    "GuardedNodePool",
     "GuardedRedisCluster",
     "build_cluster_client",
     "cluster_policy",
@@ -173,6 +175,36 @@ def _raise_closed_underneath(conn: Any, exc: Exception, doing: str) -> None:
         raise rex.ConnectionError(
             f"connection closed by another thread while it was {doing}"
         ) from exc
+
+
+class GuardedNodePool(redis.connection.BlockingConnectionPool):
+    """A node's pool: redis-py's blocking pool, minus its disconnect of connections in use.
+
+    redis-py's cluster disconnects a node's free connections after any connection error to it
+    and at every topology refresh (``disconnect_free_connections``), from the failing thread:
+    it snapshots the free queue, then disconnects. ``get_connection`` takes from that queue
+    without the pool's lock, so a connection another thread took in between was closed under
+    it mid-send or mid-read (redis-py 7.2 and 8.1 alike; seen as a GET failing during
+    CLUSTER FAILOVER). Here the free connections are taken out of the queue first: each is
+    either disconnected while no thread holds it, or already held and left alone."""
+
+    def disconnect_free_connections(self, moving_address_src: str | None = None) -> None:
+        taken: list[Any] = []
+        with self._get_pool_lock():
+            try:
+                while True:
+                    taken.append(self.pool.get_nowait())
+            except queue.Empty:
+                pass
+            try:
+                for conn in taken:
+                    if conn is not None and self._should_update_connection(
+                        conn, "connected_address", moving_address_src
+                    ):
+                        conn.disconnect()
+            finally:
+                for conn in reversed(taken):  # back in their LIFO order
+                    self.pool.put_nowait(conn)
 
 
 #: redis-py >= 8 reads with ``read_response(timeout=...)``; 7.2's takes no timeout.
@@ -387,7 +419,7 @@ def _build_sync(url: str, policy: c.Policy, kwargs: dict[str, Any]) -> GuardedRe
     )
     # A blocking pool per node: a burst waits up to acquire_timeout for a free connection
     # instead of failing at once with MaxConnectionsError.
-    kwargs["connection_pool_class"] = redis.connection.BlockingConnectionPool
+    kwargs["connection_pool_class"] = GuardedNodePool
     kwargs["timeout"] = kwargs.pop("timeout", policy.settings.acquire_timeout)
     client = GuardedRedisCluster(url=url, retry=cl.no_retry(), poolguard_policy=policy, **kwargs)
     # Built (with its first refresh) inside RedisCluster.__init__, when no command runs yet;

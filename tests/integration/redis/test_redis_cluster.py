@@ -24,6 +24,7 @@ import redis.exceptions as rex
 import poolguard
 import poolguard.redis
 from poolguard.errors import AmbiguousResultError, ConfigError
+from poolguard.integrations.redis import cluster as poolguard_cluster
 from poolguard.testing.servers.redis_cluster import RedisClusterTopology
 
 pytestmark = [pytest.mark.redis, pytest.mark.chaos, pytest.mark.slow]
@@ -378,6 +379,78 @@ def test_a_read_whose_connection_another_thread_closes_is_a_lost_reply(
     assert client.get("mid-read") == b"v"
     assert fault.fired
     assert client.get("mid-read") == b"v"
+
+
+@pytest.mark.parametrize("pool_class", ["redis-py", "poolguard"])
+def test_freeing_a_nodes_connections_spares_those_in_use(
+    client: redis.cluster.RedisCluster, pool_class: str
+) -> None:
+    """``disconnect_free_connections`` (redis-py's cluster calls it after any connection error
+    to a node and at each topology refresh) never closes a connection another thread holds.
+
+    redis-py's blocking pool snapshots its free queue and then disconnects each, while
+    ``get_connection`` takes from that queue without the lock: a connection taken in between
+    was closed in its taker's hands (a GET failing during CLUSTER FAILOVER). The interleaving
+    is forced here: the freeing thread's first disconnect waits (up to 1 s) for another thread
+    to take a connection from the same real node pool. redis-py's pool then closes the taken
+    one; poolguard's has none to give until it has freed them.
+    """
+    node = client.get_node_from_key("free-race")
+    real = node.redis_connection.connection_pool
+    assert type(real) is poolguard_cluster.GuardedNodePool
+    snapshot_taken = threading.Event()  # the freeing thread is past its look at the queue
+    conn_taken = threading.Event()
+    in_hands: set[Any] = set()
+    closed_in_hands: list[Any] = []
+
+    class Probe(real.connection_class):  # type: ignore[misc,name-defined]
+        def disconnect(self, *args: Any, **kwargs: Any) -> None:
+            if threading.current_thread() is freer:
+                if not snapshot_taken.is_set():
+                    snapshot_taken.set()
+                    conn_taken.wait(1)
+                if self in in_hands:
+                    closed_in_hands.append(self)
+            super().disconnect(*args, **kwargs)
+
+    cls = (
+        redis.connection.BlockingConnectionPool
+        if pool_class == "redis-py"
+        else poolguard_cluster.GuardedNodePool
+    )
+    pool = cls(connection_class=Probe, max_connections=2, timeout=10, **real.connection_kwargs)
+    warm = [pool.get_connection() for _ in range(2)]  # the queue: two connected, no free slot
+    for conn in warm:
+        pool.release(conn)
+
+    freer_done = threading.Event()
+
+    def take() -> None:  # holds a connection until the freeing is over
+        assert snapshot_taken.wait(10)
+        conn = pool.get_connection()
+        in_hands.add(conn)
+        conn_taken.set()
+        assert freer_done.wait(10)
+        in_hands.discard(conn)
+        pool.release(conn)
+
+    def free() -> None:
+        pool.disconnect_free_connections()
+        freer_done.set()
+
+    freer = threading.Thread(target=free)
+    taker = threading.Thread(target=take)
+    taker.start()
+    freer.start()
+    for t in (freer, taker):
+        t.join(timeout=30)
+        assert not t.is_alive()
+    assert snapshot_taken.is_set()
+    pool.disconnect()
+    if pool_class == "redis-py":
+        assert closed_in_hands, "the forced interleaving no longer reaches redis-py's race"
+    else:
+        assert not closed_in_hands
 
 
 def test_blocking_commands_and_the_deadline(cluster: RedisClusterTopology) -> None:
