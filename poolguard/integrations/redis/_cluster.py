@@ -34,16 +34,18 @@ from poolguard.core.disposition import Classification, Disposition, Scope
 from poolguard.core.retry import Attempts
 from poolguard.integrations.redis import _common as c
 
-__all__ = ["SentMark", "classify", "mark_sent", "sent_suspended"]
+__all__ = ["SentMark", "classify", "mark_send_started", "mark_sent", "sent_suspended"]
 
 
 class SentMark:
-    """One attempt's "some command bytes reached a socket" flag (shared with child tasks)."""
+    """One attempt's send flags (shared with child tasks): ``started``, a send of its bytes
+    began (some may have left); ``sent``, a send finished."""
 
-    __slots__ = ("sent",)
+    __slots__ = ("sent", "started")
 
     def __init__(self) -> None:
         self.sent = False
+        self.started = False
 
 
 _mark: ContextVar[SentMark | None] = ContextVar("poolguard_cluster_sent", default=None)
@@ -68,6 +70,12 @@ def sent_suspended() -> Iterator[None]:
         yield
     finally:
         _mark.reset(token)
+
+
+def mark_send_started() -> None:
+    mark = _mark.get()
+    if mark is not None:
+        mark.started = True
 
 
 def mark_sent() -> None:
@@ -277,9 +285,13 @@ def pipeline_attempt(
         try:
             yield
         except BaseException as exc:
-            attempts.op = (c.SENT if mark.sent else c.NOT_SENT)[idem]
+            # A plain pipeline runs command by command as its bytes arrive: a send cut short
+            # (a long one goes out in chunks) may have run a prefix. An incomplete MULTI/EXEC
+            # never ran (no EXEC arrived); one command alone never runs half-received.
+            sent = mark.sent or (mark.started and not transactional)
+            attempts.op = (c.SENT if sent else c.NOT_SENT)[idem]
             c.note_command(exc, "MULTI/EXEC" if transactional else "the pipeline")
-            if mark.sent and not idem and not transactional:
+            if sent and not idem and not transactional:
                 ran = [i for i, cmd in enumerate(commands) if may_have_run(cmd.result)]
                 if ran:
                     raise partially_applied(ran[0], exc) from exc

@@ -113,10 +113,13 @@ class GuardedClusterConnection(redis.connection.Connection):
         return super().pack_commands(commands)
 
     def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        if not self._sock:  # connected first: a connect failure is not a send that began
+            self.connect_check_health(check_health=False)
+        cl.mark_send_started()
         try:
             super().send_packed_command(command, check_health)
         except (TypeError, AttributeError) as exc:
-            # Not marked sent: Redis runs no command it did not receive whole.
+            # Not marked sent (a pipeline counts it as begun: see pipeline_attempt).
             _raise_closed_underneath(self, exc, "sent")
             raise
         cl.mark_sent()

@@ -69,6 +69,9 @@ class AsyncGuardedClusterConnection(redis.asyncio.connection.Connection):
         return super().pack_commands(commands)
 
     async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        if not self.is_connected:  # connected first: a connect failure is not a send
+            await self.connect_check_health(check_health=False)
+        cl.mark_send_started()
         try:
             await super().send_packed_command(command, check_health)
         except (AttributeError, TypeError) as exc:

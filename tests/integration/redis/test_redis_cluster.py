@@ -453,6 +453,49 @@ def test_freeing_a_nodes_connections_spares_those_in_use(
         assert not closed_in_hands
 
 
+class _ResetAfterFirstChunk:
+    """A node connection's real socket whose second ``sendall`` fails (a reset), after the
+    first chunk of a long pipeline really reached the server."""
+
+    def __init__(self, sock: Any) -> None:
+        self._sock = sock
+        self.sends = 0
+
+    def sendall(self, data: Any) -> None:
+        self.sends += 1
+        if self.sends == 2:
+            raise ConnectionResetError(104, "Connection reset by peer")
+        self._sock.sendall(data)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._sock, name)
+
+
+def test_a_pipeline_cut_mid_send_is_not_replayed(client: redis.cluster.RedisCluster) -> None:
+    """A long pipeline goes out in chunks (redis-py cuts at ~6 KB), and Redis runs each command
+    as its bytes arrive: a connection lost after the first chunk left a prefix applied. Such a
+    pipeline of INCRs must not be replayed (before, a send that did not finish counted as "not
+    sent", and the prefix was applied twice)."""
+    keys = [f"{{midsend}}:{i}" for i in range(400)]  # one slot: one node, one connection
+    client.delete(*keys)
+    node = client.get_node_from_key(keys[0])
+    pool = node.redis_connection.connection_pool
+    conn = pool.get_connection()
+    conn.connect()
+    fault = _ResetAfterFirstChunk(conn._sock)
+    conn._sock = fault
+    pool.release(conn)  # the pipeline takes it (LIFO)
+    pipe = client.pipeline()
+    for k in keys:
+        pipe.incr(k)
+    with pytest.raises(rex.RedisError):
+        pipe.execute()
+    assert fault.sends == 2
+    values = [int(v or 0) for v in client.mget(keys)]
+    assert max(values) == 1, f"{sum(v > 1 for v in values)} INCRs applied twice"
+    assert sum(values) > 0  # the first chunk did run: the fault is the one meant
+
+
 def test_blocking_commands_and_the_deadline(cluster: RedisClusterTopology) -> None:
     """A BLPOP longer than the command timeout is not cut; a caller's deadline bounds a read
     on a stalled master (without it the GET would wait the stall out and succeed)."""
